@@ -1,0 +1,101 @@
+"""Analytic FLOPs of Wan / Wan-VACE forwards from the model config and the number of computed tokens.
+
+Counts matrix products only (2 FLOPs per multiply-add), as `torch.utils.flop_counter.FlopCounterMode` does:
+projections, attention scores and values, cross-attention, FFN, VACE in/out projections, embeddings and the head.
+Norms, modulation, RoPE and softmax are O(N·D) and left out on both sides.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+PARTS = ("self_attention", "cross_attention", "ffn", "vace", "embed_head")
+
+
+@dataclass(frozen=True)
+class CostModel:
+    """Dimensions a FLOPs estimate needs; build with `CostModel.from_model(transformer)`."""
+
+    dim: int
+    ffn_dim: int
+    num_layers: int
+    num_vace_layers: int
+    in_channels: int
+    out_channels: int
+    patch_volume: int
+    text_dim: int
+    freq_dim: int
+    vace_in_channels: int
+
+    @classmethod
+    def from_model(cls, model: torch.nn.Module) -> CostModel:
+        c = model.config
+        return cls(
+            dim=c.num_attention_heads * c.attention_head_dim,
+            ffn_dim=c.ffn_dim,
+            num_layers=c.num_layers,
+            num_vace_layers=len(getattr(c, "vace_layers", None) or []),
+            in_channels=c.in_channels,
+            out_channels=c.out_channels or c.in_channels,
+            patch_volume=math.prod(c.patch_size),
+            text_dim=c.text_dim,
+            freq_dim=c.freq_dim,
+            vace_in_channels=getattr(c, "vace_in_channels", 0) or 0,
+        )
+
+    # -- pieces ---------------------------------------------------------------------------------------------
+    def block(self, active: int, keys: int, text_len: int, text_kv: bool = True) -> dict[str, float]:
+        """One transformer block with `active` query tokens over `keys` keys; `text_kv`: text K/V recomputed."""
+        d, f = self.dim, self.ffn_dim
+        return {
+            "self_attention": 8.0 * active * d * d + 4.0 * active * keys * d,
+            "cross_attention": 4.0 * active * d * d + 4.0 * active * text_len * d + (4.0 * text_len * d * d if text_kv else 0.0),
+            "ffn": 4.0 * active * d * f,
+        }
+
+    def vace_block(self, active: int, keys: int, text_len: int, first: bool, text_kv: bool = True) -> float:
+        """One VACE block (its own attention, cross-attention, FFN, plus proj_in on the first and proj_out)."""
+        proj = 2.0 * active * self.dim * self.dim * (2 if first else 1)
+        return sum(self.block(active, keys, text_len, text_kv).values()) + proj
+
+    def embed_head(self, tokens: int, text_len: int, vace: bool) -> float:
+        """Patch embeddings, time and text embedders, output projection (run on every step, REUSE included)."""
+        d = self.dim
+        patch = 2.0 * tokens * self.in_channels * self.patch_volume * d
+        control = 2.0 * tokens * self.vace_in_channels * self.patch_volume * d if vace else 0.0
+        time = 2.0 * (self.freq_dim * d + d * d + d * 6 * d)
+        text = 2.0 * text_len * (self.text_dim * d + d * d)
+        head = 2.0 * tokens * d * self.out_channels * self.patch_volume
+        return patch + control + time + text + head
+
+    # -- whole forwards -------------------------------------------------------------------------------------
+    def forward(
+        self,
+        tokens: int,
+        text_len: int,
+        active_blocks: list[int] | None = None,
+        active_vace: list[int] | None = None,
+        run_blocks: bool = True,
+        text_kv: bool = True,
+        batch: int = 1,
+    ) -> dict[str, float]:
+        """FLOPs split by part of one forward; `active_*[i]` = tokens computed in block i (default: all)."""
+        parts = dict.fromkeys(PARTS, 0.0)
+        vace = self.num_vace_layers > 0
+        parts["embed_head"] = self.embed_head(tokens, text_len, vace)
+        if run_blocks:
+            for i in range(self.num_layers):
+                n = tokens if active_blocks is None else active_blocks[i]
+                for part, value in self.block(n, tokens, text_len, text_kv).items():
+                    parts[part] += value
+            for i in range(self.num_vace_layers):
+                n = tokens if active_vace is None else active_vace[i]
+                parts["vace"] += self.vace_block(n, tokens, text_len, first=i == 0, text_kv=text_kv)
+        return {k: v * batch for k, v in parts.items()}
+
+    def uncached_forward(self, tokens: int, text_len: int, batch: int = 1) -> float:
+        """Total FLOPs of one plain (unhooked) forward."""
+        return sum(self.forward(tokens, text_len, batch=batch).values())

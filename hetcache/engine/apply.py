@@ -1,0 +1,125 @@
+"""`apply_hetcache` / `remove_hetcache`: attach the engine to a Wan or Wan-VACE transformer through diffusers hooks."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import numpy as np
+import torch
+from diffusers.hooks import HookRegistry
+
+from ..errors import CacheConflictError, UnsupportedModelError
+from ..fingerprint import model_family, model_fingerprint
+from ..policy import Policy, check_plan_string, load_policy
+from .hooks import (
+    BLOCK_HOOK,
+    HEAD_HOOK,
+    HOOK_NAMES,
+    ROOT_HOOK,
+    VACE_HOOK,
+    HetCacheBlockHook,
+    HetCacheHeadHook,
+    HetCacheRootHook,
+    HetCacheVaceHook,
+)
+from .session import HetCacheSession
+
+SUPPORTED_PROCESSORS = ("WanAttnProcessor",)
+
+
+class HetCacheHandle:
+    """What `apply_hetcache` returns: the policy in force, stats of the last run, and `remove()`."""
+
+    def __init__(self, transformer: torch.nn.Module, session: HetCacheSession):
+        self.transformer = transformer
+        self.session = session
+
+    @property
+    def policy(self) -> Policy:
+        return self.session.policy
+
+    def stats(self) -> dict[str, Any]:
+        """Stats of the last run: decisions, active_fraction, flops, flops_uncached, cache_bytes, phase times."""
+        return self.session.stats()
+
+    def remove(self) -> None:
+        remove_hetcache(self.transformer)
+
+
+def _check_model(transformer: torch.nn.Module) -> None:
+    model_family(transformer)
+    if getattr(transformer, "is_cache_enabled", False):
+        raise CacheConflictError(
+            f"a diffusers cache ({type(transformer._cache_config).__name__}) is already enabled on this transformer.",
+            "call transformer.disable_cache() before apply_hetcache.",
+        )
+    registry = getattr(transformer, "_diffusers_hook", None)
+    if registry is not None and ROOT_HOOK in registry.hooks:
+        raise CacheConflictError(
+            "hetcache is already applied to this transformer.", "call remove_hetcache(transformer) first."
+        )
+    blocks = list(transformer.blocks) + list(getattr(transformer, "vace_blocks", []))
+    for block in blocks:
+        for attn in (block.attn1, block.attn2):
+            name = type(attn.processor).__name__
+            if name not in SUPPORTED_PROCESSORS:
+                raise UnsupportedModelError(
+                    f"attention processor {name} is not supported (hetcache computes attention itself).",
+                    "restore the default processor (WanAttnProcessor); attention backends are supported.",
+                )
+        if block.attn2.add_k_proj is not None:
+            raise UnsupportedModelError(
+                "image-conditioned Wan transformers (I2V, added K/V projections) are not supported yet.",
+                "use a Wan T2V or Wan-VACE transformer.",
+            )
+
+
+def apply_hetcache(
+    transformer: torch.nn.Module,
+    policy: str | os.PathLike | dict | Policy,
+    *,
+    mask: torch.Tensor | np.ndarray | None = None,
+    strict: bool = True,
+    plan: str | None = None,
+    scheduler: Any = None,
+    num_inference_steps: int | None = None,
+) -> HetCacheHandle:
+    """Hook `transformer` so that each denoising step runs FULL, PARTIAL or REUSE as `policy` says.
+
+    mask: optional for Wan-VACE (read back from `control_hidden_states`); a pixel mask [F, H, W] / [B, F, H, W] or a
+        token mask [T', h, w] otherwise.
+    strict: refuse a policy tuned for another architecture.
+    plan: explicit per-step plan over F/P/R, overriding the policy's step rule.
+    scheduler: the pipeline's scheduler; when given, each run's plan is computed from its timesteps before the first
+        block runs (else step by step, placing the final FULL steps by `num_inference_steps` or the policy's steps).
+    """
+    policy = load_policy(policy)
+    _check_model(transformer)
+    if strict:
+        policy.check_model(model_fingerprint(transformer))
+    if plan is not None:
+        check_plan_string(plan, "plan")
+    session = HetCacheSession(transformer, policy, mask, plan, scheduler, num_inference_steps)
+    HookRegistry.check_if_exists_or_initialize(transformer.norm_out).register_hook(HetCacheHeadHook(session), HEAD_HOOK)
+    for index, block in enumerate(getattr(transformer, "vace_blocks", [])):
+        HookRegistry.check_if_exists_or_initialize(block).register_hook(HetCacheVaceHook(session, index), VACE_HOOK)
+    for index, block in enumerate(transformer.blocks):
+        HookRegistry.check_if_exists_or_initialize(block).register_hook(HetCacheBlockHook(session, index), BLOCK_HOOK)
+    registry = HookRegistry.check_if_exists_or_initialize(transformer)
+    registry.register_hook(HetCacheRootHook(session), ROOT_HOOK)
+    registry.invalidate_child_registries_cache()
+    return HetCacheHandle(transformer, session)
+
+
+def remove_hetcache(transformer: torch.nn.Module) -> None:
+    """Remove every hetcache hook; the transformer behaves exactly as before `apply_hetcache`."""
+    registry = getattr(transformer, "_diffusers_hook", None)
+    if registry is None:
+        return
+    for name in HOOK_NAMES:
+        registry.remove_hook(name, recurse=True)
+    registry.invalidate_child_registries_cache()
+
+
+__all__ = ["BLOCK_HOOK", "VACE_HOOK", "HetCacheHandle", "apply_hetcache", "remove_hetcache"]

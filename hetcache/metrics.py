@@ -1,0 +1,141 @@
+"""Quality of a cached output against the uncached output of the same pipeline, seed and inputs.
+
+PSNR and windowed SSIM (11x11 Gaussian, σ = 1.5, as scikit-image with `gaussian_weights=True`) over the whole
+frame and per region — inside the mask, the margin band around it, the background — plus the latent relative L2.
+LPIPS only with weights the user supplies (see `hetcache.lpips`); otherwise it is reported as unavailable.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+PSNR_CAP = 100.0  # dB reported for identical outputs (JSON has no infinity)
+REGIONS = ("frame", "mask", "margin", "background")
+
+# metric name → whether higher is better; names are what --budget accepts.
+METRICS: dict[str, bool] = {
+    "psnr": True,
+    "psnr_mask": True,
+    "psnr_margin": True,
+    "psnr_background": True,
+    "ssim": True,
+    "ssim_mask": True,
+    "ssim_margin": True,
+    "ssim_background": True,
+    "latent_rel_l2": False,
+    "lpips": False,
+}
+
+
+def _as_float_video(frames: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """[F, H, W, 3] uint8 or float in [0, 1] → float64 tensor [F, 3, H, W] in [0, 1]."""
+    t = torch.as_tensor(np.asarray(frames))
+    t = t.double() / 255.0 if t.dtype == torch.uint8 else t.double()
+    return t.permute(0, 3, 1, 2)
+
+
+def psnr(reference: torch.Tensor, test: torch.Tensor, region: torch.Tensor | None = None) -> float:
+    """PSNR in dB (data range 1) over all pixels, or over `region` [F, H, W]; capped at PSNR_CAP."""
+    err = (reference - test) ** 2
+    if region is not None:
+        weight = region.unsqueeze(1).expand_as(err).double()
+        if weight.sum() == 0:
+            return float("nan")
+        mse = float((err * weight).sum() / weight.sum())
+    else:
+        mse = float(err.mean())
+    return PSNR_CAP if mse <= 10 ** (-PSNR_CAP / 10) else -10.0 * math.log10(mse)
+
+
+def _gaussian_window(size: int = 11, sigma: float = 1.5) -> torch.Tensor:
+    r = torch.arange(size, dtype=torch.float64) - (size - 1) / 2
+    g = torch.exp(-(r**2) / (2 * sigma**2))
+    g = g / g.sum()
+    return (g.view(-1, 1) * g.view(1, -1)).view(1, 1, size, size)
+
+
+def ssim_map(reference: torch.Tensor, test: torch.Tensor, size: int = 11, sigma: float = 1.5) -> torch.Tensor:
+    """Per-pixel SSIM [F, H−10, W−10] (mean over channels), valid convolution like scikit-image."""
+    c1, c2 = 0.01**2, 0.03**2
+    frames, channels = reference.shape[:2]
+    x = reference.reshape(frames * channels, 1, *reference.shape[2:])
+    y = test.reshape(frames * channels, 1, *test.shape[2:])
+    window = _gaussian_window(size, sigma)
+    mu_x, mu_y = F.conv2d(x, window), F.conv2d(y, window)
+    # scikit-image rescales the Gaussian-weighted variances by N/(N-1) only with sample covariance; not here.
+    sxx = F.conv2d(x * x, window) - mu_x**2
+    syy = F.conv2d(y * y, window) - mu_y**2
+    sxy = F.conv2d(x * y, window) - mu_x * mu_y
+    s = ((2 * mu_x * mu_y + c1) * (2 * sxy + c2)) / ((mu_x**2 + mu_y**2 + c1) * (sxx + syy + c2))
+    return s.view(frames, channels, *s.shape[2:]).mean(dim=1)
+
+
+def ssim(reference: torch.Tensor, test: torch.Tensor, region: torch.Tensor | None = None) -> float:
+    """Mean windowed SSIM over frames (or over `region` pixels of the SSIM map, borders cropped)."""
+    smap = ssim_map(reference, test)
+    if region is None:
+        return float(smap.mean())
+    pad = (region.shape[-1] - smap.shape[-1]) // 2
+    inner = region[:, pad : pad + smap.shape[1], pad : pad + smap.shape[2]]
+    if inner.sum() == 0:
+        return float("nan")
+    return float(smap[inner].mean())
+
+
+def regions(mask: np.ndarray | torch.Tensor, band: int = 16) -> dict[str, torch.Tensor]:
+    """Pixel regions of a clip [F, H, W] bool: the mask, a `band`-pixel margin around it, the background."""
+    m = torch.as_tensor(np.asarray(mask)).bool()
+    grown = F.max_pool2d(m.float().unsqueeze(1), 2 * band + 1, stride=1, padding=band).squeeze(1) > 0.5
+    return {"mask": m, "margin": grown & ~m, "background": ~grown}
+
+
+def latent_rel_l2(reference: torch.Tensor, test: torch.Tensor) -> float:
+    """‖test − reference‖ / ‖reference‖ over the final latents."""
+    return float((test.double() - reference.double()).norm() / reference.double().norm().clamp(min=1e-12))
+
+
+def clip_quality(
+    reference_frames: np.ndarray,
+    test_frames: np.ndarray,
+    mask: np.ndarray,
+    reference_latents: torch.Tensor | None = None,
+    test_latents: torch.Tensor | None = None,
+    lpips=None,
+    band: int = 16,
+) -> dict[str, float | str]:
+    """Every metric of METRICS for one clip; region metrics of an empty region are NaN."""
+    ref, out = _as_float_video(reference_frames), _as_float_video(test_frames)
+    parts = regions(mask, band)
+    result: dict[str, float | str] = {"psnr": psnr(ref, out), "ssim": ssim(ref, out)}
+    for name, region in parts.items():
+        result[f"psnr_{name}"] = psnr(ref, out, region)
+        result[f"ssim_{name}"] = ssim(ref, out, region)
+    if reference_latents is not None and test_latents is not None:
+        result["latent_rel_l2"] = latent_rel_l2(reference_latents, test_latents)
+    result["lpips"] = "unavailable" if lpips is None else lpips.video_distance(ref.float(), out.float())
+    return result
+
+
+def mean_quality(per_clip: list[dict[str, float | str]]) -> dict[str, float | str]:
+    """Mean of each metric over clips (NaNs ignored); 'unavailable' stays unavailable."""
+    out: dict[str, float | str] = {}
+    for key in per_clip[0]:
+        values = [q[key] for q in per_clip if isinstance(q.get(key), (int, float)) and not math.isnan(q[key])]
+        out[key] = float(np.mean(values)) if values else per_clip[0][key]
+    return out
+
+
+def worst_quality(per_clip: list[dict[str, float | str]]) -> dict[str, float | str]:
+    """The worst value of each metric over clips (lowest for higher-is-better metrics)."""
+    out: dict[str, float | str] = {}
+    for key in per_clip[0]:
+        values = [q[key] for q in per_clip if isinstance(q.get(key), (int, float)) and not math.isnan(q[key])]
+        if not values:
+            out[key] = per_clip[0][key]
+        else:
+            out[key] = float(min(values) if METRICS.get(key, True) else max(values))
+    return out

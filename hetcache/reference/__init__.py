@@ -1,0 +1,128 @@
+"""The embedded reference model: a tiny Wan2.1-VACE-architecture pipeline that runs on CPU in seconds.
+
+Its transformer is trained in-repo (`python -m hetcache.reference.train`) and shipped in `model/` as a diffusers
+`save_pretrained` folder (fp16 transformer, fp32 random-init VAE whose latent statistics are calibrated on the
+synthetic clips, scheduler, and the fixed prompt embeddings it was trained with). Random weights stay available
+for exactness tests, where no behaviour needs to be learnt.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import torch
+
+from ..errors import InputError
+
+MODEL_DIR = Path(__file__).parent / "model"
+CARD_FILE = "reference.json"
+
+TRANSFORMER_CONFIG = dict(
+    patch_size=(1, 2, 2),
+    num_attention_heads=4,
+    attention_head_dim=32,
+    in_channels=16,
+    out_channels=16,
+    text_dim=32,
+    freq_dim=256,
+    ffn_dim=512,
+    num_layers=6,
+    cross_attn_norm=True,
+    qk_norm="rms_norm_across_heads",
+    eps=1e-6,
+    rope_max_seq_len=64,
+    vace_layers=[0, 3],
+    vace_in_channels=96,
+)
+VAE_CONFIG = dict(base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1, temperal_downsample=[False, True, True])
+SCHEDULER_SHIFT = 3.0
+TEXT_LEN = 16
+
+
+def random_transformer(seed: int = 0, **overrides):
+    """A WanVACETransformer3DModel with the reference architecture and seeded random weights."""
+    from diffusers import WanVACETransformer3DModel
+
+    torch.manual_seed(seed)
+    return WanVACETransformer3DModel(**{**TRANSFORMER_CONFIG, **overrides}).eval()
+
+
+def random_vae(seed: int = 0, latents_mean: list[float] | None = None, latents_std: list[float] | None = None):
+    """The reference AutoencoderKLWan with seeded random weights (and given latent statistics)."""
+    from diffusers import AutoencoderKLWan
+
+    torch.manual_seed(seed)
+    extra = {}
+    if latents_mean is not None:
+        extra = {"latents_mean": list(latents_mean), "latents_std": list(latents_std)}
+    return AutoencoderKLWan(**VAE_CONFIG, **extra).eval()
+
+
+def random_prompt_embeds(seed: int = 1234, text_dim: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fixed prompt and negative-prompt embeddings [1, TEXT_LEN, text_dim] in place of a text encoder."""
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randn(1, TEXT_LEN, text_dim, generator=gen), torch.randn(1, TEXT_LEN, text_dim, generator=gen)
+
+
+def scheduler():
+    """The reference flow-matching Euler scheduler (shift 3)."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    return FlowMatchEulerDiscreteScheduler(shift=SCHEDULER_SHIFT)
+
+
+def trained_available() -> bool:
+    """Whether the trained reference model is shipped in this installation."""
+    return (MODEL_DIR / CARD_FILE).is_file()
+
+
+def file_checksum(path: Path) -> str:
+    """sha256 of a file, hex."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def model_card(folder: Path = MODEL_DIR) -> dict:
+    """The training record shipped beside the weights (seed, steps, data recipe, loss, checksums)."""
+    return json.loads((folder / CARD_FILE).read_text(encoding="utf-8"))
+
+
+def verify(folder: Path = MODEL_DIR) -> dict:
+    """Check the shipped weights' checksums and config keys against the installed diffusers; return the card."""
+    from diffusers import WanVACETransformer3DModel
+
+    if not (folder / CARD_FILE).is_file():
+        raise InputError(
+            f"the trained reference model is missing from '{folder}'.",
+            "reinstall hetcache, or train it with `python -m hetcache.reference.train`.",
+        )
+    card = model_card(folder)
+    for rel, expected in card["checksums"].items():
+        actual = file_checksum(folder / rel)
+        if actual != expected:
+            raise InputError(
+                f"reference model file '{rel}' has checksum {actual[:12]}…, expected {expected[:12]}….",
+                "reinstall hetcache; the shipped weights were modified or truncated.",
+            )
+    config = json.loads((folder / "transformer" / "config.json").read_text(encoding="utf-8"))
+    accepted = set(WanVACETransformer3DModel._get_init_keys(WanVACETransformer3DModel))
+    unknown = sorted(k for k in config if not k.startswith("_") and k not in accepted)
+    if unknown:
+        raise InputError(
+            f"the reference model's config has keys the installed diffusers does not accept: {', '.join(unknown)}.",
+            f"install the diffusers version it was trained with ({card.get('diffusers', 'see reference.json')}).",
+        )
+    return card
+
+
+def load_prompt_embeds(folder: Path = MODEL_DIR) -> tuple[torch.Tensor, torch.Tensor]:
+    """The prompt embeddings the trained reference model was trained with."""
+    from safetensors.torch import load_file
+
+    tensors = load_file(str(folder / "prompt_embeds.safetensors"))
+    return tensors["prompt_embeds"], tensors["negative_prompt_embeds"]

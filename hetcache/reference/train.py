@@ -1,0 +1,291 @@
+"""Train the tiny reference Wan-VACE transformer (flow matching on synthetic masked clips).
+
+The training data goes through the same preprocessing the reference workload uses at inference: the pixel clip with
+its masked region painted grey, WanVACEPipeline's conditioning (the reference VAE's inactive/reactive latents and the
+8x8-unshuffled mask), and the VAE latents of the original clip as the target. Deterministic for a fixed seed, step
+count and thread count. Writes a diffusers `save_pretrained` folder (fp16 transformer) with a training record.
+
+    python -m hetcache.reference.train --out runs/reference-model --steps 3000
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from .. import reference
+from ..atomic import atomic_dir, write_json
+from ..tokens import pool_frames_to_latent
+from ..workloads.clips import MASK_KINDS, synthetic_clip
+from ..workloads.execute import pipeline_inputs
+
+FRAME_CHOICES = (9, 13, 17)
+SIZE_CHOICES = (128, 160, 192, 224, 256)
+NEGATIVE_PROMPT_RATE = 0.1
+MASK_LOSS_WEIGHT = 2.0
+
+
+@dataclass
+class Example:
+    """One training clip after the pipeline's preprocessing (all tensors [1, ...], on CPU)."""
+
+    target: torch.Tensor  # normalised VAE latents of the original clip [1, 16, T', h, w]
+    control: torch.Tensor  # WanVACE control states [1, 96, T', h, w]
+    latent_mask: torch.Tensor  # [1, 1, T', h, w], 1 = generated region (conservative mapping)
+
+
+def untrained_pipeline(seed: int, calibration_clips: int = 32):
+    """The reference pipeline before training: random transformer, random VAE with calibrated latent statistics."""
+    from diffusers import WanVACEPipeline
+
+    vae = reference.random_vae(seed)
+    latents = []
+    with torch.no_grad():
+        for i in range(calibration_clips):
+            clip = synthetic_clip(MASK_KINDS[i % len(MASK_KINDS)], 10_000 + i, 17, 128, 128)
+            video = torch.from_numpy(clip.frames).permute(3, 0, 1, 2).unsqueeze(0).float() / 127.5 - 1.0
+            latents.append(vae.encode(video).latent_dist.mode())
+    stacked = torch.cat(latents).transpose(0, 1).flatten(1)
+    vae.register_to_config(latents_mean=stacked.mean(1).tolist(), latents_std=stacked.std(1).tolist())
+    return WanVACEPipeline(
+        vae=vae,
+        transformer=reference.random_transformer(seed),
+        scheduler=reference.scheduler(),
+        text_encoder=None,
+        tokenizer=None,
+    )
+
+
+def _normalise(pipe, latents: torch.Tensor) -> torch.Tensor:
+    config = pipe.vae.config
+    mean = torch.tensor(config.latents_mean).view(1, -1, 1, 1, 1)
+    std = torch.tensor(config.latents_std).view(1, -1, 1, 1, 1)
+    return (latents.float() - mean) / std
+
+
+@torch.no_grad()
+def conditioning_batch(pipe, clips: list) -> tuple[torch.Tensor, torch.Tensor]:
+    """WanVACEPipeline's conditioning for same-shape clips, with batched VAE encodes.
+
+    Equal to `pipe.prepare_video_latents` + `pipe.prepare_masks` per clip (tested); those refuse batches > 1.
+    Returns (control states [B, 96, T', h, w], preprocessed videos [B, 3, F, H, W]).
+    """
+    frames, height, width = clips[0].frames.shape[:3]
+    videos, masks, mask_latents = [], [], []
+    for clip in clips:
+        video, mask = pipeline_inputs(clip)
+        video_t, mask_t, refs = pipe.preprocess_conditions(
+            video, mask, None, 1, height, width, frames, torch.float32, torch.device("cpu")
+        )
+        videos.append(video_t)
+        masks.append(mask_t)
+        mask_latents.append(pipe.prepare_masks(mask_t, refs, None))
+    video_b, mask_b = torch.cat(videos), torch.where(torch.cat(masks) > 0.5, 1.0, 0.0)
+    inactive = pipe.vae.encode(video_b * (1 - mask_b)).latent_dist.mode()
+    reactive = pipe.vae.encode(video_b * mask_b).latent_dist.mode()
+    conditioning = torch.cat([_normalise(pipe, inactive), _normalise(pipe, reactive)], dim=1)
+    return torch.cat([conditioning, torch.cat(mask_latents)], dim=1), video_b
+
+
+@torch.no_grad()
+def prepare_examples(pipe, clips: list) -> list[Example]:
+    """Training examples for same-shape clips: pipeline conditioning plus target latents of the originals."""
+    control, _ = conditioning_batch(pipe, clips)
+    originals = torch.stack([torch.from_numpy(c.frames).permute(3, 0, 1, 2) for c in clips]).float() / 127.5 - 1.0
+    target = _normalise(pipe, pipe.vae.encode(originals).latent_dist.mode())
+    examples = []
+    for i, clip in enumerate(clips):
+        latent_mask = pool_frames_to_latent(torch.from_numpy(clip.mask).float().unsqueeze(0))
+        latent_mask = F.max_pool2d(latent_mask, 8).unsqueeze(1)
+        examples.append(Example(target=target[i : i + 1], control=control[i : i + 1], latent_mask=latent_mask))
+    return examples
+
+
+def build_pool(pipe, size: int, seed: int, progress: bool = True, chunk: int = 8) -> dict[tuple[int, int, int], list[Example]]:
+    """`size` preprocessed clips of random kind, length and size, grouped by shape for batching."""
+    rng = np.random.default_rng(seed)
+    specs = []
+    for i in range(size):
+        shape = (int(rng.choice(FRAME_CHOICES)), int(rng.choice(SIZE_CHOICES)), int(rng.choice(SIZE_CHOICES)))
+        specs.append((shape, MASK_KINDS[int(rng.integers(len(MASK_KINDS)))], seed * 1_000_003 + i))
+    specs.sort(key=lambda spec: spec[0])
+    pool: dict[tuple[int, int, int], list[Example]] = {}
+    bar = tqdm(total=size, desc="preprocessing clips", disable=not progress, file=sys.stdout)
+    start = 0
+    while start < size:
+        shape = specs[start][0]
+        stop = start
+        while stop < size and stop - start < chunk and specs[stop][0] == shape:
+            stop += 1
+        clips = [synthetic_clip(kind, clip_seed, *shape) for shape, kind, clip_seed in specs[start:stop]]
+        pool.setdefault(shape, []).extend(prepare_examples(pipe, clips))
+        bar.update(stop - start)
+        start = stop
+    bar.close()
+    return pool
+
+
+def learning_rate(step: int, steps: int, peak: float, warmup: int = 100) -> float:
+    """Linear warm-up, then cosine decay to 10 % of the peak at the last step."""
+    progress = step / max(1, steps - 1)
+    return peak * min(1.0, (step + 1) / warmup) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def train(
+    out: Path,
+    steps: int = 3000,
+    batch: int = 8,
+    pool_size: int = 2000,
+    lr: float = 1e-3,
+    seed: int = 0,
+    threads: int | None = None,
+    device: str = "cpu",
+    progress: bool = True,
+) -> dict:
+    """Train and save the reference pipeline folder to `out`; returns the training record."""
+    if threads:
+        torch.set_num_threads(threads)
+    started = time.time()
+    pipe = untrained_pipeline(seed)
+    pool = build_pool(pipe, pool_size, seed + 1, progress)
+    shapes = sorted(pool)
+    weights = np.array([len(pool[s]) for s in shapes], dtype=np.float64)
+    prompt, negative = reference.random_prompt_embeds()
+    model = pipe.transformer.to(device).train()
+    # RoPE tables are float64 non-persistent buffers; float32 trains ~2x faster on CPU and is not saved.
+    model.rope.freqs_cos, model.rope.freqs_sin = model.rope.freqs_cos.float(), model.rope.freqs_sin.float()
+    optimiser = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.99), weight_decay=0.01)
+    gen = torch.Generator().manual_seed(seed + 2)
+    rng = np.random.default_rng(seed + 3)
+    log, window = [], {"loss": 0.0, "in": 0.0, "out": 0.0, "n": 0}
+    bar = tqdm(range(steps), desc="training", disable=not progress, file=sys.stdout)
+    for step in bar:
+        for group in optimiser.param_groups:
+            group["lr"] = learning_rate(step, steps, lr)
+        shape = shapes[int(rng.choice(len(shapes), p=weights / weights.sum()))]
+        picks = rng.choice(len(pool[shape]), size=batch, replace=len(pool[shape]) < batch)
+        examples = [pool[shape][int(i)] for i in picks]
+        x0 = torch.cat([e.target for e in examples]).to(device)
+        control = torch.cat([e.control for e in examples]).to(device)
+        mask = torch.cat([e.latent_mask for e in examples]).to(device).expand_as(x0)
+        noise = torch.randn(x0.shape, generator=gen).to(device)
+        uniform = torch.rand(batch, generator=gen)
+        shifted = reference.SCHEDULER_SHIFT * uniform / (1 + (reference.SCHEDULER_SHIFT - 1) * uniform)
+        sigma = torch.where(torch.rand(batch, generator=gen) < 0.5, uniform, shifted).clamp(1e-3, 1.0).to(device)
+        use_negative = torch.rand(batch, generator=gen) < NEGATIVE_PROMPT_RATE
+        text = torch.where(use_negative.view(-1, 1, 1), negative, prompt).to(device)
+        s = sigma.view(-1, 1, 1, 1, 1)
+        noisy = (1 - s) * x0 + s * noise
+        prediction = model(noisy, sigma * 1000, text, control_hidden_states=control, return_dict=False)[0]
+        error = (prediction - (noise - x0)) ** 2
+        weight = 1 + (MASK_LOSS_WEIGHT - 1) * mask
+        loss = (error * weight).sum() / weight.sum()
+        optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimiser.step()
+        window["loss"] += loss.item()
+        window["in"] += float((error * mask).sum() / mask.sum().clamp(min=1))
+        window["out"] += float((error * (1 - mask)).sum() / (1 - mask).sum().clamp(min=1))
+        window["n"] += 1
+        if (step + 1) % 25 == 0 or step + 1 == steps:
+            n = window["n"]
+            record = {
+                "step": step + 1,
+                "minutes": round((time.time() - started) / 60, 2),
+                "lr": learning_rate(step, steps, lr),
+                "loss": window["loss"] / n,
+                "loss_in_mask": window["in"] / n,
+                "loss_outside": window["out"] / n,
+            }
+            log.append(record)
+            bar.set_postfix(loss=f"{record['loss']:.3f}", inside=f"{record['loss_in_mask']:.3f}")
+            window = {"loss": 0.0, "in": 0.0, "out": 0.0, "n": 0}
+    model.eval()
+    return save(pipe, out, prompt, negative, log, steps, batch, pool_size, lr, seed, started)
+
+
+def _half_precision_except_fp32_modules(model: torch.nn.Module) -> None:
+    keep = tuple(model._keep_in_fp32_modules or ())
+    for name, param in model.named_parameters():
+        if not any(part in keep for part in name.split(".")):
+            param.data = param.data.to(torch.float16)
+
+
+def save(pipe, out: Path, prompt, negative, log, steps, batch, pool_size, lr, seed, started) -> dict:
+    """Write the pipeline folder (fp16 transformer, fp32 kept modules), prompt embeddings and the record."""
+    import diffusers
+    from safetensors.torch import save_file
+
+    pipe.transformer.to("cpu")
+    _half_precision_except_fp32_modules(pipe.transformer)
+    with atomic_dir(out, overwrite=True) as tmp:
+        pipe.save_pretrained(tmp, safe_serialization=True)
+        save_file(
+            {"prompt_embeds": prompt.contiguous(), "negative_prompt_embeds": negative.contiguous()},
+            str(tmp / "prompt_embeds.safetensors"),
+        )
+        files = sorted(p.relative_to(tmp).as_posix() for p in tmp.rglob("*.safetensors"))
+        record = {
+            "what": "tiny WanVACETransformer3DModel trained for caching behaviour on synthetic clips; not an inpainting model",
+            "seed": seed,
+            "steps": steps,
+            "batch": batch,
+            "learning_rate": lr,
+            "threads": torch.get_num_threads(),
+            "minutes": round((time.time() - started) / 60, 1),
+            "data": {
+                "clips": pool_size,
+                "frames": list(FRAME_CHOICES),
+                "sizes": list(SIZE_CHOICES),
+                "mask_kinds": list(MASK_KINDS),
+                "preprocessing": "WanVACEPipeline.preprocess_conditions / prepare_video_latents / prepare_masks on the "
+                "clip with its mask painted grey; target = normalised VAE latents of the original clip",
+                "negative_prompt_rate": NEGATIVE_PROMPT_RATE,
+                "mask_loss_weight": MASK_LOSS_WEIGHT,
+                "objective": "flow matching: x_s = (1-s)x0 + s*eps, target eps - x0, timestep 1000 s; "
+                "s half uniform, half shift-3",
+            },
+            "final_loss": log[-1] if log else None,
+            "loss_curve": log[:: max(1, len(log) // 12)] + log[-1:],
+            "torch": torch.__version__,
+            "diffusers": diffusers.__version__,
+            "python": platform.python_version(),
+            "checksums": {rel: reference.file_checksum(tmp / rel) for rel in files},
+        }
+        write_json(tmp / reference.CARD_FILE, record)
+    return record
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="hetcache reference-train", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, required=True, help="output folder (a diffusers pipeline folder)")
+    parser.add_argument("--steps", type=int, default=3000, help="optimiser steps (fixed, not a time budget)")
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--pool", type=int, default=2000, help="number of preprocessed training clips")
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (results depend on it)")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--no-progress", action="store_true")
+    args = parser.parse_args(argv)
+    record = train(
+        args.out, args.steps, args.batch, args.pool, args.lr, args.seed, args.threads, args.device, not args.no_progress
+    )
+    print(json.dumps({k: record[k] for k in ("steps", "minutes", "final_loss")}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,125 @@
+"""Building the pipeline, prompt embeddings and clips a workload names."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from .. import reference
+from ..errors import InputError, UnsupportedModelError
+from ..video import Constraints, load_clip, reconcile
+from .clips import Clip, synthetic_clip
+from .spec import Workload
+
+SUPPORTED_PIPELINES = ("WanVACEPipeline",)
+
+
+def torch_dtype(name: str) -> torch.dtype:
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
+
+
+def _pipeline_class_name(source: str) -> str | None:
+    index = Path(source) / "model_index.json"
+    if index.is_file():
+        return json.loads(index.read_text(encoding="utf-8")).get("_class_name")
+    return None
+
+
+def load_pipeline(workload: Workload):
+    """The WanVACEPipeline a workload names, on its device and dtype, with the progress bar off."""
+    from diffusers import WanVACEPipeline
+
+    dtype = torch_dtype(workload.dtype)
+    if workload.is_reference and workload.weights == "random":
+        pipe = WanVACEPipeline(
+            vae=reference.random_vae(),
+            transformer=reference.random_transformer(),
+            scheduler=reference.scheduler(),
+            text_encoder=None,
+            tokenizer=None,
+        )
+        if dtype != torch.float32:
+            pipe.transformer.to(dtype)
+    else:
+        source = str(reference.MODEL_DIR) if workload.is_reference else workload.pipeline
+        if workload.is_reference:
+            reference.verify()
+        class_name = _pipeline_class_name(source)
+        if class_name is not None and class_name not in SUPPORTED_PIPELINES:
+            raise UnsupportedModelError(
+                f"pipeline '{source}' is a {class_name}; hetcache runs masked video editing with "
+                f"{', '.join(SUPPORTED_PIPELINES)}.",
+                "point --pipeline at a Wan-VACE pipeline folder or hub id (e.g. a Wan2.1-VACE-1.3B-diffusers copy).",
+            )
+        try:
+            pipe = WanVACEPipeline.from_pretrained(source, text_encoder=None, tokenizer=None, torch_dtype=dtype)
+        except (OSError, ValueError) as exc:
+            raise InputError(
+                f"cannot load pipeline '{source}' ({str(exc).splitlines()[0]}).",
+                "pass a local folder written by save_pretrained, or a hub id that is already in the local cache.",
+            ) from exc
+        pipe.vae.to(torch.float32)
+    if workload.shift is not None:
+        pipe.scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config, shift=workload.shift)
+    pipe.to(workload.device)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def load_prompt_embeds(workload: Workload, pipe) -> tuple[torch.Tensor, torch.Tensor]:
+    """Prompt and negative-prompt embeddings (no text encoder is loaded)."""
+    if workload.prompt_embeds:
+        path = Path(workload.prompt_embeds)
+        if not path.is_file():
+            raise InputError(f"prompt embeddings '{path}' do not exist.", "check the --prompt-embeds path.")
+        try:
+            if path.suffix == ".safetensors":
+                from safetensors.torch import load_file
+
+                tensors = load_file(str(path))
+            else:
+                tensors = torch.load(path, map_location="cpu", weights_only=True)
+            positive, negative = tensors["prompt_embeds"], tensors.get("negative_prompt_embeds")
+        except (KeyError, RuntimeError, OSError) as exc:
+            raise InputError(
+                f"prompt embeddings '{path}' cannot be read ({exc}).",
+                "save a dict with 'prompt_embeds' [1, L, D] (and 'negative_prompt_embeds') with safetensors or torch.save.",
+            ) from exc
+        if negative is None:
+            negative = torch.zeros_like(positive)
+    elif workload.is_reference:
+        if workload.weights == "trained":
+            positive, negative = reference.load_prompt_embeds()
+        else:
+            positive, negative = reference.random_prompt_embeds()
+    else:
+        raise InputError(
+            f"workload '{workload.name}' uses pipeline '{workload.pipeline}' but gives no prompt embeddings.",
+            "pass --prompt-embeds FILE (a safetensors/torch file with 'prompt_embeds' and 'negative_prompt_embeds').",
+        )
+    expected = pipe.transformer.config.text_dim
+    if positive.ndim != 3 or positive.shape[-1] != expected:
+        raise InputError(
+            f"prompt embeddings have shape {tuple(positive.shape)}; the transformer expects [1, L, {expected}].",
+            "encode the prompt with the text encoder this transformer was trained with.",
+        )
+    dtype = torch_dtype(workload.dtype)
+    return positive.to(workload.device, dtype), negative.to(workload.device, dtype)
+
+
+def load_clips(workload: Workload) -> list[Clip]:
+    """The workload's clips, reconciled with its size and Wan's constraints (notes say what changed)."""
+    constraints = Constraints(height=workload.height, width=workload.width, num_frames=workload.num_frames)
+    clips = []
+    for source in workload.clip_sources():
+        if source.kind is not None:
+            clip = synthetic_clip(source.kind, source.seed, workload.num_frames, workload.height, workload.width)
+            clip.name = source.name
+            clips.append(reconcile(clip, constraints))
+        else:
+            clips.append(
+                load_clip(source.video, source.mask, constraints, workload.fit, workload.mask_threshold, source.name)
+            )
+    return clips

@@ -1,0 +1,138 @@
+"""Workloads: everything a run depends on — model, pipeline, calibration clips, size, steps, guidance, seed.
+
+Every command takes one, as a JSON file (`hetcache.workload/v1`) or as flags. The default is the embedded
+reference workload: the trained tiny Wan-VACE pipeline on the five synthetic calibration clips.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import InputError
+from .clips import MASK_KINDS
+
+SCHEMA = "hetcache.workload/v1"
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+@dataclass(frozen=True)
+class ClipSource:
+    """One calibration clip: synthetic (`kind` + `seed`) or from files (`video` + `mask`)."""
+
+    name: str
+    kind: str | None = None
+    seed: int = 0
+    video: str | None = None
+    mask: str | None = None
+
+
+@dataclass(frozen=True)
+class Workload:
+    """A complete description of what runs; see DESIGN.md, Workloads."""
+
+    name: str = "reference"
+    pipeline: str = "reference"
+    weights: str = "trained"
+    clips: tuple[ClipSource, ...] = field(default_factory=tuple)
+    height: int = 256
+    width: int = 256
+    num_frames: int = 17
+    steps: int = 20
+    guidance_scale: float = 5.0
+    shift: float | None = None
+    seed: int = 0
+    dtype: str = "float32"
+    device: str = "cpu"
+    prompt_embeds: str | None = None
+    fit: str = "strict"
+    mask_threshold: float | None = None
+
+    @property
+    def is_reference(self) -> bool:
+        return self.pipeline == "reference"
+
+    def clip_sources(self) -> tuple[ClipSource, ...]:
+        """The configured clips, or the reference calibration set (one clip per mask kind)."""
+        if self.clips:
+            return self.clips
+        return tuple(ClipSource(name=kind, kind=kind, seed=101 * i) for i, kind in enumerate(MASK_KINDS))
+
+    def replace(self, **changes: Any) -> Workload:
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["clips"] = [{k: v for k, v in dataclasses.asdict(c).items() if v is not None} for c in self.clips]
+        return {"schema": SCHEMA, **data}
+
+    def summary(self) -> dict[str, Any]:
+        """The fields a policy records about the workload it was tuned for."""
+        return {
+            "name": self.name,
+            "steps": self.steps,
+            "height": self.height,
+            "width": self.width,
+            "num_frames": self.num_frames,
+            "guidance_scale": self.guidance_scale,
+            "scheduler": f"{'FlowMatchEulerDiscreteScheduler' if self.is_reference else 'pipeline default'}"
+            + (f"(shift={self.shift})" if self.shift is not None else ""),
+        }
+
+
+def reference_workload(**changes: Any) -> Workload:
+    """The embedded reference workload (optionally changed, e.g. `weights="random"`, fewer `steps`)."""
+    return Workload(**changes)
+
+
+def _fail(origin: str, key: str, message: str, fix: str = "correct the workload file.") -> InputError:
+    return InputError(f"{origin}: {key} {message}.", fix)
+
+
+def workload_from_dict(data: dict[str, Any], origin: str = "workload") -> Workload:
+    """Validate a JSON-form workload; errors name the field."""
+    if not isinstance(data, dict):
+        raise _fail(origin, "(top level)", "must be an object")
+    if data.get("schema") != SCHEMA:
+        raise _fail(origin, "schema", f"must be {SCHEMA!r}, got {data.get('schema')!r}")
+    known = {f.name for f in dataclasses.fields(Workload)}
+    unknown = sorted(set(data) - known - {"schema"})
+    if unknown:
+        raise _fail(origin, ", ".join(unknown), "is not a workload field", f"known fields: {', '.join(sorted(known))}.")
+    kwargs = {k: v for k, v in data.items() if k in known and k != "clips"}
+    for key in ("height", "width", "num_frames", "steps", "seed"):
+        if key in kwargs and (not isinstance(kwargs[key], int) or isinstance(kwargs[key], bool) or kwargs[key] < 0):
+            raise _fail(origin, key, f"must be a non-negative integer, got {kwargs[key]!r}")
+    if kwargs.get("dtype", "float32") not in DTYPES:
+        raise _fail(origin, "dtype", f"must be one of {', '.join(DTYPES)}, got {kwargs['dtype']!r}")
+    if kwargs.get("weights", "trained") not in ("trained", "random"):
+        raise _fail(origin, "weights", f"must be 'trained' or 'random', got {kwargs['weights']!r}")
+    clips = []
+    for i, raw in enumerate(data.get("clips") or []):
+        if not isinstance(raw, dict) or "name" not in raw:
+            raise _fail(origin, f"clips[{i}]", "must be an object with a name")
+        if raw.get("kind") is not None and raw["kind"] not in MASK_KINDS:
+            raise _fail(origin, f"clips[{i}].kind", f"must be one of {', '.join(MASK_KINDS)}, got {raw['kind']!r}")
+        if raw.get("kind") is None and not (raw.get("video") and raw.get("mask")):
+            raise _fail(origin, f"clips[{i}]", "needs either a synthetic kind or both video and mask files")
+        try:
+            clips.append(ClipSource(**raw))
+        except TypeError as exc:
+            raise _fail(origin, f"clips[{i}]", f"has an unknown field ({exc})") from exc
+    return Workload(**kwargs, clips=tuple(clips))
+
+
+def load_workload(path: str | os.PathLike) -> Workload:
+    """Read and validate a workload JSON file."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise InputError(f"workload file '{path}' does not exist.", "check the path.") from exc
+    except json.JSONDecodeError as exc:
+        raise InputError(f"workload file '{path}' is not valid JSON ({exc.msg}, line {exc.lineno}).", "fix the JSON.") from exc
+    return workload_from_dict(data, origin=f"workload file '{path}'")
