@@ -1,7 +1,7 @@
 """hetcache: training-free heterogeneous caching for masked video-to-video editing with diffusion transformers.
 
-    from hetcache import apply_hetcache, load_policy
-    handle = apply_hetcache(pipe.transformer, "policy.json", scheduler=pipe.scheduler)
+from hetcache import apply_hetcache, load_policy
+handle = apply_hetcache(pipe.transformer, "policy.json", scheduler=pipe.scheduler)
 """
 
 from __future__ import annotations
@@ -34,4 +34,12 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module 'hetcache' has no attribute {name!r}")
 
 
-__all__ = ["HetCacheError", "HetCacheHandle", "Policy", "__version__", "apply_hetcache", "load_policy", "remove_hetcache"]
+__all__ = [
+    "HetCacheError",
+    "HetCacheHandle",
+    "Policy",
+    "__version__",
+    "apply_hetcache",
+    "load_policy",
+    "remove_hetcache",
+]

@@ -52,7 +52,9 @@ class CostModel:
         d, f = self.dim, self.ffn_dim
         return {
             "self_attention": 8.0 * active * d * d + 4.0 * active * keys * d,
-            "cross_attention": 4.0 * active * d * d + 4.0 * active * text_len * d + (4.0 * text_len * d * d if text_kv else 0.0),
+            "cross_attention": 4.0 * active * d * d
+            + 4.0 * active * text_len * d
+            + (4.0 * text_len * d * d if text_kv else 0.0),
             "ffn": 4.0 * active * d * f,
         }
 

@@ -143,7 +143,9 @@ class Policy:
         if self.model is None or self.model.fingerprint == model_fp["fingerprint"]:
             return
         ours, theirs = self.model.architecture, model_fp["architecture"]
-        diffs = [f"{k}: policy {ours.get(k)!r} vs model {theirs.get(k)!r}" for k in ours if ours.get(k) != theirs.get(k)]
+        diffs = [
+            f"{k}: policy {ours.get(k)!r} vs model {theirs.get(k)!r}" for k in ours if ours.get(k) != theirs.get(k)
+        ]
         if self.model.class_name != model_fp["class"]:
             diffs.insert(0, f"class: policy {self.model.class_name} vs model {model_fp['class']}")
         raise FingerprintMismatchError(
@@ -253,9 +255,8 @@ class _Reader:
             if not isinstance(value, list) or not value or not all(isinstance(v, (int, float)) for v in value):
                 sub.fail(f"must be a non-empty list of numbers or null, got {value!r}")
             value = tuple(float(v) for v in value)
-        elif kind == "dict":
-            if not isinstance(value, dict):
-                sub.fail(f"must be an object, got {value!r}")
+        elif kind == "dict" and not isinstance(value, dict):
+            sub.fail(f"must be an object, got {value!r}")
         if "ge" in bounds and value < bounds["ge"]:
             sub.fail(f"must be ≥ {bounds['ge']}, got {value!r}")
         if "le" in bounds and value > bounds["le"]:
@@ -294,10 +295,10 @@ def policy_from_dict(data: Any, origin: str = "policy") -> Policy:
     top = _Reader(data, origin)
     schema = top.get("schema", "str")
     if not schema.startswith(SCHEMA_PREFIX):
-        top.fail(f"is not a hetcache policy (schema {schema!r})", f"a policy has \"schema\": \"{SCHEMA}\".")
+        top.fail(f"is not a hetcache policy (schema {schema!r})", f'a policy has "schema": "{SCHEMA}".')
     version_text = schema[len(SCHEMA_PREFIX) :]
     if not version_text.isdigit():
-        top.fail(f"has an unreadable schema {schema!r}", f"use \"{SCHEMA}\".")
+        top.fail(f"has an unreadable schema {schema!r}", f'use "{SCHEMA}".')
     if int(version_text) > SCHEMA_VERSION:
         raise PolicyError(
             f"{origin} uses schema {schema}, newer than this hetcache reads ({SCHEMA}).",

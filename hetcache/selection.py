@@ -30,7 +30,9 @@ def evenly_spaced(candidates: torch.Tensor, ratio: float, frames: int) -> torch.
     return chosen.view_as(candidates)
 
 
-def kmeans(features: torch.Tensor, clusters: int, seed: int = 0, iterations: int = 12) -> tuple[torch.Tensor, torch.Tensor]:
+def kmeans(
+    features: torch.Tensor, clusters: int, seed: int = 0, iterations: int = 12
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Seeded Lloyd k-means on the device: features [n, D] → (labels [n], centres [k, D]).
 
     k-means++ initialisation with a fixed generator; a fixed number of iterations (no host sync for convergence).
@@ -109,7 +111,7 @@ def select_context(
         idx = context[b].nonzero().squeeze(1)
         if idx.numel() == 0:
             continue
-        want = int(round(ratio * idx.numel()))
+        want = round(ratio * idx.numel())
         if want == 0:
             continue
         if strategy == "attention":

@@ -45,7 +45,9 @@ def read_video(path: str | os.PathLike, what: str = "video") -> tuple[np.ndarray
             fps = float(stream.average_rate or 16)
             frames = [frame.to_ndarray(format="rgb24") for frame in container.decode(stream)]
     except (av.error.FFmpegError, IndexError, UnicodeDecodeError) as exc:
-        raise InputError(f"{what} '{path}' cannot be read as a video ({exc}).", "pass an mp4 file or a PNG folder.") from exc
+        raise InputError(
+            f"{what} '{path}' cannot be read as a video ({exc}).", "pass an mp4 file or a PNG folder."
+        ) from exc
     if not frames:
         raise InputError(f"{what} '{path}' has no frames.", "pass a non-empty video.")
     return np.stack(frames), fps
@@ -79,7 +81,7 @@ def write_video(path: str | os.PathLike, frames: np.ndarray, fps: float = 16.0, 
     if pad_h or pad_w:
         frames = np.pad(frames, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)), mode="edge")
     with atomic.atomic_path(path) as tmp, av.open(str(tmp), "w", format="mp4") as container:
-        stream = container.add_stream("libx264", rate=int(round(fps)))
+        stream = container.add_stream("libx264", rate=round(fps))
         stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
         stream.options = {"crf": str(crf)}
         for frame in frames:
@@ -123,7 +125,11 @@ def _resize_frames(frames: np.ndarray, height: int, width: int) -> np.ndarray:
 
 def _resize_mask(mask: np.ndarray, height: int, width: int) -> np.ndarray:
     return np.stack(
-        [np.asarray(Image.fromarray(m.astype(np.uint8) * 255).resize((width, height), Image.Resampling.NEAREST)) > 127 for m in mask]
+        [
+            np.asarray(Image.fromarray(m.astype(np.uint8) * 255).resize((width, height), Image.Resampling.NEAREST))
+            > 127
+            for m in mask
+        ]
     )
 
 
@@ -187,11 +193,15 @@ def reconcile(clip: Clip, constraints: Constraints, fit: str = "strict") -> Clip
     s = constraints.spatial
     new_h, new_w = height // s * s, width // s * s
     if new_h < s or new_w < s:
-        raise InputError(f"clip '{clip.name}' is {width}x{height}; the pipeline needs at least {s}x{s}.", "pass a larger clip.")
+        raise InputError(
+            f"clip '{clip.name}' is {width}x{height}; the pipeline needs at least {s}x{s}.", "pass a larger clip."
+        )
     if (new_h, new_w) != (height, width):
         frames, mask = _centre_crop(frames, new_h, new_w), _centre_crop(mask[..., None], new_h, new_w)[..., 0]
         notes.append(f"centre-cropped from {width}x{height} to {new_w}x{new_h} (multiples of {s})")
-    return Clip(name=clip.name, frames=np.ascontiguousarray(frames), mask=np.ascontiguousarray(mask), notes=notes, fps=clip.fps)
+    return Clip(
+        name=clip.name, frames=np.ascontiguousarray(frames), mask=np.ascontiguousarray(mask), notes=notes, fps=clip.fps
+    )
 
 
 def load_clip(
@@ -205,5 +215,7 @@ def load_clip(
     """Read a video and its mask from files and reconcile them with the pipeline's constraints."""
     frames, fps = read_video(video)
     mask_array = read_mask(mask, mask_threshold)
-    clip = Clip(name=name or Path(video).stem, frames=frames, mask=mask_array, notes=[f"from {Path(video).name}"], fps=fps)
+    clip = Clip(
+        name=name or Path(video).stem, frames=frames, mask=mask_array, notes=[f"from {Path(video).name}"], fps=fps
+    )
     return reconcile(clip, constraints, fit)

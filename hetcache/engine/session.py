@@ -64,17 +64,29 @@ class HetCacheSession:
         num_vace = len(model.vace_blocks) if self.is_vace else 0
         layers = policy.layers
         self.settings = EngineSettings(
-            partial_blocks=frozenset(range(config.num_layers) if layers.partial_blocks is None else layers.partial_blocks),
-            partial_vace=frozenset(range(num_vace) if layers.partial_vace_blocks is None else layers.partial_vace_blocks),
+            partial_blocks=frozenset(
+                range(config.num_layers) if layers.partial_blocks is None else layers.partial_blocks
+            ),
+            partial_vace=frozenset(
+                range(num_vace) if layers.partial_vace_blocks is None else layers.partial_vace_blocks
+            ),
             selection_layer=policy.tokens.selection_layer % config.num_layers,
-            capture_features=policy.tokens.selection in ("kmeans", "kmeans_attention") and policy.tokens.context_ratio > 0,
-            capture_scores=policy.tokens.selection in ("attention", "kmeans_attention") and policy.tokens.context_ratio > 0,
+            capture_features=policy.tokens.selection in ("kmeans", "kmeans_attention")
+            and policy.tokens.context_ratio > 0,
+            capture_scores=policy.tokens.selection in ("attention", "kmeans_attention")
+            and policy.tokens.context_ratio > 0,
         )
         self.model_dtype = model.dtype
         self.cache_dtype = CACHE_DTYPES.get(policy.cache.dtype, model.dtype)
         self.contexts = StateManager(ContextState)
         self.run = RunState()
-        self.phase_seconds: dict[str, float] = {"total": 0.0, "engine": 0.0, "classify": 0.0, "plan": 0.0, "select": 0.0}
+        self.phase_seconds: dict[str, float] = {
+            "total": 0.0,
+            "engine": 0.0,
+            "classify": 0.0,
+            "plan": 0.0,
+            "select": 0.0,
+        }
         self._warned_beyond_plan = False
 
     # ------------------------------------------------------------------------------------------------------
@@ -147,7 +159,9 @@ class HetCacheSession:
         if self.mask is not None:
             token_mask = self._explicit_token_mask(grid, hidden)
         elif inputs.get("control_hidden_states") is not None:
-            token_mask = token_mask_from_control(inputs["control_hidden_states"], self.patch_size, tokens_policy.mask_threshold)
+            token_mask = token_mask_from_control(
+                inputs["control_hidden_states"], self.patch_size, tokens_policy.mask_threshold
+            )
         else:
             raise InputError(
                 "no edit mask: this transformer has no VACE control states to read it from.",
@@ -163,10 +177,14 @@ class HetCacheSession:
         run.skippable = run.skippable_mask.nonzero().squeeze(1)
         run.generative_union = generative_any.nonzero().squeeze(1)
         run.compact_slot = torch.cumsum(run.skippable_mask.long(), 0) - 1
-        run.generative_per_item = [classes.generative[b].nonzero().squeeze(1) for b in range(classes.generative.shape[0])]
+        run.generative_per_item = [
+            classes.generative[b].nonzero().squeeze(1) for b in range(classes.generative.shape[0])
+        ]
         n_generative = run.generative_union.numel()
         if n_generative == 0:
-            run.no_token_savings = "empty mask: no generative tokens, PARTIAL steps run full (timestep-level reuse only)"
+            run.no_token_savings = (
+                "empty mask: no generative tokens, PARTIAL steps run full (timestep-level reuse only)"
+            )
         elif n_generative == run.tokens:
             run.no_token_savings = "full mask: every token is generative, PARTIAL steps cannot save tokens"
         if run.no_token_savings:
@@ -204,8 +222,10 @@ class HetCacheSession:
             if self._starts_new_run(t):
                 self._start_run(model, inputs)
             run = self.run
-            step = self._index_of(t) if run.timesteps is not None else (
-                0 if run.current_step is None else run.current_step + 1
+            step = (
+                self._index_of(t)
+                if run.timesteps is not None
+                else (0 if run.current_step is None else run.current_step + 1)
             )
             decision = self._decide(model, step, timestep)
             run.decisions[step] = decision
@@ -261,7 +281,9 @@ class HetCacheSession:
             if step < len(run.plan):
                 return run.plan[step]
             if not self._warned_beyond_plan:
-                warnings.warn(f"hetcache: step {step} is beyond the {len(run.plan)}-step plan; running it FULL.", stacklevel=3)
+                warnings.warn(
+                    f"hetcache: step {step} is beyond the {len(run.plan)}-step plan; running it FULL.", stacklevel=3
+                )
                 self._warned_beyond_plan = True
             return FULL
         # step by step (timesteps unknown in advance): the same rule, from the modulation of this timestep
@@ -343,8 +365,14 @@ class HetCacheSession:
         """After a full computation: keep the residual (or output) of the skippable tokens."""
         source = out - base if self.policy.tokens.skip_fill == "residual" else out
         rows = self.run.skippable
-        if layer.skip is None or layer.skip.shape != (out.shape[0], rows.numel(), out.shape[2]) or layer.skip.dtype != self.cache_dtype:
-            layer.skip = torch.empty(out.shape[0], rows.numel(), out.shape[2], dtype=self.cache_dtype, device=out.device)
+        if (
+            layer.skip is None
+            or layer.skip.shape != (out.shape[0], rows.numel(), out.shape[2])
+            or layer.skip.dtype != self.cache_dtype
+        ):
+            layer.skip = torch.empty(
+                out.shape[0], rows.numel(), out.shape[2], dtype=self.cache_dtype, device=out.device
+            )
         layer.skip.copy_(source.index_select(1, rows))
 
     def _refresh_skip(self, layer, computed: torch.Tensor, base: torch.Tensor, rows: Rows) -> None:
@@ -444,7 +472,9 @@ class HetCacheSession:
         if self.settings.capture_features:
             capture.features = _store_like(capture.features, out)
         if self.settings.capture_scores:
-            ctx.call_selection_flops += 2.0 * sum(g.numel() for g in capture.generative) * self.run.tokens * self.cost.dim
+            ctx.call_selection_flops += (
+                2.0 * sum(g.numel() for g in capture.generative) * self.run.tokens * self.cost.dim
+            )
 
     def head_input(self, hidden: torch.Tensor) -> torch.Tensor:
         """Input of the output norm: on REUSE steps, input + the whole-stack residual of the last computed step."""

@@ -90,12 +90,16 @@ def text_kv(attn: torch.nn.Module, text: torch.Tensor) -> tuple[torch.Tensor, to
 
 
 def _attend(attn: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
-    out = dispatch_attention_fn(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, backend=_backend(attn))
+    out = dispatch_attention_fn(
+        query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, backend=_backend(attn)
+    )
     out = out.flatten(2, 3).type_as(query)
     return attn.to_out[1](attn.to_out[0](out))
 
 
-def _cross_attention(attn: torch.nn.Module, hidden: torch.Tensor, kv: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+def _cross_attention(
+    attn: torch.nn.Module, hidden: torch.Tensor, kv: tuple[torch.Tensor, torch.Tensor]
+) -> torch.Tensor:
     query = attn.norm_q(attn.to_q(hidden)).unflatten(2, (attn.heads, -1))
     return _attend(attn, query, *kv)
 

@@ -36,7 +36,9 @@ TRANSFORMER_CONFIG = dict(
     vace_layers=[0, 3],
     vace_in_channels=96,
 )
-VAE_CONFIG = dict(base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1, temperal_downsample=[False, True, True])
+VAE_CONFIG = dict(
+    base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1, temperal_downsample=[False, True, True]
+)
 SCHEDULER_SHIFT = 3.0
 TEXT_LEN = 16
 

@@ -112,7 +112,9 @@ def prepare_examples(pipe, clips: list) -> list[Example]:
     return examples
 
 
-def build_pool(pipe, size: int, seed: int, progress: bool = True, chunk: int = 8) -> dict[tuple[int, int, int], list[Example]]:
+def build_pool(
+    pipe, size: int, seed: int, progress: bool = True, chunk: int = 8
+) -> dict[tuple[int, int, int], list[Example]]:
     """`size` preprocessed clips of random kind, length and size, grouped by shape for batching."""
     rng = np.random.default_rng(seed)
     specs = []
@@ -238,7 +240,8 @@ def save(pipe, out: Path, prompt, negative, log, steps, batch, pool_size, lr, se
         )
         files = sorted(p.relative_to(tmp).as_posix() for p in tmp.rglob("*.safetensors"))
         record = {
-            "what": "tiny WanVACETransformer3DModel trained for caching behaviour on synthetic clips; not an inpainting model",
+            "what": "tiny WanVACETransformer3DModel trained for caching behaviour on synthetic clips; "
+            "not an inpainting model",
             "seed": seed,
             "steps": steps,
             "batch": batch,

@@ -85,7 +85,8 @@ def load_prompt_embeds(workload: Workload, pipe) -> tuple[torch.Tensor, torch.Te
         except (KeyError, RuntimeError, OSError) as exc:
             raise InputError(
                 f"prompt embeddings '{path}' cannot be read ({exc}).",
-                "save a dict with 'prompt_embeds' [1, L, D] (and 'negative_prompt_embeds') with safetensors or torch.save.",
+                "save a dict with 'prompt_embeds' [1, L, D] (and 'negative_prompt_embeds') "
+                "with safetensors or torch.save.",
             ) from exc
         if negative is None:
             negative = torch.zeros_like(positive)

@@ -134,5 +134,7 @@ def load_workload(path: str | os.PathLike) -> Workload:
     except FileNotFoundError as exc:
         raise InputError(f"workload file '{path}' does not exist.", "check the path.") from exc
     except json.JSONDecodeError as exc:
-        raise InputError(f"workload file '{path}' is not valid JSON ({exc.msg}, line {exc.lineno}).", "fix the JSON.") from exc
+        raise InputError(
+            f"workload file '{path}' is not valid JSON ({exc.msg}, line {exc.lineno}).", "fix the JSON."
+        ) from exc
     return workload_from_dict(data, origin=f"workload file '{path}'")

@@ -1,0 +1,40 @@
+# Two commands do all the set-up on a fresh machine:
+#   make demo   - virtual environment, install, then profile -> tune -> apply on the embedded reference workload (CPU)
+#   make test   - same set-up, then lint, format check and the test suite
+# A GPU user overrides the torch build, e.g.  make demo TORCH="torch==2.13.0 --index-url <your CUDA wheel index>"
+
+PYTHON ?= python3
+VENV ?= .venv
+TORCH ?= torch==2.13.0
+PYTEST_ARGS ?=
+DEMO ?= runs/demo
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.hetcache-installed
+
+.PHONY: install demo test lint format clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet $(TORCH)
+	$(BIN)/python -m pip install --quiet -e ".[test,postgres]"
+	touch $@
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/hetcache run --policy reference-balanced --compare --clips box,moving --out $(DEMO)/apply --overwrite
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: $(STAMP)
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+test: lint
+	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache .ruff_cache

@@ -1,0 +1,114 @@
+"""Shared fixtures: tiny random-weight Wan / Wan-VACE transformers and pipelines (real diffusers classes)."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from hetcache import reference
+from hetcache.workloads.clips import Clip
+
+if os.environ.get("HETCACHE_TEST_THREADS"):
+    torch.set_num_threads(int(os.environ["HETCACHE_TEST_THREADS"]))
+
+TINY_VACE = dict(
+    patch_size=(1, 2, 2),
+    num_attention_heads=2,
+    attention_head_dim=16,
+    in_channels=16,
+    out_channels=16,
+    text_dim=32,
+    freq_dim=256,
+    ffn_dim=64,
+    num_layers=4,
+    cross_attn_norm=True,
+    qk_norm="rms_norm_across_heads",
+    rope_max_seq_len=64,
+    vace_layers=[0, 2],
+    vace_in_channels=96,
+)
+TINY_WAN = {k: v for k, v in TINY_VACE.items() if not k.startswith("vace")}
+
+
+def tiny_vace_model(seed: int = 0, **overrides):
+    from diffusers import WanVACETransformer3DModel
+
+    torch.manual_seed(seed)
+    return WanVACETransformer3DModel(**{**TINY_VACE, **overrides}).eval()
+
+
+def tiny_wan_model(seed: int = 0, **overrides):
+    from diffusers import WanTransformer3DModel
+
+    torch.manual_seed(seed)
+    return WanTransformer3DModel(**{**TINY_WAN, **overrides}).eval()
+
+
+def box_token_mask(
+    batch: int, frames: int, h: int, w: int, box: tuple[int, int, int, int] = (2, 6, 2, 6)
+) -> torch.Tensor:
+    """Token mask [B, T', h, w] with a static box (top, bottom, left, right in tokens)."""
+    mask = torch.zeros(batch, frames, h, w, dtype=torch.bool)
+    top, bottom, left, right = box
+    mask[:, :, top:bottom, left:right] = True
+    return mask
+
+
+def control_with_mask(token_mask: torch.Tensor, seed: int = 0) -> torch.Tensor:
+    """VACE control states [B, 96, T', 2h, 2w]: random latents plus the mask in channels 32:96."""
+    batch, frames, h, w = token_mask.shape
+    gen = torch.Generator().manual_seed(seed)
+    latents = torch.randn(batch, 32, frames, 2 * h, 2 * w, generator=gen)
+    cells = token_mask.float().repeat_interleave(2, dim=2).repeat_interleave(2, dim=3)
+    return torch.cat([latents, cells.unsqueeze(1).expand(batch, 64, frames, 2 * h, 2 * w)], dim=1)
+
+
+def model_inputs(token_mask: torch.Tensor, seed: int = 0, text_len: int = 8, text_dim: int = 32) -> dict:
+    """Transformer kwargs for a token mask: noisy latents, control states and prompt embeddings."""
+    batch, frames, h, w = token_mask.shape
+    gen = torch.Generator().manual_seed(seed + 1)
+    return {
+        "hidden_states": torch.randn(batch, 16, frames, 2 * h, 2 * w, generator=gen),
+        "encoder_hidden_states": torch.randn(batch, text_len, text_dim, generator=gen),
+        "control_hidden_states": control_with_mask(token_mask, seed),
+    }
+
+
+@pytest.fixture
+def tiny_vace():
+    return tiny_vace_model()
+
+
+@pytest.fixture
+def tiny_wan():
+    return tiny_wan_model()
+
+
+def tiny_pipeline(seed: int = 0, **transformer_overrides):
+    """A WanVACEPipeline with the reference (random) VAE and a tiny random transformer."""
+    from diffusers import WanVACEPipeline
+
+    pipe = WanVACEPipeline(
+        vae=reference.random_vae(seed),
+        transformer=tiny_vace_model(seed, **transformer_overrides),
+        scheduler=reference.scheduler(),
+        text_encoder=None,
+        tokenizer=None,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def small_clip(frames: int = 9, height: int = 64, width: int = 64, kind: str = "box") -> Clip:
+    """A deterministic clip with a static centre box mask (or an empty/full mask)."""
+    rng = np.random.default_rng(0)
+    video = (rng.random((frames, height, width, 3)) * 255).astype(np.uint8)
+    mask = np.zeros((frames, height, width), dtype=bool)
+    if kind == "box":
+        mask[:, height // 4 : 3 * height // 4, width // 4 : 3 * width // 4] = True
+    elif kind == "full":
+        mask[:] = True
+    return Clip(name=kind, frames=video, mask=mask)
