@@ -108,7 +108,9 @@ class HetCacheSession:
 
     def _is_follower(self, ctx: ContextState) -> bool:
         run = self.run
-        return ctx.run_id == run.run_id and run.current_step is not None and ctx.last_step < run.current_step
+        if run.current_step is None:
+            return False
+        return ctx.run_id != run.run_id or ctx.last_step < run.current_step
 
     def _starts_new_run(self, t: float) -> bool:
         run = self.run

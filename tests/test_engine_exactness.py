@@ -1,0 +1,162 @@
+"""The engine reproduces the uncached model where it must: all-FULL runs, all-token PARTIAL steps, removal."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from conftest import box_token_mask, model_inputs, small_clip, tiny_pipeline, tiny_vace_model, tiny_wan_model
+
+from hetcache import apply_hetcache, remove_hetcache
+from hetcache.errors import CacheConflictError
+from hetcache.policy import Policy
+from hetcache.workloads.execute import pipeline_inputs
+
+torch.set_grad_enabled(False)
+
+EVERYTHING = Policy(name="everything").replace(margin_ratio=1.0, context_ratio=1.0, selection="stride")
+SOME = Policy(name="some").replace(margin_ratio=0.5, context_ratio=0.25, selection="stride")
+
+
+def _call(model, inputs, t):
+    return model(timestep=torch.tensor([t] * inputs["hidden_states"].shape[0]), return_dict=False, **inputs)[0]
+
+
+def _steps(model, inputs, timesteps, context="cond"):
+    with model.cache_context(context):
+        return [_call(model, inputs, t) for t in timesteps]
+
+
+def test_all_full_plan_equals_unhooked_pipeline():
+    pipe = tiny_pipeline()
+    clip = small_clip()
+    video, mask = pipeline_inputs(clip)
+    embeds = torch.randn(1, 8, 32, generator=torch.Generator().manual_seed(3))
+    kwargs = dict(
+        video=video,
+        mask=mask,
+        prompt_embeds=embeds,
+        negative_prompt_embeds=-embeds,
+        height=64,
+        width=64,
+        num_frames=9,
+        num_inference_steps=4,
+        guidance_scale=4.0,
+        output_type="latent",
+    )
+    reference = pipe(**kwargs, generator=torch.Generator().manual_seed(0)).frames
+    handle = apply_hetcache(pipe.transformer, SOME, strict=False, plan="FFFF", scheduler=pipe.scheduler)
+    cached = pipe(**kwargs, generator=torch.Generator().manual_seed(0)).frames
+    assert handle.stats()["decisions"] == "FFFF"
+    assert handle.stats()["decisions_by_context"] == {"cond": "FFFF", "uncond": "FFFF"}
+    assert (cached - reference).abs().max().item() <= 1e-5
+
+
+def test_partial_step_with_every_token_active_equals_full_step(tiny_vace):
+    inputs = model_inputs(box_token_mask(1, 3, 8, 8))
+    plain = _call(tiny_vace, inputs, 400.0)
+    apply_hetcache(tiny_vace, EVERYTHING, strict=False, plan="FP")
+    _, partial = _steps(tiny_vace, inputs, (500.0, 400.0))
+    assert torch.equal(partial, plain)
+
+
+def test_partial_step_right_after_full_step_on_identical_inputs_equals_it(tiny_vace):
+    inputs = model_inputs(box_token_mask(1, 3, 8, 8))
+    plain = _call(tiny_vace, inputs, 500.0)
+    handle = apply_hetcache(tiny_vace, SOME, strict=False, plan="FP")
+    full, partial = _steps(tiny_vace, inputs, (500.0, 500.0 - 1e-3))
+    assert handle.stats()["active_fraction"][1] < 0.9
+    assert (full - plain).abs().max().item() <= 1e-6
+    # same input, (practically) same timestep: cached keys, values and residuals are exact for the skipped tokens
+    assert (partial - plain).abs().max().item() <= 1e-3 * plain.abs().max().item()
+
+
+def test_remove_restores_exact_behaviour_and_double_apply_is_refused(tiny_vace):
+    inputs = model_inputs(box_token_mask(1, 3, 8, 8))
+    plain = _call(tiny_vace, inputs, 500.0)
+    apply_hetcache(tiny_vace, SOME, strict=False, plan="FPRP")
+    with pytest.raises(CacheConflictError, match="already applied"):
+        apply_hetcache(tiny_vace, SOME, strict=False)
+    _steps(tiny_vace, inputs, (900.0, 800.0, 700.0, 600.0))
+    remove_hetcache(tiny_vace)
+    assert torch.equal(_call(tiny_vace, inputs, 500.0), plain)
+    assert not hasattr(tiny_vace.blocks[0].forward, "func") or "hetcache" not in repr(tiny_vace.blocks[0].forward)
+
+
+def test_diffusers_cache_already_enabled_is_refused(tiny_vace):
+    from diffusers import FirstBlockCacheConfig
+
+    tiny_vace.enable_cache(FirstBlockCacheConfig(threshold=0.1))
+    with pytest.raises(CacheConflictError, match="disable_cache"):
+        apply_hetcache(tiny_vace, SOME, strict=False)
+
+
+def test_plain_wan_transformer_with_explicit_masks():
+    model = tiny_wan_model()
+    token_mask = box_token_mask(1, 3, 8, 8)
+    inputs = {k: v for k, v in model_inputs(token_mask).items() if k != "control_hidden_states"}
+    plain = _call(model, inputs, 400.0)
+    apply_hetcache(model, EVERYTHING, strict=False, plan="FP", mask=token_mask[0])
+    assert torch.equal(_steps(model, inputs, (500.0, 400.0))[1], plain)
+    remove_hetcache(model)
+    pixel = torch.zeros(9, 128, 128)
+    pixel[:, 32:96, 32:96] = 1
+    handle = apply_hetcache(model, SOME, strict=False, plan="FPP", mask=pixel)
+    _steps(model, inputs, (500.0, 400.0, 300.0))
+    stats = handle.stats()
+    assert stats["token_classes"]["generative"] == [3 * 4 * 4]
+    assert stats["decisions"] == "FPP"
+
+
+def test_plain_wan_without_mask_is_refused_with_a_clear_message():
+    from hetcache.errors import InputError
+
+    model = tiny_wan_model()
+    inputs = {k: v for k, v in model_inputs(box_token_mask(1, 3, 8, 8)).items() if k != "control_hidden_states"}
+    apply_hetcache(model, SOME, strict=False, plan="FP")
+    with pytest.raises(InputError, match="pass mask="):
+        _steps(model, inputs, (500.0,))
+
+
+def test_output_fill_and_bf16_cache_stay_close_to_uncached(tiny_vace):
+    inputs = model_inputs(box_token_mask(1, 3, 8, 8))
+    plain = [_call(tiny_vace, inputs, t) for t in (500.0, 499.0)]
+    for policy in (SOME.replace(skip_fill="output"), SOME.replace(dtype="bfloat16")):
+        apply_hetcache(tiny_vace, policy, strict=False, plan="FP")
+        outs = _steps(tiny_vace, inputs, (500.0, 499.0))
+        remove_hetcache(tiny_vace)
+        scale = plain[1].abs().max().item()
+        assert (outs[1] - plain[1]).abs().max().item() < 0.05 * scale
+    handle = apply_hetcache(tiny_vace, SOME.replace(dtype="bfloat16"), strict=False, plan="FP")
+    _steps(tiny_vace, inputs, (500.0, 499.0))
+    fp32_model = tiny_vace_model()
+    fp32 = apply_hetcache(fp32_model, SOME, strict=False, plan="FP")
+    _steps(fp32_model, inputs, (500.0, 499.0))
+    assert handle.stats()["cache_bytes"] < fp32.stats()["cache_bytes"]
+
+
+def test_second_pipeline_call_starts_clean():
+    pipe = tiny_pipeline()
+    clip = small_clip()
+    video, mask = pipeline_inputs(clip)
+    embeds = torch.randn(1, 8, 32, generator=torch.Generator().manual_seed(3))
+    apply_hetcache(pipe.transformer, SOME, strict=False, plan="FFPRP", scheduler=pipe.scheduler)
+
+    def call():
+        return pipe(
+            video=video,
+            mask=mask,
+            prompt_embeds=embeds,
+            negative_prompt_embeds=-embeds,
+            height=64,
+            width=64,
+            num_frames=9,
+            num_inference_steps=5,
+            guidance_scale=3.0,
+            output_type="latent",
+            generator=torch.Generator().manual_seed(0),
+        ).frames
+
+    first, second = call(), call()
+    assert torch.equal(first, second)
+    assert np.isfinite(first.numpy()).all()
