@@ -188,7 +188,10 @@ def reconcile(clip: Clip, constraints: Constraints, fit: str = "strict") -> Clip
             "pass a longer clip.",
         )
     if usable != frames.shape[0]:
-        notes.append(f"trimmed from {frames.shape[0]} to {usable} frames (Wan needs 4k+1)")
+        if usable == constraints.num_frames:
+            notes.append(f"trimmed from {frames.shape[0]} to the requested {usable} frames")
+        else:
+            notes.append(f"trimmed from {frames.shape[0]} to {usable} frames (Wan needs 4k+1)")
         frames, mask = frames[:usable], mask[:usable]
     s = constraints.spatial
     new_h, new_w = height // s * s, width // s * s

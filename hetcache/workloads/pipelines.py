@@ -30,6 +30,9 @@ def _pipeline_class_name(source: str) -> str | None:
 def load_pipeline(workload: Workload):
     """The WanVACEPipeline a workload names, on its device and dtype, with the progress bar off."""
     from diffusers import WanVACEPipeline
+    from diffusers.utils import logging as diffusers_logging
+
+    diffusers_logging.disable_progress_bar()
 
     dtype = torch_dtype(workload.dtype)
     if workload.is_reference and workload.weights == "random":
@@ -54,13 +57,12 @@ def load_pipeline(workload: Workload):
                 "point --pipeline at a Wan-VACE pipeline folder or hub id (e.g. a Wan2.1-VACE-1.3B-diffusers copy).",
             )
         try:
-            pipe = WanVACEPipeline.from_pretrained(source, text_encoder=None, tokenizer=None, torch_dtype=dtype)
+            pipe = WanVACEPipeline.from_pretrained(source, text_encoder=None, tokenizer=None, dtype=dtype)
         except (OSError, ValueError) as exc:
             raise InputError(
                 f"cannot load pipeline '{source}' ({str(exc).splitlines()[0]}).",
                 "pass a local folder written by save_pretrained, or a hub id that is already in the local cache.",
             ) from exc
-        pipe.vae.to(torch.float32)
     if workload.shift is not None:
         pipe.scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config, shift=workload.shift)
     pipe.to(workload.device)
@@ -116,7 +118,7 @@ def load_clips(workload: Workload) -> list[Clip]:
     clips = []
     for source in workload.clip_sources():
         if source.kind is not None:
-            clip = synthetic_clip(source.kind, source.seed, workload.num_frames, workload.height, workload.width)
+            clip = synthetic_clip(source.kind, source.seed, *workload.synthetic_size())
             clip.name = source.name
             clips.append(reconcile(clip, constraints))
         else:

@@ -18,6 +18,7 @@ from .clips import MASK_KINDS
 
 SCHEMA = "hetcache.workload/v1"
 DTYPES = ("float32", "bfloat16", "float16")
+REFERENCE_SIZE = (17, 256, 256)  # frames, height, width of the reference calibration clips
 
 
 @dataclass(frozen=True)
@@ -39,9 +40,9 @@ class Workload:
     pipeline: str = "reference"
     weights: str = "trained"
     clips: tuple[ClipSource, ...] = field(default_factory=tuple)
-    height: int = 256
-    width: int = 256
-    num_frames: int = 17
+    height: int | None = None
+    width: int | None = None
+    num_frames: int | None = None
     steps: int = 20
     guidance_scale: float = 5.0
     shift: float | None = None
@@ -56,11 +57,18 @@ class Workload:
     def is_reference(self) -> bool:
         return self.pipeline == "reference"
 
+    def synthetic_size(self) -> tuple[int, int, int]:
+        """(frames, height, width) of synthetic clips: the given size or the reference 17 x 256 x 256."""
+        return (self.num_frames or REFERENCE_SIZE[0], self.height or REFERENCE_SIZE[1], self.width or REFERENCE_SIZE[2])
+
     def clip_sources(self) -> tuple[ClipSource, ...]:
         """The configured clips, or the reference calibration set (one clip per mask kind)."""
         if self.clips:
             return self.clips
         return tuple(ClipSource(name=kind, kind=kind, seed=101 * i) for i, kind in enumerate(MASK_KINDS))
+
+    def uses_synthetic_clips(self) -> bool:
+        return all(source.kind is not None for source in self.clip_sources())
 
     def replace(self, **changes: Any) -> Workload:
         return dataclasses.replace(self, **changes)
@@ -72,12 +80,13 @@ class Workload:
 
     def summary(self) -> dict[str, Any]:
         """The fields a policy records about the workload it was tuned for."""
+        frames, height, width = self.synthetic_size() if self.uses_synthetic_clips() else (None, None, None)
         return {
             "name": self.name,
             "steps": self.steps,
-            "height": self.height,
-            "width": self.width,
-            "num_frames": self.num_frames,
+            "height": self.height or height,
+            "width": self.width or width,
+            "num_frames": self.num_frames or frames,
             "guidance_scale": self.guidance_scale,
             "scheduler": f"{'FlowMatchEulerDiscreteScheduler' if self.is_reference else 'pipeline default'}"
             + (f"(shift={self.shift})" if self.shift is not None else ""),

@@ -1,0 +1,128 @@
+"""Policy files: round trip, validation messages that name the field, shipped policies, fingerprints."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from hetcache import load_policy, policies
+from hetcache.errors import FingerprintMismatchError, PolicyError
+from hetcache.fingerprint import model_fingerprint
+from hetcache.policy import SCHEMA, Policy
+
+
+def test_round_trip_through_json(tmp_path):
+    policy = load_policy("reference-balanced")
+    path = policy.save(tmp_path / "p.json")
+    again = load_policy(path)
+    assert again == policy
+    assert again.to_dict() == json.loads(path.read_text())
+
+
+def test_fields_are_reachable_by_name_wherever_they_sit():
+    policy = Policy(name="x").replace(
+        plan="FFPR", reuse_threshold=0.2, full_threshold=0.3, warmup_steps=1, final_full_steps=0, margin_width=3
+    )
+    data = policy.to_dict()
+    assert data["step_plan"]["plan"] == "FFPR"
+    assert data["step_plan"]["reuse_threshold"] == 0.2
+    assert data["tokens"]["margin_width"] == 3
+    policy = policy.replace(margin_ratio=0.3, context_ratio=0.4, selection="kmeans")
+    assert (policy.tokens.margin_ratio, policy.tokens.context_ratio, policy.tokens.selection) == (0.3, 0.4, "kmeans")
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (("step_plan", "reuse_threshold", "abc"), "step_plan.reuse_threshold must be a number"),
+        (("tokens", "selection", "random"), "tokens.selection must be one of"),
+        (("tokens", "margin_ratio", 1.5), "tokens.margin_ratio must be ≤ 1.0"),
+        (("step_plan", "plan", "FFXP"), "holds letters other than F, P, R"),
+        (("step_plan", "plan", "PFF"), "the first step must be F"),
+        (("tokens", "margn_width", 3), "unknown field(s) margn_width"),
+        (("layers", "partial_blocks", [0, 99]), "partial_blocks holds index 99"),
+        (("step_plan", "full_threshold", 0.01), "full_threshold 0.01 below reuse_threshold"),
+    ],
+)
+def test_invalid_fields_are_named(change, message):
+    data = load_policy("reference-balanced").to_dict()
+    section, key, value = change
+    data[section][key] = value
+    if key == "plan":
+        data.pop("workload")
+    with pytest.raises(PolicyError) as info:
+        load_policy(data)
+    assert message in str(info.value)
+    assert "Fix:" in str(info.value)
+
+
+def test_corrupt_future_and_unknown_policies(tmp_path):
+    corrupt = tmp_path / "corrupt.json"
+    corrupt.write_text('{"schema": "hetcache.policy/v1", "name": ')
+    with pytest.raises(PolicyError, match=r"corrupt.json' is not valid JSON \(line 1"):
+        load_policy(corrupt)
+    future = tmp_path / "future.json"
+    future.write_text(json.dumps({"schema": "hetcache.policy/v2", "name": "f"}))
+    with pytest.raises(PolicyError, match="newer than this hetcache reads"):
+        load_policy(future)
+    with pytest.raises(PolicyError, match="not a hetcache policy"):
+        load_policy({"schema": "something/v1", "name": "x"})
+    with pytest.raises(PolicyError, match=r"unknown policy 'no-such-policy'.*reference-balanced"):
+        load_policy("no-such-policy")
+    with pytest.raises(PolicyError, match="does not exist"):
+        load_policy(tmp_path / "missing.json")
+
+
+def test_shipped_policies_load_and_the_paper_one_says_it_was_not_tuned():
+    names = policies.names()
+    assert "wan21-vace-1.3b-paper" in names
+    for name in names:
+        assert load_policy(name).name == name
+    paper = load_policy("wan21-vace-1.3b-paper")
+    assert paper.provenance["tuned_by_hetcache"] is False
+    assert "NOT tuned by this project" in paper.provenance["note"]
+    rows = {row["name"]: row for row in policies.index()}
+    assert rows["wan21-vace-1.3b-paper"]["source"] == "paper"
+
+
+def test_paper_policy_fingerprint_matches_the_real_1_3b_architecture():
+    from diffusers import WanVACETransformer3DModel
+
+    config = dict(
+        patch_size=(1, 2, 2),
+        num_attention_heads=12,
+        attention_head_dim=128,
+        in_channels=16,
+        out_channels=16,
+        text_dim=4096,
+        freq_dim=256,
+        ffn_dim=8960,
+        num_layers=30,
+        cross_attn_norm=True,
+        qk_norm="rms_norm_across_heads",
+        eps=1e-6,
+        vace_layers=list(range(0, 30, 2)),
+        vace_in_channels=96,
+    )
+    with torch.device("meta"):
+        model = WanVACETransformer3DModel(**config)
+    paper = load_policy("wan21-vace-1.3b-paper")
+    paper.check_model(model_fingerprint(model))
+    with torch.device("meta"):
+        bigger = WanVACETransformer3DModel(
+            **{
+                **config,
+                "num_attention_heads": 40,
+                "num_layers": 40,
+                "ffn_dim": 13824,
+                "vace_layers": list(range(0, 40, 5)),
+            }
+        )
+    with pytest.raises(FingerprintMismatchError, match="num_layers: policy 30 vs model 40"):
+        paper.check_model(model_fingerprint(bigger))
+
+
+def test_schema_constant_is_what_files_carry():
+    assert load_policy("reference-balanced").to_dict()["schema"] == SCHEMA == "hetcache.policy/v1"

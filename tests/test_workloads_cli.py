@@ -1,0 +1,171 @@
+"""Workloads (reference and real pipelines from a local folder) and the `hetcache` command line."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from conftest import tiny_pipeline
+from safetensors.torch import save_file
+
+from hetcache.cli import main
+from hetcache.errors import InputError, UnsupportedModelError
+from hetcache.video import write_mask, write_video
+from hetcache.workloads import ClipSource, Workload, load_workload
+from hetcache.workloads.execute import Session
+
+SMALL = dict(weights="random", height=64, width=64, num_frames=9, steps=3, clips=(ClipSource("box", kind="box"),))
+SMALL_FLAGS = [
+    "--weights",
+    "random",
+    "--height",
+    "64",
+    "--width",
+    "64",
+    "--frames",
+    "9",
+    "--steps",
+    "3",
+    "--clips",
+    "box",
+]
+
+
+def test_reference_workload_runs_deterministically():
+    session = Session(Workload(**SMALL))
+    first = session.generate(session.clips[0])
+    second = session.generate(session.clips[0])
+    assert first.frames.shape == (9, 64, 64, 3)
+    assert first.latents.shape == (1, 16, 3, 8, 8)
+    assert np.array_equal(first.frames, second.frames)
+    assert first.denoise_seconds > 0 and first.total_seconds >= first.denoise_seconds
+
+
+def test_reference_calibration_set_has_every_mask_kind_at_the_reference_size():
+    workload = Workload()
+    assert [s.kind for s in workload.clip_sources()] == ["box", "ellipse", "moving", "band", "two_regions"]
+    assert workload.synthetic_size() == (17, 256, 256)
+    tokens = 5 * (256 // 16) * (256 // 16)
+    assert tokens >= 1000
+
+
+@pytest.fixture
+def saved_pipeline(tmp_path):
+    pipe = tiny_pipeline()
+    folder = tmp_path / "pipeline"
+    pipe.save_pretrained(folder)
+    gen = torch.Generator().manual_seed(0)
+    embeds = tmp_path / "embeds.safetensors"
+    save_file(
+        {"prompt_embeds": torch.randn(1, 8, 32, generator=gen), "negative_prompt_embeds": torch.zeros(1, 8, 32)},
+        str(embeds),
+    )
+    frames = (np.random.default_rng(0).random((10, 64, 80, 3)) * 255).astype(np.uint8)
+    mask = np.zeros((10, 64, 80), dtype=bool)
+    mask[:, 16:48, 16:48] = True
+    video = write_video(tmp_path / "video.mp4", frames)
+    mask_path = write_mask(tmp_path / "mask.mp4", mask)
+    return folder, embeds, video, mask_path
+
+
+def test_real_pipeline_from_a_save_pretrained_folder(saved_pipeline):
+    folder, embeds, video, mask = saved_pipeline
+    workload = Workload(
+        name="local",
+        pipeline=str(folder),
+        prompt_embeds=str(embeds),
+        steps=2,
+        clips=(ClipSource("v", video=str(video), mask=str(mask)),),
+    )
+    session = Session(workload)
+    assert type(session.transformer).__name__ == "WanVACETransformer3DModel"
+    clip = session.clips[0]
+    assert clip.frames.shape == (9, 64, 80, 3) and "trimmed from 10 to 9 frames (Wan needs 4k+1)" in clip.notes
+    assert session.generate(clip).frames.shape == (9, 64, 80, 3)
+
+
+def test_real_pipeline_needs_prompt_embeddings_and_a_vace_pipeline(saved_pipeline, tmp_path):
+    folder, _, video, mask = saved_pipeline
+    clips = (ClipSource("v", video=str(video), mask=str(mask)),)
+    with pytest.raises(InputError, match=r"gives no prompt embeddings.*--prompt-embeds"):
+        Session(Workload(pipeline=str(folder), clips=clips))
+    index = json.loads((folder / "model_index.json").read_text())
+    index["_class_name"] = "CogVideoXPipeline"
+    (folder / "model_index.json").write_text(json.dumps(index))
+    with pytest.raises(UnsupportedModelError, match="is a CogVideoXPipeline"):
+        Session(Workload(pipeline=str(folder), clips=clips))
+    with pytest.raises(InputError, match="cannot load pipeline"):
+        Session(Workload(pipeline=str(tmp_path / "nowhere"), clips=clips))
+
+
+def test_workload_files_are_validated(tmp_path):
+    path = tmp_path / "w.json"
+    path.write_text(json.dumps({"schema": "hetcache.workload/v1", "steps": "many"}))
+    with pytest.raises(InputError, match="steps must be a non-negative integer"):
+        load_workload(path)
+    path.write_text(json.dumps({"schema": "hetcache.workload/v1", "clips": [{"name": "x", "kind": "triangle"}]}))
+    with pytest.raises(InputError, match=r"clips\[0\].kind must be one of"):
+        load_workload(path)
+    good = Workload(**SMALL)
+    path.write_text(json.dumps(good.to_dict()))
+    assert load_workload(path) == good
+
+
+def test_run_command_writes_clips_and_report(tmp_path, capsys):
+    out = tmp_path / "run"
+    code = main(["run", *SMALL_FLAGS, "--policy", "reference-balanced", "--compare", "--out", str(out)])
+    assert code == 0
+    record = json.loads((out / "run.json").read_text())
+    assert record["schema"] == "hetcache.run/v1"
+    clip = record["clips"][0]
+    assert len(clip["stats"]["decisions"]) == 3 and clip["quality"]["psnr"] > 0
+    assert sorted(p.name for p in out.iterdir()) == ["box.mp4", "box.uncached.mp4", "inputs", "run.json"]
+    printed = capsys.readouterr().out
+    assert "speedup:" in printed and "PSNR" in printed
+
+
+def test_run_command_refuses_bad_input_without_writing(tmp_path, capsys):
+    out = tmp_path / "run"
+    code = main(
+        [
+            "run",
+            "--pipeline",
+            str(tmp_path),
+            "--video",
+            str(tmp_path / "missing.mp4"),
+            "--mask",
+            str(tmp_path / "m.mp4"),
+            "--out",
+            str(out),
+        ]
+    )
+    assert code == 2
+    assert "error:" in capsys.readouterr().err
+    assert not out.exists() and not list(tmp_path.glob(".run*"))
+    out.mkdir()
+    assert main(["run", *SMALL_FLAGS, "--out", str(out)]) == 2
+    assert "already exists" in capsys.readouterr().err
+    assert main(["run", *SMALL_FLAGS, "--policy", "nope", "--out", str(tmp_path / "x")]) == 2
+    assert "unknown policy 'nope'" in capsys.readouterr().err
+    assert main(["run", *SMALL_FLAGS, "--clips", "hexagon", "--out", str(tmp_path / "y")]) == 2
+
+
+def test_policies_command(capsys, tmp_path):
+    assert main(["policies", "list"]) == 0
+    assert "wan21-vace-1.3b-paper" in capsys.readouterr().out
+    assert main(["policies", "validate", "reference-balanced"]) == 0
+    broken = tmp_path / "broken.json"
+    broken.write_text("{")
+    assert main(["policies", "validate", str(broken)]) == 2
+    assert "not valid JSON" in capsys.readouterr().err
+
+
+def test_console_script_reports_errors_with_exit_code_2(tmp_path):
+    script = [sys.executable, "-m", "hetcache.cli", "policies", "show", str(tmp_path / "missing.json")]
+    result = subprocess.run(script, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert "does not exist" in result.stderr and "Traceback" not in result.stderr
