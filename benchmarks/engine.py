@@ -1,0 +1,215 @@
+"""Engine benchmark: PARTIAL forward speedup vs its FLOPs ratio, whole-run speedup, overhead, cache memory.
+
+    python benchmarks/engine.py                      # CPU: 2,304-token config + reference workload run
+    python benchmarks/engine.py --device cuda --size full   # Wan2.1-VACE-1.3B architecture, 480x832x33, bf16
+
+Runs are interleaved and medians reported (shared machines are noisy). Random weights: speed only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from hetcache import apply_hetcache, remove_hetcache
+from hetcache.cost import CostModel
+from hetcache.policy import Policy
+
+SIZES = {
+    # name: transformer config overrides, latent (T, H, W), text tokens
+    "cpu": (
+        dict(num_attention_heads=4, attention_head_dim=64, ffn_dim=1024, num_layers=4, vace_layers=[0, 2], text_dim=64),
+        (9, 32, 32),
+        64,
+    ),
+    "full": (
+        dict(
+            num_attention_heads=12,
+            attention_head_dim=128,
+            ffn_dim=8960,
+            num_layers=30,
+            vace_layers=list(range(0, 30, 2)),
+            text_dim=4096,
+        ),
+        (9, 60, 104),
+        512,
+    ),
+}
+FRACTIONS = (0.1, 0.25, 0.5)
+
+
+def build(size: str, device: str, dtype: torch.dtype):
+    from diffusers import WanVACETransformer3DModel
+
+    overrides, (frames, height, width), text_len = SIZES[size]
+    torch.manual_seed(0)
+    model = WanVACETransformer3DModel(
+        patch_size=(1, 2, 2),
+        in_channels=16,
+        out_channels=16,
+        freq_dim=256,
+        cross_attn_norm=True,
+        qk_norm="rms_norm_across_heads",
+        rope_max_seq_len=1024,
+        vace_in_channels=96,
+        **overrides,
+    )
+    model = model.to(device=device, dtype=dtype).eval()
+    gen = torch.Generator().manual_seed(1)
+    inputs = {
+        "hidden_states": torch.randn(1, 16, frames, height, width, generator=gen),
+        "encoder_hidden_states": torch.randn(1, text_len, overrides["text_dim"], generator=gen),
+        "control_hidden_states": torch.randn(1, 96, frames, height, width, generator=gen),
+    }
+    return model, {k: v.to(device=device, dtype=dtype) for k, v in inputs.items()}, (frames, height // 2, width // 2)
+
+
+def token_mask(grid: tuple[int, int, int], fraction: float) -> torch.Tensor:
+    """A centred box of about `fraction` of each frame's tokens."""
+    frames, h, w = grid
+    side_h, side_w = max(1, round(h * fraction**0.5)), max(1, round(w * fraction**0.5))
+    mask = torch.zeros(frames, h, w, dtype=torch.bool)
+    top, left = (h - side_h) // 2, (w - side_w) // 2
+    mask[:, top : top + side_h, left : left + side_w] = True
+    return mask
+
+
+def timed(fn, device: str) -> float:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    fn()
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    return time.perf_counter() - start
+
+
+@torch.no_grad()
+def partial_forward(size: str, device: str, dtype: torch.dtype, reps: int) -> list[dict]:
+    """Median time of a plain forward and of PARTIAL forwards at several active fractions (interleaved)."""
+    model, inputs, grid = build(size, device, dtype)
+    tokens = grid[0] * grid[1] * grid[2]
+    text_len = inputs["encoder_hidden_states"].shape[1]
+    cost = CostModel.from_model(model)
+    only_generative = Policy(name="bench").replace(margin_width=0, context_ratio=0.0, selection="stride")
+
+    def plain():
+        model(timestep=torch.tensor([500.0], device=device), return_dict=False, **inputs)
+
+    times: dict[str, list[float]] = {"full": []}
+    active: dict[str, int] = {}
+    plain()
+    for _ in range(reps):
+        times["full"].append(timed(plain, device))
+        for fraction in FRACTIONS:
+            mask = token_mask(grid, fraction)
+            handle = apply_hetcache(model, only_generative, mask=mask, strict=False, plan="FP")
+            with model.cache_context("cond"):
+                model(timestep=torch.tensor([600.0], device=device), return_dict=False, **inputs)
+                key = f"{fraction:.0%}"
+                times.setdefault(key, []).append(
+                    timed(
+                        lambda: model(timestep=torch.tensor([500.0], device=device), return_dict=False, **inputs),
+                        device,
+                    )
+                )
+            active[key] = handle.stats()["active_fraction"][1]
+            remove_hetcache(model)
+    full = statistics.median(times["full"])
+    rows = []
+    for key, values in times.items():
+        if key == "full":
+            continue
+        n_active = round(active[key] * tokens)
+        flops_ratio = cost.uncached_forward(tokens, text_len) / sum(
+            cost.forward(
+                tokens, text_len, [n_active] * cost.num_layers, [n_active] * cost.num_vace_layers, text_kv=False
+            ).values()
+        )
+        speedup = full / statistics.median(values)
+        rows.append(
+            {
+                "active": f"{active[key]:.1%}",
+                "full_ms": 1000 * full,
+                "partial_ms": 1000 * statistics.median(values),
+                "speedup": speedup,
+                "flops_ratio": flops_ratio,
+                "efficiency": speedup / flops_ratio,
+                "spread_ms": 1000 * (max(values) - min(values)),
+            }
+        )
+    return rows
+
+
+def whole_run(policy: str, clips: str, reps: int) -> dict:
+    """Reference workload: uncached vs policy, interleaved; wall-clock vs FLOPs speedup and engine overhead."""
+    from hetcache.workloads import reference_workload
+    from hetcache.workloads.execute import Session
+
+    session = Session(reference_workload(clips=tuple(), weights="trained"))
+    chosen = [c for c in session.clips if c.name in clips.split(",")]
+    plain_times, cached_times, overhead, flops, flops_uncached, cache_bytes = [], [], [], 0.0, 0.0, 0
+    session.generate(chosen[0])
+    for _ in range(reps):
+        for clip in chosen:
+            plain_times.append(session.generate(clip).denoise_seconds)
+            handle = apply_hetcache(session.transformer, policy, scheduler=session.pipe.scheduler)
+            generation = session.generate(clip)
+            stats = handle.stats()
+            remove_hetcache(session.transformer)
+            cached_times.append(generation.denoise_seconds)
+            overhead.append(stats["phase_seconds"]["engine"] / generation.denoise_seconds)
+            flops += stats["flops"]
+            flops_uncached += stats["flops_uncached"]
+            cache_bytes = max(cache_bytes, stats["cache_bytes"])
+    speedup_time = statistics.median(plain_times) / statistics.median(cached_times)
+    speedup_flops = flops_uncached / flops
+    return {
+        "policy": policy,
+        "plan": stats["decisions"],
+        "speedup_flops": speedup_flops,
+        "speedup_time": speedup_time,
+        "time_vs_flops": speedup_time / speedup_flops,
+        "engine_overhead": statistics.median(overhead),
+        "cache_mib": cache_bytes / 2**20,
+    }
+
+
+def markdown(rows: list[dict]) -> str:
+    head = list(rows[0])
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for row in rows:
+        lines.append("| " + " | ".join(f"{v:.3g}" if isinstance(v, float) else str(v) for v in row.values()) + " |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--size", choices=tuple(SIZES), default="cpu")
+    parser.add_argument("--dtype", default=None, help="float32 (CPU default) or bfloat16 (GPU default)")
+    parser.add_argument("--reps", type=int, default=5)
+    parser.add_argument("--policy", default="reference-balanced", help="policy for the whole-run measurement")
+    parser.add_argument("--clips", default="box,moving")
+    parser.add_argument("--skip-run", action="store_true", help="only the PARTIAL forward measurement")
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/engine.json"))
+    args = parser.parse_args()
+    dtype = getattr(torch, args.dtype or ("bfloat16" if args.device.startswith("cuda") else "float32"))
+    result = {"device": args.device, "size": args.size, "dtype": str(dtype), "threads": torch.get_num_threads()}
+    result["partial_forward"] = partial_forward(args.size, args.device, dtype, args.reps)
+    print(markdown(result["partial_forward"]))
+    if not args.skip_run:
+        result["whole_run"] = whole_run(args.policy, args.clips, max(1, args.reps // 2))
+        print()
+        print(markdown([result["whole_run"]]))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,141 @@
+"""Does the reference model behave like a real one where caching is concerned? Measure it.
+
+(a) attention of in-mask queries: share of mass on the top 10 % of keys; (b) caching deviation from the uncached
+output of the same seed, inside vs outside the mask; (c) how the deviation moves with reused steps and with the
+share of refreshed context tokens. Scores are always against the uncached run, never against ground truth.
+
+    python -m hetcache.reference.evaluate [--weights trained|random] [--clips box,moving]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+
+from ..engine import apply_hetcache, remove_hetcache
+from ..engine.wan_blocks import _modulation, _self_qkv, apply_rope
+from ..policy import Policy
+from ..tokens import pool_frames_to_latent
+from ..workloads.clips import Clip
+from ..workloads.execute import Session
+from ..workloads.spec import ClipSource, Workload
+
+# PARTIAL steps recompute the generative tokens and half the margin; context tokens come from cache.
+TOKEN_REUSE = Policy(name="evaluation").replace(margin_width=2, margin_ratio=0.5, context_ratio=0.0, selection="stride")
+
+
+def latent_regions(clip: Clip, latent_shape: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Masks [1, 1, T', H/8, W/8] of the latent cells inside the edit mask and outside (conservative mapping)."""
+    inside = pool_frames_to_latent(torch.from_numpy(clip.mask).float().unsqueeze(0))
+    inside = F.max_pool2d(inside, 8).unsqueeze(1) > 0.5
+    assert tuple(inside.shape[2:]) == tuple(latent_shape[2:])
+    return inside, ~inside
+
+
+def deviation(reference: torch.Tensor, cached: torch.Tensor, clip: Clip) -> dict[str, float]:
+    """Mean squared deviation of the final latents inside and outside the mask."""
+    inside, outside = latent_regions(clip, reference.shape)
+    err = (cached - reference) ** 2
+    inside, outside = inside.expand_as(err), outside.expand_as(err)
+    return {"inside": float(err[inside].mean()), "outside": float(err[outside].mean())}
+
+
+def caching_deviation(session: Session, clip: Clip, plan: str, policy: Policy = TOKEN_REUSE) -> dict[str, float]:
+    """Deviation of a run with an explicit plan from the uncached run (same seed)."""
+    reference = session.generate(clip, decode=False).latents
+    apply_hetcache(session.transformer, policy, strict=False, plan=plan, scheduler=session.pipe.scheduler)
+    try:
+        cached = session.generate(clip, decode=False).latents
+    finally:
+        remove_hetcache(session.transformer)
+    return deviation(reference, cached, clip)
+
+
+@torch.no_grad()
+def attention_concentration(session: Session, clip: Clip, step: int | None = None) -> float:
+    """Mean share of attention mass on the top 10 % of keys, for in-mask queries, over main blocks and heads."""
+    from ..tokens import pixel_mask_to_token_mask
+
+    transformer = session.transformer
+    calls_per_step = 2 if session.workload.guidance_scale > 1 else 1
+    target = calls_per_step * ((session.workload.steps - 1) if step is None else step)  # the cond call of that step
+    inside = pixel_mask_to_token_mask(torch.from_numpy(clip.mask).float())[0].flatten()
+    state = {"call": -1}
+    shares: list[float] = []
+
+    def on_call(module, args):
+        state["call"] += 1
+
+    def on_block(block, args):
+        if state["call"] != target:
+            return
+        hidden, _, temb, rope = args[:4]
+        shift, scale, *_ = _modulation(block, temb)
+        normed = (block.norm1(hidden.float()) * (1 + scale) + shift).type_as(hidden)
+        query, key, _ = _self_qkv(block.attn1, normed)
+        query, key = apply_rope(query, *rope), apply_rope(key, *rope)
+        q, k = query[0, inside].float().transpose(0, 1), key[0].float().transpose(0, 1)  # [H, n, d]
+        probs = torch.softmax(q @ k.transpose(1, 2) / q.shape[-1] ** 0.5, dim=-1)
+        top = max(1, round(0.1 * probs.shape[-1]))
+        shares.append(float(probs.topk(top, dim=-1).values.sum(-1).mean()))
+
+    handles = [transformer.register_forward_pre_hook(on_call)]
+    handles += [block.register_forward_pre_hook(on_block) for block in transformer.blocks]
+    try:
+        session.generate(clip, decode=False)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return sum(shares) / len(shares)
+
+
+def evaluate(weights: str, clips: Sequence[str], steps: int = 20) -> dict:
+    """All three measurements on the reference workload's clips."""
+    workload = Workload(
+        weights=weights, steps=steps, clips=tuple(ClipSource(k, kind=k, seed=101 * i) for i, k in enumerate(clips))
+    )
+    session = Session(workload)
+    rows = []
+    for clip in session.clips:
+        reuse_plans = {0: "F" * steps}
+        for reused in (2, 4, 6):
+            plan = ["F"] * steps
+            for i in range(reused):
+                plan[3 + 2 * i] = "R"
+            reuse_plans[reused] = "".join(plan)
+        partial_plan = "FF" + "PF" * ((steps - 3) // 2) + "F" * ((steps - 3) % 2) + "F"
+        rows.append(
+            {
+                "clip": clip.name,
+                "attention_top10": attention_concentration(session, clip),
+                "token_reuse": caching_deviation(session, clip, partial_plan),
+                "reused_steps": {
+                    n: caching_deviation(session, clip, plan)["inside"] for n, plan in reuse_plans.items()
+                },
+                "context_refreshed": {
+                    ratio: caching_deviation(session, clip, partial_plan, TOKEN_REUSE.replace(context_ratio=ratio))[
+                        "inside"
+                    ]
+                    for ratio in (0.0, 0.25, 0.5)
+                },
+            }
+        )
+    return {"weights": weights, "steps": steps, "clips": rows}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m hetcache.reference.evaluate", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--weights", choices=("trained", "random"), default="trained")
+    parser.add_argument("--clips", default="box,ellipse,moving,band,two_regions")
+    parser.add_argument("--steps", type=int, default=20)
+    args = parser.parse_args(argv)
+    print(json.dumps(evaluate(args.weights, args.clips.split(","), args.steps), indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
