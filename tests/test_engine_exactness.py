@@ -118,9 +118,17 @@ def test_plain_wan_without_mask_is_refused_with_a_clear_message():
         _steps(model, inputs, (500.0,))
 
 
-def test_output_fill_and_bf16_cache_stay_close_to_uncached(tiny_vace):
+def test_offload_output_fill_and_bf16_cache(tiny_vace):
     inputs = model_inputs(box_token_mask(1, 3, 8, 8))
     plain = [_call(tiny_vace, inputs, t) for t in (500.0, 499.0)]
+    offloaded = apply_hetcache(tiny_vace, SOME.replace(offload=True), strict=False, plan="FPPFP")
+    staged = _steps(tiny_vace, inputs, (500.0, 499.0, 498.0, 497.0, 496.0))
+    remove_hetcache(tiny_vace)
+    apply_hetcache(tiny_vace, SOME, strict=False, plan="FPPFP")
+    resident = _steps(tiny_vace, inputs, (500.0, 499.0, 498.0, 497.0, 496.0))
+    remove_hetcache(tiny_vace)
+    assert all(torch.equal(a, b) for a, b in zip(staged, resident, strict=True))
+    assert offloaded.stats()["decisions"] == "FPPFP"
     for policy in (SOME.replace(skip_fill="output"), SOME.replace(dtype="bfloat16")):
         apply_hetcache(tiny_vace, policy, strict=False, plan="FP")
         outs = _steps(tiny_vace, inputs, (500.0, 499.0))

@@ -23,6 +23,7 @@ from ..policy import Policy
 from ..selection import active_tokens, select_context
 from ..tokens import classify_tokens, pixel_mask_to_token_mask, token_mask_from_control
 from .state import CallRecord, ContextState, RunState
+from .storage import CacheStorage
 from .wan_blocks import Rows, block_body, text_kv
 
 CACHE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -77,7 +78,7 @@ class HetCacheSession:
             and policy.tokens.context_ratio > 0,
         )
         self.model_dtype = model.dtype
-        self.cache_dtype = CACHE_DTYPES.get(policy.cache.dtype, model.dtype)
+        self.storage = CacheStorage(CACHE_DTYPES.get(policy.cache.dtype, model.dtype), policy.cache.offload)
         self.contexts = StateManager(ContextState)
         self.run = RunState()
         self.phase_seconds: dict[str, float] = {
@@ -321,11 +322,15 @@ class HetCacheSession:
         )
         active = active_tokens(run.classes, tokens_policy.margin_ratio, choice).any(dim=0)
         refresh = (active & run.skippable_mask).nonzero().squeeze(1)
+        active_rows = torch.cat([refresh, run.generative_union])
+        slots = run.compact_slot[refresh]
         ctx.rows = Rows(
-            active=torch.cat([refresh, run.generative_union]),
+            active=active_rows,
             n_refresh=refresh.numel(),
-            refresh_slots=run.compact_slot[refresh],
+            refresh_slots=slots,
             skippable=run.skippable,
+            active_stored=self.storage.index(active_rows),
+            slots_stored=self.storage.index(slots),
         )
         ctx.rows_step = -1
         ctx.selection_stale = False
@@ -358,31 +363,42 @@ class HetCacheSession:
         return ctx.capture
 
     def _fill_skipped(self, out: torch.Tensor, skip: torch.Tensor, rows: Rows) -> None:
+        """Skipped tokens: input + cached residual (in place), or the cached output."""
         if self.policy.tokens.skip_fill == "residual":
             out.index_add_(1, rows.skippable, skip.to(out.dtype))
         else:
             out.index_copy_(1, rows.skippable, skip.to(out.dtype))
 
-    def _store_skip(self, layer, out: torch.Tensor, base: torch.Tensor) -> None:
-        """After a full computation: keep the residual (or output) of the skippable tokens."""
+    def _keep_full(self, layer, out: torch.Tensor, base: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> None:
+        """After a full computation: keep keys, values and the residual (or output) of the skippable tokens."""
+        layer.key = self.storage.keep(layer.key, key)
+        layer.value = self.storage.keep(layer.value, value)
         source = out - base if self.policy.tokens.skip_fill == "residual" else out
-        rows = self.run.skippable
-        if (
-            layer.skip is None
-            or layer.skip.shape != (out.shape[0], rows.numel(), out.shape[2])
-            or layer.skip.dtype != self.cache_dtype
-        ):
-            layer.skip = torch.empty(
-                out.shape[0], rows.numel(), out.shape[2], dtype=self.cache_dtype, device=out.device
-            )
-        layer.skip.copy_(source.index_select(1, rows))
+        layer.skip = self.storage.keep(layer.skip, source, self.run.skippable)
 
-    def _refresh_skip(self, layer, computed: torch.Tensor, base: torch.Tensor, rows: Rows) -> None:
-        """After a partial computation: refresh the skip rows of the computed skippable tokens."""
+    def _partial(self, ctx: ContextState, layer, block, stream_rows, base_rows, temb, rope, kv) -> torch.Tensor:
+        """Compute the active tokens against the cached keys/values; refresh the caches of computed tokens."""
+        rows = self._rows_for_step(ctx, rope)
+        device = stream_rows.device
+        cached_kv = (
+            self.storage.on_device(layer.key, "key", device),
+            self.storage.on_device(layer.value, "value", device),
+        )
+        computed, key, value = block_body(block, stream_rows, temb, rope, kv, rows, cached_kv)
+        self.storage.write_back(layer.key, rows.active_stored, key)
+        self.storage.write_back(layer.value, rows.active_stored, value)
         fresh = computed[:, : rows.n_refresh]
         if self.policy.tokens.skip_fill == "residual":
-            fresh = fresh - base[:, : rows.n_refresh]
-        layer.skip.index_copy_(1, rows.refresh_slots, fresh.to(layer.skip.dtype))
+            fresh = fresh - base_rows[:, : rows.n_refresh]
+        layer.skip.index_copy_(1, rows.slots_stored, fresh.to(layer.skip.device, layer.skip.dtype))
+        return computed
+
+    def _gather(self, ctx: ContextState, tensor: torch.Tensor, rows: Rows) -> torch.Tensor:
+        """Rows of the active tokens, into a persistent scratch buffer (one per context, reused by every layer)."""
+        shape = (tensor.shape[0], rows.active.numel(), tensor.shape[2])
+        if ctx.scratch is None or ctx.scratch.shape != shape or ctx.scratch.dtype != tensor.dtype:
+            ctx.scratch = torch.empty(shape, dtype=tensor.dtype, device=tensor.device)
+        return torch.index_select(tensor, 1, rows.active, out=ctx.scratch)
 
     def _count(self, ctx: ContextState, active: int, text_fresh: bool, vace_first: bool | None = None) -> None:
         run, cost = self.run, self.cost
@@ -402,32 +418,27 @@ class HetCacheSession:
             ctx.x_in = _store_like(ctx.x_in, hidden)
         cached = index in self.settings.partial_blocks
         capture = self._capture(ctx, index)
+        if not cached and capture is None:
+            self._count(ctx, self.run.tokens, True)
+            return original(hidden, text, temb, rope)
+        name = f"block.{index}"
+        layer = ctx.layer(name)
+        kv, fresh = self._text_kv(ctx, name, block.attn2, text)
         if decision == FULL or not cached:
-            if not cached and capture is None:
-                self._count(ctx, self.run.tokens, True)
-                return original(hidden, text, temb, rope)
-            name = f"block.{index}"
-            kv, fresh = self._text_kv(ctx, name, block.attn2, text)
-            layer = ctx.layer(name) if cached else None
-            out = block_body(block, hidden, text, temb, rope, layer, kv, self.cache_dtype, None, capture)
+            out, key, value = block_body(block, hidden, temb, rope, kv, capture=capture)
             if cached:
-                self._store_skip(layer, out, hidden)
+                self._keep_full(layer, out, hidden, key, value)
             if capture is not None:
                 self._record_capture(ctx, capture, out)
             self._count(ctx, self.run.tokens, fresh)
             return out
-        name = f"block.{index}"
-        layer = ctx.layer(name)
-        kv, fresh = self._text_kv(ctx, name, block.attn2, text)
-        rows = self._rows_for_step(ctx, rope)
-        computed_in = hidden.index_select(1, rows.active)
-        computed = block_body(block, computed_in, text, temb, rope, layer, kv, self.cache_dtype, rows)
-        self._refresh_skip(layer, computed, computed_in, rows)
-        out = hidden
-        self._fill_skipped(out, layer.skip, rows)
-        out.index_copy_(1, rows.active, computed)
+        rows = ctx.rows
+        computed_in = self._gather(ctx, hidden, rows)
+        computed = self._partial(ctx, layer, block, computed_in, computed_in, temb, rope, kv)
+        self._fill_skipped(hidden, self.storage.on_device(layer.skip, "skip", hidden.device), rows)
+        hidden.index_copy_(1, rows.active, computed)
         self._count(ctx, rows.active.numel(), fresh)
-        return out
+        return hidden
 
     def vace_block(self, index: int, block, original, hidden, text, control, temb, rope):
         """Forward of VACE block `index`: (hint for the main stream, control stream out)."""
@@ -447,25 +458,24 @@ class HetCacheSession:
         if decision == FULL:
             base = hidden if first else control
             stream = block.proj_in(control) + hidden if first else control
-            out = block_body(block, stream, text, temb, rope, layer, kv, self.cache_dtype)
+            out, key, value = block_body(block, stream, temb, rope, kv)
             layer.hint = _store_like(layer.hint, block.proj_out(out))
-            self._store_skip(layer, out, base)
+            self._keep_full(layer, out, base, key, value)
             self._count(ctx, self.run.tokens, fresh, first)
             return layer.hint, out
-        rows = self._rows_for_step(ctx, rope)
-        control_rows = control.index_select(1, rows.active)
+        rows = ctx.rows
+        control_rows = self._gather(ctx, control, rows)
         if first:
             base_rows = hidden.index_select(1, rows.active)
             stream_rows = block.proj_in(control_rows) + base_rows
         else:
             base_rows = stream_rows = control_rows
-        computed = block_body(block, stream_rows, text, temb, rope, layer, kv, self.cache_dtype, rows)
+        computed = self._partial(ctx, layer, block, stream_rows, base_rows, temb, rope, kv)
         layer.hint.index_copy_(1, rows.active, block.proj_out(computed))
-        self._refresh_skip(layer, computed, base_rows, rows)
         out = control
         if first:
             out.copy_(hidden)
-        self._fill_skipped(out, layer.skip, rows)
+        self._fill_skipped(out, self.storage.on_device(layer.skip, "skip", out.device), rows)
         out.index_copy_(1, rows.active, computed)
         self._count(ctx, rows.active.numel(), fresh, first)
         return layer.hint, out
@@ -499,6 +509,7 @@ class HetCacheSession:
         flops = sum(c.flops + c.selection_flops for c in run.calls)
         uncached = sum(c.flops_uncached for c in run.calls)
         cache_bytes = sum(state.nbytes() for state in self.contexts._state_cache.values())
+        cache_bytes += self.storage.nbytes_staging()
         by_context: dict[str, str] = {}
         for call in run.calls:
             by_context[call.context] = by_context.get(call.context, "") + call.decision

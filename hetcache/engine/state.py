@@ -40,6 +40,7 @@ class ContextState(BaseState):
         self.x_in: torch.Tensor | None = None
         self.residual: torch.Tensor | None = None
         self.zero_hint: torch.Tensor | None = None
+        self.scratch: torch.Tensor | None = None  # gathered rows of the active tokens
         self.rows: Rows | None = None
         self.rows_step = -1  # step whose RoPE tables `rows` holds
         self.selection_stale = True

@@ -104,13 +104,6 @@ def _cross_attention(
     return _attend(attn, query, *kv)
 
 
-def _store(buffer: torch.Tensor | None, value: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """Copy `value` into a persistent buffer, (re)allocating only when the shape changes."""
-    if buffer is None or buffer.shape != value.shape or buffer.dtype != dtype:
-        buffer = torch.empty(value.shape, dtype=dtype, device=value.device)
-    return buffer.copy_(value)
-
-
 @dataclass
 class Rows:
     """Token index sets of a PARTIAL step (shared by the batch)."""
@@ -119,6 +112,8 @@ class Rows:
     n_refresh: int  # computed tokens that are also skippable (their cache rows are refreshed)
     refresh_slots: torch.Tensor  # [n_refresh] their positions in the compact skip buffer
     skippable: torch.Tensor  # [Nk] indices of tokens that may be skipped (never generative)
+    active_stored: torch.Tensor | None = None  # `active` and `refresh_slots` on the cache's storage device
+    slots_stored: torch.Tensor | None = None
     cos: torch.Tensor | None = None  # RoPE tables at `active`, filled once per step
     sin: torch.Tensor | None = None
 
@@ -126,43 +121,40 @@ class Rows:
 def block_body(
     block: torch.nn.Module,
     hidden: torch.Tensor,
-    text: torch.Tensor,
     temb: torch.Tensor,
     rope: tuple[torch.Tensor, torch.Tensor],
-    cache: LayerCache | None,
     text_kv_pair: tuple[torch.Tensor, torch.Tensor],
-    cache_dtype: torch.dtype,
     rows: Rows | None = None,
+    cached_kv: tuple[torch.Tensor, torch.Tensor] | None = None,
     capture: Capture | None = None,
-) -> torch.Tensor:
-    """The block's three sub-layers on `hidden` (all tokens, or the `rows.active` subset).
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The block's three sub-layers on `hidden`: all tokens (rows None) or the `rows.active` subset.
 
-    Full (rows None): K/V of all tokens go to `cache` when given. Partial: fresh K/V of the active tokens are written
-    into the cache buffers in place and the active queries attend over all N cached keys.
+    Partial: the fresh keys/values of the active tokens are written into `cached_kv` (device buffers holding every
+    token's keys/values) in place, and the active queries attend over all N keys. Returns (output, fresh keys, fresh
+    values) of the computed tokens, so the caller can store them.
     """
-    mod = _rows(_modulation(block, temb), None if rows is None else rows.active)
-    shift, scale, gate, c_shift, c_scale, c_gate = mod
+    shift, scale, gate, c_shift, c_scale, c_gate = _rows(
+        _modulation(block, temb), None if rows is None else rows.active
+    )
     attn = block.attn1
     normed = (block.norm1(hidden.float()) * (1 + scale) + shift).type_as(hidden)
     query, key, value = _self_qkv(attn, normed)
     cos, sin = rope if rows is None else (rows.cos, rows.sin)
     query, key = apply_rope(query, cos, sin), apply_rope(key, cos, sin)
     if rows is None:
-        if cache is not None:
-            cache.key = _store(cache.key, key, cache_dtype)
-            cache.value = _store(cache.value, value, cache_dtype)
         keys, values = key, value
         if capture is not None and capture.generative:
             capture.scores = torch.stack(
                 [key_attention_mass(query[b, g], key[b], capture.chunk) for b, g in enumerate(capture.generative)]
             )
     else:
-        cache.key.index_copy_(1, rows.active, key.to(cache_dtype))
-        cache.value.index_copy_(1, rows.active, value.to(cache_dtype))
-        keys, values = cache.key.to(query.dtype), cache.value.to(query.dtype)
+        cached_kv[0].index_copy_(1, rows.active, key.to(cached_kv[0].dtype))
+        cached_kv[1].index_copy_(1, rows.active, value.to(cached_kv[1].dtype))
+        keys, values = cached_kv[0].to(query.dtype), cached_kv[1].to(query.dtype)
     attention = _attend(attn, query, keys, values)
     hidden = (hidden.float() + attention * gate).type_as(hidden)
     normed = block.norm2(hidden.float()).type_as(hidden)
     hidden = hidden + _cross_attention(block.attn2, normed, text_kv_pair)
     normed = (block.norm3(hidden.float()) * (1 + c_scale) + c_shift).type_as(hidden)
-    return (hidden.float() + block.ffn(normed).float() * c_gate).type_as(hidden)
+    return (hidden.float() + block.ffn(normed).float() * c_gate).type_as(hidden), key, value
