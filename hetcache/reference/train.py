@@ -113,13 +113,19 @@ def prepare_examples(pipe, clips: list) -> list[Example]:
 
 
 def build_pool(
-    pipe, size: int, seed: int, progress: bool = True, chunk: int = 8
+    pipe,
+    size: int,
+    seed: int,
+    progress: bool = True,
+    chunk: int = 8,
+    frames: tuple[int, ...] = FRAME_CHOICES,
+    sides: tuple[int, ...] = SIZE_CHOICES,
 ) -> dict[tuple[int, int, int], list[Example]]:
     """`size` preprocessed clips of random kind, length and size, grouped by shape for batching."""
     rng = np.random.default_rng(seed)
     specs = []
     for i in range(size):
-        shape = (int(rng.choice(FRAME_CHOICES)), int(rng.choice(SIZE_CHOICES)), int(rng.choice(SIZE_CHOICES)))
+        shape = (int(rng.choice(frames)), int(rng.choice(sides)), int(rng.choice(sides)))
         specs.append((shape, MASK_KINDS[int(rng.integers(len(MASK_KINDS)))], seed * 1_000_003 + i))
     specs.sort(key=lambda spec: spec[0])
     pool: dict[tuple[int, int, int], list[Example]] = {}
@@ -154,13 +160,15 @@ def train(
     threads: int | None = None,
     device: str = "cpu",
     progress: bool = True,
+    frames: tuple[int, ...] = FRAME_CHOICES,
+    sides: tuple[int, ...] = SIZE_CHOICES,
 ) -> dict:
     """Train and save the reference pipeline folder to `out`; returns the training record."""
     if threads:
         torch.set_num_threads(threads)
     started = time.time()
     pipe = untrained_pipeline(seed)
-    pool = build_pool(pipe, pool_size, seed + 1, progress)
+    pool = build_pool(pipe, pool_size, seed + 1, progress, frames=frames, sides=sides)
     shapes = sorted(pool)
     weights = np.array([len(pool[s]) for s in shapes], dtype=np.float64)
     prompt, negative = reference.random_prompt_embeds()
@@ -215,7 +223,8 @@ def train(
             bar.set_postfix(loss=f"{record['loss']:.3f}", inside=f"{record['loss_in_mask']:.3f}")
             window = {"loss": 0.0, "in": 0.0, "out": 0.0, "n": 0}
     model.eval()
-    return save(pipe, out, prompt, negative, log, steps, batch, pool_size, lr, seed, started)
+    recipe = {"clips": pool_size, "frames": list(frames), "sizes": list(sides)}
+    return save(pipe, out, prompt, negative, log, steps, batch, recipe, lr, seed, started)
 
 
 def _half_precision_except_fp32_modules(model: torch.nn.Module) -> None:
@@ -225,7 +234,7 @@ def _half_precision_except_fp32_modules(model: torch.nn.Module) -> None:
             param.data = param.data.to(torch.float16)
 
 
-def save(pipe, out: Path, prompt, negative, log, steps, batch, pool_size, lr, seed, started) -> dict:
+def save(pipe, out: Path, prompt, negative, log, steps, batch, recipe, lr, seed, started) -> dict:
     """Write the pipeline folder (fp16 transformer, fp32 kept modules), prompt embeddings and the record."""
     import diffusers
     from safetensors.torch import save_file
@@ -249,9 +258,7 @@ def save(pipe, out: Path, prompt, negative, log, steps, batch, pool_size, lr, se
             "threads": torch.get_num_threads(),
             "minutes": round((time.time() - started) / 60, 1),
             "data": {
-                "clips": pool_size,
-                "frames": list(FRAME_CHOICES),
-                "sizes": list(SIZE_CHOICES),
+                **recipe,
                 "mask_kinds": list(MASK_KINDS),
                 "preprocessing": "WanVACEPipeline.preprocess_conditions / prepare_video_latents / prepare_masks on the "
                 "clip with its mask painted grey; target = normalised VAE latents of the original clip",
@@ -281,10 +288,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (results depend on it)")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--frames", default=",".join(map(str, FRAME_CHOICES)), help="clip lengths to train on")
+    parser.add_argument("--sizes", default=",".join(map(str, SIZE_CHOICES)), help="clip heights/widths to train on")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
     record = train(
-        args.out, args.steps, args.batch, args.pool, args.lr, args.seed, args.threads, args.device, not args.no_progress
+        args.out,
+        args.steps,
+        args.batch,
+        args.pool,
+        args.lr,
+        args.seed,
+        args.threads,
+        args.device,
+        not args.no_progress,
+        tuple(int(v) for v in args.frames.split(",")),
+        tuple(int(v) for v in args.sizes.split(",")),
     )
     print(json.dumps({k: record[k] for k in ("steps", "minutes", "final_loss")}, indent=2))
     return 0
