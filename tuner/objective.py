@@ -1,0 +1,205 @@
+"""One trial: build the policy, run it with the engine on every calibration clip, score it against the references.
+
+The engine is `hetcache.engine.apply_hetcache` (never re-implemented here). A trial stops early, and is recorded as a
+completed but infeasible trial with `pruned_at_clip`, as soon as the clips seen prove that the budget cannot be met;
+completed-infeasible (rather than Optuna's PRUNED state) keeps its constraint values, so TPE learns from it.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import socket
+from dataclasses import dataclass, field
+from typing import Any
+
+import optuna
+import torch
+
+from hetcache.engine import apply_hetcache, remove_hetcache
+from hetcache.metrics import clip_quality, mean_quality, worst_quality
+from hetcache.plan import resolve_plan
+from hetcache.policy import ModelSpec, Policy, WorkloadSpec
+
+from .budget import Budget
+from .references import ReferenceStore
+from .space import SearchSpace, behaviour_key
+
+OBJECTIVES = ("flops", "time")
+BIG = 1e9  # constraint value for outputs that cannot be scored (NaN / inf); stays JSON-safe in every storage
+
+
+def finite(value: Any) -> Any:
+    """JSON-safe copy for trial attributes: NaN / inf become None."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite(v) for v in value]
+    return value
+
+
+@dataclass
+class Outcome:
+    """Everything measured for one policy on the calibration clips (or on those seen before pruning)."""
+
+    speedup_flops: float
+    speedup_time: float
+    flops_fraction: float
+    quality: dict[str, Any]
+    quality_worst: dict[str, Any]
+    quality_per_clip: dict[str, dict[str, Any]]
+    decisions: dict[str, str]
+    constraints: dict[str, float]
+    pruned_at_clip: str | None = None
+    notes: list[str] = field(default_factory=list)
+
+    def value(self, objective: str) -> float:
+        return self.speedup_time if objective == "time" else self.speedup_flops
+
+    def attrs(self) -> dict[str, Any]:
+        """Trial user attrs, named as CONTRACTS.md says (pruned_at_clip only when pruned)."""
+        out = {
+            "speedup_flops": self.speedup_flops,
+            "speedup_time": self.speedup_time,
+            "flops_fraction": self.flops_fraction,
+            "quality": finite(self.quality),
+            "quality_worst": finite(self.quality_worst),
+            "quality_per_clip": finite(self.quality_per_clip),
+            "decisions": self.decisions,
+        }
+        if self.pruned_at_clip is not None:
+            out["pruned_at_clip"] = self.pruned_at_clip
+        if self.notes:
+            out["notes"] = self.notes
+        return out
+
+
+class Evaluator:
+    """Runs policies on a session's clips and measures speedup and quality against the stored references."""
+
+    def __init__(self, session: Any, references: ReferenceStore, budget: Budget, objective: str, lpips: Any = None):
+        self.session = session
+        self.references = references
+        self.budget = budget
+        self.objective = objective
+        self.lpips = lpips
+
+    def plan(self, policy: Policy) -> str:
+        """The per-step plan the engine will follow on this workload (hetcache.plan, as the engine computes it)."""
+        return resolve_plan(self.session.transformer, self.session.timesteps(), policy.step_plan)
+
+    def evaluate(self, policy: Policy, prune: bool = True) -> Outcome:
+        """Run `policy` clip by clip; stop once the budget is proven out of reach (when `prune`)."""
+        session, clips = self.session, self.session.clips
+        per_clip: dict[str, dict[str, Any]] = {}
+        decisions: dict[str, str] = {}
+        flops = flops_uncached = cached_seconds = uncached_seconds = 0.0
+        notes: list[str] = []
+        pruned_at = None
+        proven = None
+        for index, clip in enumerate(clips):
+            reference = self.references.get(clip)
+            handle = apply_hetcache(session.transformer, policy, scheduler=session.pipe.scheduler)
+            try:
+                generation = session.generate(clip)
+                stats = handle.stats()
+            finally:
+                remove_hetcache(session.transformer)
+            flops += stats["flops"]
+            flops_uncached += stats["flops_uncached"]
+            cached_seconds += generation.denoise_seconds
+            uncached_seconds += (
+                self.references.local_seconds(clip) if self.objective == "time" else reference.denoise_seconds
+            )
+            decisions[clip.name] = stats["decisions"]
+            if not bool(torch.isfinite(generation.latents).all()):
+                notes.append(f"clip {clip.name}: the cached output holds NaN/inf (try another cache dtype)")
+            per_clip[clip.name] = clip_quality(
+                reference.frames, generation.frames, clip.mask, reference.latents, generation.latents, self.lpips
+            )
+            remaining = len(clips) - index - 1
+            proven = self.budget.hopeless(list(per_clip.values()), remaining)
+            if prune and proven is not None and remaining > 0:
+                pruned_at = clip.name
+                break
+        qualities = list(per_clip.values())
+        mean, worst = mean_quality(qualities), worst_quality(qualities)
+        speedup_flops = flops_uncached / max(flops, 1.0)
+        speedup_time = uncached_seconds / max(cached_seconds, 1e-9)
+        speedup = speedup_time if self.objective == "time" else speedup_flops
+        if pruned_at is not None and proven is not None:
+            constraints = {**proven, "min_speedup": self.budget.min_speedup - speedup}
+        else:
+            constraints = self.budget.constraints(self.budget.aggregate(mean, worst), speedup)
+        return Outcome(
+            speedup_flops=speedup_flops,
+            speedup_time=speedup_time,
+            flops_fraction=flops / max(flops_uncached, 1.0),
+            quality=mean,
+            quality_worst=worst,
+            quality_per_clip=per_clip,
+            decisions=decisions,
+            constraints={k: (v if math.isfinite(v) else BIG) for k, v in constraints.items()},
+            pruned_at_clip=pruned_at,
+            notes=notes,
+        )
+
+
+def worker_id() -> str:
+    """host:pid of this worker, recorded on each trial (the dashboard shows who ran what)."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+class Objective:
+    """The Optuna objective: maximise the speedup; the budget's bounds are constraints (feasible: all ≤ 0)."""
+
+    def __init__(
+        self,
+        evaluator: Evaluator,
+        space: SearchSpace,
+        model: ModelSpec,
+        workload: WorkloadSpec,
+        study_name: str,
+    ):
+        self.evaluator = evaluator
+        self.space = space
+        self.model = model
+        self.workload = workload
+        self.study_name = study_name
+        self.worker = worker_id()
+
+    def policy_for(self, params: dict[str, Any], number: int) -> Policy:
+        return self.space.policy(params, f"{self.study_name}-trial{number}", self.model, self.workload)
+
+    def _twin(self, study: optuna.Study, key: str, number: int) -> optuna.trial.FrozenTrial | None:
+        """An earlier completed trial whose policy behaves identically on this workload (its result is reused)."""
+        for other in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
+            if other.number != number and other.user_attrs.get("behaviour") == key and other.constraints:
+                return other
+        return None
+
+    def __call__(self, trial: optuna.Trial) -> float:
+        params = self.space.suggest(trial)
+        policy = self.policy_for(params, trial.number)
+        plan = self.evaluator.plan(policy)
+        key = behaviour_key(policy, plan)
+        trial.set_user_attr("policy", policy.to_dict())
+        trial.set_user_attr("worker", self.worker)
+        trial.set_user_attr("behaviour", key)
+        twin = self._twin(trial.study, key, trial.number)
+        if twin is not None:
+            for name, value in twin.user_attrs.items():
+                if name not in ("policy", "worker", "behaviour", "warm_start", "same_as"):
+                    trial.set_user_attr(name, value)
+            trial.set_user_attr("same_as", twin.number)
+            for name, value in twin.constraints.items():
+                trial.set_constraint(name, value)
+            return float(twin.value)
+        outcome = self.evaluator.evaluate(policy)
+        for name, value in outcome.attrs().items():
+            trial.set_user_attr(name, value)
+        for name, value in outcome.constraints.items():
+            trial.set_constraint(name, value)
+        return outcome.value(self.evaluator.objective)

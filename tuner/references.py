@@ -1,0 +1,97 @@
+"""Uncached reference outputs per calibration clip, computed once and kept on disk in the run folder.
+
+Every trial compares its cached output with the uncached output of the same pipeline, seed and inputs. The reference
+frames and final latents are stored as one `.npz` per clip under `references/<workload hash>/` (written atomically, so
+concurrent workers sharing a folder never see a partial file) and reused on resume.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from hetcache.atomic import atomic_path, write_json
+from hetcache.fingerprint import model_fingerprint
+from hetcache.workloads.clips import Clip
+
+FOLDER = "references"
+
+
+@dataclass
+class Reference:
+    """The uncached output of one clip and how long its denoising loop took."""
+
+    frames: np.ndarray
+    latents: torch.Tensor
+    denoise_seconds: float
+    computed_here: bool
+
+
+def workload_key(session: Any) -> str:
+    """A short hash of everything the uncached output depends on: the workload and the model architecture."""
+    payload = {"workload": session.workload.to_dict(), "model": model_fingerprint(session.transformer)["fingerprint"]}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+class ReferenceStore:
+    """Reference outputs of a session's clips, from disk when present, else generated and saved."""
+
+    def __init__(self, root: Path, session: Any):
+        self.session = session
+        self.folder = Path(root) / workload_key(session)
+        self._memory: dict[str, Reference] = {}
+        self._local_seconds: dict[str, float] = {}
+
+    def _path(self, clip: Clip) -> Path:
+        return self.folder / f"{clip.name}.npz"
+
+    def get(self, clip: Clip) -> Reference:
+        """The reference of `clip` (memory, then disk, then a fresh uncached run that is saved)."""
+        if clip.name in self._memory:
+            return self._memory[clip.name]
+        path = self._path(clip)
+        reference = self._load(path, clip) if path.is_file() else None
+        if reference is None:
+            generation = self.session.generate(clip)
+            reference = Reference(generation.frames, generation.latents, generation.denoise_seconds, True)
+            self._local_seconds[clip.name] = generation.denoise_seconds
+            self._save(path, reference)
+        self._memory[clip.name] = reference
+        return reference
+
+    def local_seconds(self, clip: Clip) -> float:
+        """Uncached denoising time of `clip` measured in this process (re-timed once if loaded from disk)."""
+        if clip.name not in self._local_seconds:
+            self._local_seconds[clip.name] = self.session.generate(clip).denoise_seconds
+        return self._local_seconds[clip.name]
+
+    def _load(self, path: Path, clip: Clip) -> Reference | None:
+        try:
+            with np.load(path) as data:
+                frames, latents = data["frames"], torch.from_numpy(data["latents"].copy())
+                seconds = float(data["denoise_seconds"])
+        except (OSError, KeyError, ValueError):
+            return None
+        if frames.shape[:3] != clip.frames.shape[:3]:
+            return None
+        return Reference(frames, latents, seconds, False)
+
+    def _save(self, path: Path, reference: Reference) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        info = self.folder / "workload.json"
+        if not info.exists():
+            write_json(info, {"workload": self.session.workload.to_dict(), "created": time.time()})
+        with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+            np.savez(
+                handle,
+                frames=np.asarray(reference.frames, dtype=np.float32),
+                latents=reference.latents.float().numpy(),
+                denoise_seconds=np.float64(reference.denoise_seconds),
+            )

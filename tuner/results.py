@@ -1,0 +1,121 @@
+"""Reading a tuning study back: per-trial results, the best feasible trial, the closest miss, the Pareto front.
+
+Feasibility is judged from the recorded quality (mean or worst over clips) and speedup, so a study can be exported
+under its own budget or under another one (`hetcache-tune export --budget …`). Trials stopped early
+(`pruned_at_clip`) saw only some clips: they are never feasible and never on the Pareto front.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import optuna
+
+from hetcache.metrics import METRICS
+
+from .budget import Budget
+
+
+@dataclass(frozen=True)
+class TrialResult:
+    """One completed trial as hetcache-tune recorded it."""
+
+    number: int
+    value: float
+    attrs: dict[str, Any]
+    params: dict[str, Any]
+
+    @property
+    def pruned_at(self) -> str | None:
+        return self.attrs.get("pruned_at_clip")
+
+    @property
+    def policy(self) -> dict[str, Any]:
+        return self.attrs["policy"]
+
+    def aggregate(self, budget: Budget) -> dict[str, Any]:
+        return budget.aggregate(self.attrs.get("quality") or {}, self.attrs.get("quality_worst") or {})
+
+    def feasible(self, budget: Budget) -> bool:
+        return self.pruned_at is None and budget.feasible(self.aggregate(budget), self.value)
+
+    def distance(self, budget: Budget) -> float:
+        return budget.distance(self.aggregate(budget), self.value)
+
+    def plan(self) -> str:
+        decisions = self.attrs.get("decisions") or {}
+        return next(iter(decisions.values()), "")
+
+
+def trial_results(study: optuna.Study, objective: str) -> list[TrialResult]:
+    """Completed trials that carry hetcache-tune's attributes, with the speedup of `objective` as value."""
+    out = []
+    for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
+        attrs = trial.user_attrs
+        if "policy" not in attrs or "speedup_flops" not in attrs:
+            continue
+        value = attrs["speedup_time"] if objective == "time" else attrs["speedup_flops"]
+        out.append(TrialResult(trial.number, float(value), dict(attrs), dict(trial.params)))
+    return out
+
+
+def best_feasible(results: list[TrialResult], budget: Budget) -> TrialResult | None:
+    """The fastest trial that meets the budget (the earliest one on ties)."""
+    feasible = [r for r in results if r.feasible(budget)]
+    return max(feasible, key=lambda r: (r.value, -r.number)) if feasible else None
+
+
+def closest(results: list[TrialResult], budget: Budget) -> TrialResult | None:
+    """The trial that misses the budget by the least (fully scored trials first)."""
+    if not results:
+        return None
+    scored = [r for r in results if r.pruned_at is None] or results
+    return min(scored, key=lambda r: (r.distance(budget), -r.value, r.number))
+
+
+def pareto_front(results: list[TrialResult], budget: Budget) -> list[TrialResult]:
+    """Trials not beaten on both speedup and the budget's first metric, slowest (best quality) first."""
+    metric = budget.primary
+    higher = METRICS[metric]
+    scored = []
+    for r in results:
+        value = r.aggregate(budget).get(metric)
+        if r.pruned_at is None and isinstance(value, (int, float)):
+            scored.append((r, float(value) if higher else -float(value)))
+    scored.sort(key=lambda item: (-item[0].value, -item[1], item[0].number))
+    front: list[TrialResult] = []
+    best_quality = float("-inf")
+    for result, quality in scored:
+        if quality > best_quality:
+            front.append(result)
+            best_quality = quality
+    return list(reversed(front))
+
+
+def summary_rows(results: list[TrialResult], budget: Budget, limit: int = 10) -> list[dict[str, Any]]:
+    """Rows for the end-of-run table: feasible trials by speedup, then the closest misses."""
+    feasible = sorted((r for r in results if r.feasible(budget)), key=lambda r: (-r.value, r.number))
+    others = sorted((r for r in results if not r.feasible(budget)), key=lambda r: (r.distance(budget), -r.value))
+    rows = []
+    for r in (feasible + others)[:limit]:
+        if r.feasible(budget):
+            state = "feasible"
+        elif r.pruned_at is not None:
+            state = f"stopped at {r.pruned_at}"
+        else:
+            state = "misses budget"
+        row: dict[str, Any] = {
+            "trial": r.number,
+            "state": state,
+            "speedup": r.value,
+            "FLOPs x": r.attrs["speedup_flops"],
+            "time x": r.attrs["speedup_time"],
+        }
+        aggregate = r.aggregate(budget)
+        for metric in budget.metrics:
+            value = aggregate.get(metric)
+            row[metric] = value if isinstance(value, (int, float)) else float("nan")
+        row["plan"] = r.plan()
+        rows.append(row)
+    return rows

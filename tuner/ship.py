@@ -1,0 +1,57 @@
+"""Producing the shipped tuned policies: tune the reference workload once per budget, write policies/reference-*.json.
+
+`hetcache-tune reference-policies --budget psnr=30 --budget psnr=35 --trials 60 --policies-dir policies` runs one
+study per budget (names `reference-<budget>`, all in one study file in the run folder, references shared) and exports
+each best feasible policy under the name `reference-<budget>`, with the tool's provenance.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from pathlib import Path
+
+from .budget import Budget
+from .export import NoFeasibleTrial, export_best
+from .references import FOLDER as REFERENCE_FOLDER
+from .study import TuneConfig, tune
+
+
+def reference_policy_name(budget: Budget) -> str:
+    """'reference-psnr30' for psnr=30 (the file is policies/<name>.json)."""
+    return f"reference-{budget.slug()}"
+
+
+def tune_reference_policies(budgets: list[Budget], config: TuneConfig, policies_dir: Path) -> list[Path]:
+    """Tune `config.workload` under each budget (resuming earlier studies) and write one policy file per budget."""
+    from hetcache.workloads.execute import Session
+
+    session = Session(config.workload)
+    written = []
+    for budget in budgets:
+        name = reference_policy_name(budget)
+        run = dataclasses.replace(
+            config,
+            budget=budget,
+            study_name=name,
+            storage=config.storage or str(config.out / "study.db"),
+            out=config.out / name,
+            reference_dir=config.reference_dir or config.out / REFERENCE_FOLDER,
+            resume=True,
+        )
+        result = tune(run, session)
+        clips = ", ".join(clip.name for clip in session.clips)
+        description = (
+            f"Tuned by hetcache-tune for the {config.workload.name} workload ({config.workload.steps} steps, "
+            f"{config.workload.height}x{config.workload.width}x{config.workload.num_frames}, clips {clips}) under "
+            f"{budget.describe()}."
+        )
+        try:
+            _, path = export_best(
+                result.results, budget, result.info, policies_dir / f"{name}.json", name=name, description=description
+            )
+        except NoFeasibleTrial as exc:
+            print(f"hetcache-tune: {exc}", file=sys.stderr)
+            continue
+        written.append(path)
+    return written

@@ -1,0 +1,305 @@
+"""Creating or joining a tuning study, and running one worker on it.
+
+The first worker creates the study: it stores the budget, workload, model and search space in the study's user
+attrs (CONTRACTS.md) and enqueues the warm-start points. Other workers (other GPUs or machines, or a later
+`--resume`) join it, check that they tune the same thing, and sample the stored space. Each worker runs trials until
+the study holds `trials` finished ones; a trial whose worker died is failed by the heartbeat check and re-run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sys
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import optuna
+from tqdm import tqdm
+
+from hetcache import __version__
+from hetcache.errors import InputError
+from hetcache.fingerprint import model_fingerprint
+from hetcache.metrics import regions
+from hetcache.policy import WorkloadSpec, model_spec_from_fingerprint
+from hetcache.workloads.spec import Workload
+
+from .budget import Budget
+from .export import StudyInfo
+from .objective import OBJECTIVES, Evaluator, Objective
+from .profile_input import ProfileHints, read_profile
+from .references import FOLDER as REFERENCE_FOLDER
+from .references import ReferenceStore
+from .results import TrialResult, best_feasible, trial_results
+from .space import SearchSpace
+from .storage import Heartbeat, display_url, open_storage, resolve_url
+
+FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+JOIN_WAIT_S = 60.0
+
+
+@dataclass
+class TuneConfig:
+    """Everything one `hetcache-tune` worker needs."""
+
+    workload: Workload
+    budget: Budget
+    out: Path
+    objective: str = "flops"
+    trials: int = 40
+    timeout: float | None = None
+    seed: int = 0
+    study_name: str | None = None
+    storage: str | None = None
+    resume: bool = False
+    profile: Path | None = None
+    warm_start: bool = True
+    heartbeat: Heartbeat = field(default_factory=Heartbeat)
+    lpips_weights: Path | None = None
+    progress: bool = False
+    reference_dir: Path | None = None
+
+    def name(self) -> str:
+        return self.study_name or f"{self.workload.name}-{self.budget.slug()}"
+
+
+@dataclass
+class TuneResult:
+    """What a worker leaves behind: the study it worked on and every completed trial in it."""
+
+    info: StudyInfo
+    results: list[TrialResult]
+    ran: int
+    created: bool
+    seconds: float
+
+
+def _comparable_workload(data: dict[str, Any]) -> dict[str, Any]:
+    """A workload dict without the fields that may differ between workers (the device)."""
+    return {k: v for k, v in data.items() if k != "device"}
+
+
+def _check_same_study(attrs: dict[str, Any], expected: dict[str, Any], name: str) -> None:
+    """Refuse to join a study that tunes something else (another budget, objective, workload or model)."""
+    checks = (
+        ("budget", "--budget"),
+        ("budget_mode", "--worst"),
+        ("min_speedup", "--min-speedup"),
+        ("objective", "--objective"),
+    )
+    for key, flag in checks:
+        if attrs.get(key) != expected[key]:
+            raise InputError(
+                f"study '{name}' was tuned with {key} {attrs.get(key)!r}; this run asks for {expected[key]!r}.",
+                f"use the study's {flag} to resume it, or choose another --study-name.",
+            )
+    if _comparable_workload(attrs.get("workload") or {}) != _comparable_workload(expected["workload"]):
+        raise InputError(
+            f"study '{name}' was tuned on another workload ({(attrs.get('workload') or {}).get('name')!r} with "
+            "different settings).",
+            "pass the same workload flags as the study's first worker, or choose another --study-name.",
+        )
+    if (attrs.get("model") or {}).get("fingerprint") != expected["model"]["fingerprint"]:
+        raise InputError(f"study '{name}' was tuned for another model architecture.", "choose another --study-name.")
+
+
+def _check_budget_regions(budget: Budget, session: Any) -> None:
+    """A budget on a region (mask, margin, background) needs that region on at least one clip."""
+    for metric in budget.metrics:
+        region = metric.split("_", 1)[1] if "_" in metric and metric.split("_", 1)[0] in ("psnr", "ssim") else None
+        if region is None:
+            continue
+        if not any(bool(regions(clip.mask)[region].any()) for clip in session.clips):
+            raise InputError(
+                f"--budget bounds {metric}, but no calibration clip has a {region} region.",
+                f"bound the whole-frame metric ({metric.split('_')[0]}) instead, or use clips with that region.",
+            )
+
+
+def _wait_for_attrs(study: optuna.Study, name: str) -> dict[str, Any]:
+    """The user attrs of a study another worker is still setting up (it writes them right after creating it)."""
+    deadline = time.monotonic() + JOIN_WAIT_S
+    while True:
+        attrs = study.user_attrs
+        if "search_space" in attrs:
+            return attrs
+        if time.monotonic() > deadline:
+            raise InputError(
+                f"study '{name}' exists but was not set up by hetcache-tune (it has no search space).",
+                "choose another --study-name.",
+            )
+        time.sleep(0.5)
+
+
+def _sampler(seed: int, trials: int, salt: tuple[Any, ...] = ()) -> optuna.samplers.TPESampler:
+    """Explicit seeded TPE (multivariate, constant liar for parallel workers); a joining worker salts its seed."""
+    if salt:
+        seed = int.from_bytes(hashlib.sha256(repr((seed, *salt)).encode()).digest()[:4], "little")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return optuna.samplers.TPESampler(
+            seed=seed, multivariate=True, constant_liar=True, n_startup_trials=max(3, min(10, trials // 3))
+        )
+
+
+def _finished(study: optuna.Study) -> tuple[int, bool]:
+    trials = study.get_trials(deepcopy=False)
+    done = sum(t.state in FINISHED for t in trials)
+    waiting = any(t.state == optuna.trial.TrialState.WAITING for t in trials)
+    return done, waiting
+
+
+def open_study(
+    config: TuneConfig, session: Any, hints: ProfileHints | None, storage: optuna.storages.BaseStorage, url: str
+) -> tuple[optuna.Study, SearchSpace, bool]:
+    """Create the study (with attrs and warm starts) or join it; returns the study, its space and whether it is new."""
+    name = config.name()
+    exists = name in {s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)}
+    if exists and not config.resume:
+        raise InputError(
+            f"study '{name}' already exists in {display_url(url)}.",
+            "pass --resume to continue it (or to join it as another worker), or choose another --study-name.",
+        )
+    fp = model_fingerprint(session.transformer)
+    expected = {
+        **config.budget.to_attrs(),
+        "objective": config.objective,
+        "workload": session.workload.to_dict(),
+        "model": fp,
+    }
+    created = False
+    space = None
+    if not exists:
+        space = SearchSpace.for_session(session, hints)
+        try:
+            study = optuna.create_study(
+                study_name=name,
+                storage=storage,
+                directions=["maximize"],
+                sampler=_sampler(config.seed, config.trials),
+            )
+            created = True
+        except optuna.exceptions.DuplicatedStudyError:
+            pass
+    if created:
+        attrs = {
+            **expected,
+            "profile": str(config.profile) if config.profile else None,
+            "tool": f"hetcache {__version__}",
+            "search_space": space.to_dict(),
+            "seed": config.seed,
+            "clips": [clip.name for clip in session.clips],
+        }
+        for key, value in attrs.items():
+            study.set_user_attr(key, value)
+        if config.warm_start:
+            for label, params in space.warm_starts(hints):
+                study.enqueue_trial(params, user_attrs={"warm_start": label}, skip_if_exists=True)
+        return study, space, True
+    probe = optuna.load_study(study_name=name, storage=storage)
+    attrs = _wait_for_attrs(probe, name)
+    _check_same_study(attrs, expected, name)
+    salt = (len(probe.trials), os.getpid())
+    study = optuna.load_study(study_name=name, storage=storage, sampler=_sampler(config.seed, config.trials, salt))
+    return study, SearchSpace.from_dict(attrs["search_space"]), False
+
+
+def _best_text(study: optuna.Study, config: TuneConfig) -> str:
+    best = best_feasible(trial_results(study, config.objective), config.budget)
+    return f"{best.value:.2f}x (trial {best.number})" if best else "none yet"
+
+
+def run_worker(study: optuna.Study, objective: Objective, config: TuneConfig) -> int:
+    """Run trials until the study holds `config.trials` finished ones (or `--timeout`); returns how many ran here."""
+    started = time.monotonic()
+    ran = 0
+    done, _ = _finished(study)
+    bar = tqdm(
+        total=config.trials,
+        initial=min(done, config.trials),
+        desc="trials",
+        unit="trial",
+        disable=not config.progress,
+        file=sys.stderr,
+        dynamic_ncols=True,
+    )
+    try:
+        bar.set_postfix_str(f"best feasible {_best_text(study, config)}")
+        while True:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                optuna.storages.fail_stale_trials(study)
+            done, waiting = _finished(study)
+            bar.n = min(done, config.trials)
+            bar.refresh()
+            if done >= config.trials and not waiting:
+                break
+            if config.timeout is not None and time.monotonic() - started >= config.timeout:
+                break
+            study.optimize(objective, n_trials=1, gc_after_trial=False)
+            ran += 1
+            bar.set_postfix_str(f"best feasible {_best_text(study, config)}")
+    finally:
+        bar.close()
+    return ran
+
+
+def tune(config: TuneConfig, session: Any = None) -> TuneResult:
+    """Create or join the study, compute the references, and run this worker's trials."""
+    from hetcache.workloads.execute import Session
+
+    if config.objective not in OBJECTIVES:
+        raise InputError(f"--objective {config.objective!r} is unknown.", f"use one of {', '.join(OBJECTIVES)}.")
+    if config.trials < 1:
+        raise InputError(f"--trials {config.trials} must be at least 1.", "e.g. --trials 40.")
+    lpips = None
+    if "lpips" in config.budget.metrics:
+        if config.lpips_weights is None:
+            raise InputError("--budget bounds lpips, but no LPIPS weights were given.", "pass --lpips-weights DIR.")
+        from hetcache.lpips import load_lpips
+
+        lpips = load_lpips(config.lpips_weights)
+    started = time.monotonic()
+    url = resolve_url(config.storage, config.out)
+    storage = open_storage(url, config.heartbeat)  # fail fast, before loading the model
+    session = session if session is not None else Session(config.workload)
+    _check_budget_regions(config.budget, session)
+    hints = read_profile(config.profile) if config.profile else None
+    fp = model_fingerprint(session.transformer)
+    if hints is not None and hints.model_fingerprint not in (None, fp["fingerprint"]):
+        raise InputError(
+            f"profile '{config.profile}' was recorded on another model architecture than this workload's.",
+            "profile this workload's model with hetcache-profile, or drop --profile.",
+        )
+    study, space, created = open_study(config, session, hints, storage, url)
+    references = ReferenceStore(config.reference_dir or config.out / REFERENCE_FOLDER, session)
+    for clip in session.clips:
+        references.get(clip)
+        if config.objective == "time":
+            references.local_seconds(clip)
+    evaluator = Evaluator(session, references, config.budget, config.objective, lpips)
+    workload_spec = WorkloadSpec(**session.workload.summary())
+    objective = Objective(evaluator, space, model_spec_from_fingerprint(fp), workload_spec, config.name())
+    ran = run_worker(study, objective, config)
+    info = StudyInfo(config.name(), display_url(url), config.objective, dict(study.user_attrs))
+    return TuneResult(info, trial_results(study, config.objective), ran, created, time.monotonic() - started)
+
+
+def load_results(storage: str, study_name: str) -> tuple[StudyInfo, list[TrialResult]]:
+    """A study's info and completed trials, for export from any node."""
+    url = resolve_url(storage, Path.cwd())
+    backend = open_storage(url)
+    try:
+        study = optuna.load_study(study_name=study_name, storage=backend)
+    except KeyError:
+        names = [s.study_name for s in optuna.get_all_study_summaries(backend, include_best_trial=False)]
+        raise InputError(
+            f"study '{study_name}' is not in {display_url(url)}.",
+            f"pass one of: {', '.join(names) or '(no studies)'} as --study-name.",
+        ) from None
+    attrs = dict(study.user_attrs)
+    objective = attrs.get("objective", "flops")
+    return StudyInfo(study_name, display_url(url), objective, attrs), trial_results(study, objective)
