@@ -1,0 +1,127 @@
+"""The Profile folder: `profile.json` (schema hetcache.profile/v1) and `tensors.safetensors` (float16 arrays).
+
+Written atomically (a temporary sibling folder renamed into place); read back with `Profile.load`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from hetcache.atomic import atomic_dir
+from hetcache.errors import InputError
+
+SCHEMA = "hetcache.profile/v1"
+JSON_FILE = "profile.json"
+TENSOR_FILE = "tensors.safetensors"
+
+
+def json_safe(value: Any) -> Any:
+    """Non-finite floats become null (profile.json is strict JSON); tuples become lists."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value
+
+
+class ProfileTensors(Mapping):
+    """The arrays of a profile, read from the file only when asked for (numpy, or torch with framework='pt')."""
+
+    def __init__(self, path: Path | None, loaded: dict[str, torch.Tensor] | None, framework: str):
+        self.path, self.loaded, self.framework = path, loaded, framework
+        if loaded is None:
+            with safe_open(str(path), framework="pt") as handle:
+                self._keys = list(handle.keys())
+        else:
+            self._keys = list(loaded)
+
+    def __getitem__(self, name: str):
+        if name not in self._keys:
+            raise KeyError(name)
+        if self.loaded is not None:
+            tensor = self.loaded[name]
+            return tensor.numpy() if self.framework == "numpy" else tensor
+        with safe_open(str(self.path), framework=self.framework) as handle:
+            return handle.get_tensor(name)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._keys)
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+
+class Profile:
+    """A profile: `data` (the profile.json dict) and its tensors (in memory after profiling, lazy after loading)."""
+
+    def __init__(self, data: dict[str, Any], tensors: dict[str, torch.Tensor] | None = None, path: Path | None = None):
+        self.data = data
+        self._tensors = tensors
+        self.path = path
+
+    def tensors(self, framework: str = "numpy") -> ProfileTensors:
+        """The arrays ("drift", "residual_drift", "attention", "token_class", …), loaded lazily."""
+        if framework not in ("numpy", "pt"):
+            raise InputError(f"framework {framework!r} is not supported.", "use 'numpy' or 'pt'.")
+        if self._tensors is None and self.path is None:
+            raise InputError("this profile has no tensors.", "profile a pipeline or load a saved profile folder.")
+        return ProfileTensors(self.path / TENSOR_FILE if self._tensors is None else None, self._tensors, framework)
+
+    def save(self, path: str | os.PathLike, overwrite: bool = False) -> Path:
+        """Write the folder atomically; an existing folder is refused unless `overwrite`."""
+        path = Path(path)
+        if path.exists() and not overwrite:
+            raise InputError(f"profile folder '{path}' already exists.", "pass --overwrite, or choose another --out.")
+        tensors = self._tensors if self._tensors is not None else dict(self.tensors("pt"))
+        with atomic_dir(path, overwrite=overwrite) as tmp:
+            save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp / TENSOR_FILE))
+            text = json.dumps(json_safe(self.data), indent=2, allow_nan=False) + "\n"
+            (tmp / JSON_FILE).write_text(text, encoding="utf-8")
+        self.path = path
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> Profile:
+        """Read a profile folder; errors name the file and what is wrong."""
+        path = Path(path)
+        source = path / JSON_FILE
+        if not source.is_file():
+            raise InputError(
+                f"'{path}' is not a profile folder (no {JSON_FILE}).", "pass a folder written by hetcache-profile."
+            )
+        try:
+            data = json.loads(source.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as exc:
+            raise InputError(f"'{source}' is not valid JSON ({exc.msg}, line {exc.lineno}).", "profile again.") from exc
+        schema = data.get("schema") if isinstance(data, dict) else None
+        if schema != SCHEMA:
+            raise InputError(
+                f"'{source}' has schema {schema!r}; this hetcache reads {SCHEMA!r}.",
+                "profile again with this version, or upgrade hetcache.",
+            )
+        if not (path / TENSOR_FILE).is_file():
+            raise InputError(f"profile folder '{path}' has no {TENSOR_FILE}.", "profile again.")
+        return cls(data, None, path)
+
+    # -- conveniences ----------------------------------------------------------------------------------------
+    @property
+    def polynomial(self) -> list[float]:
+        """The fitted rescaling polynomial, ready for a policy's `step_plan.polynomial`."""
+        return list(self.data["step_curve"]["polynomial"])
+
+    def layer(self, name: str) -> dict[str, Any]:
+        for layer in self.data["layers"]:
+            if layer["name"] == name:
+                return layer
+        raise KeyError(name)
