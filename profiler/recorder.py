@@ -222,7 +222,9 @@ class Recorder:
         registry.invalidate_child_registries_cache()
         for pos, layer in enumerate(self.layers):
             module = layer.module
-            self._handles.append(module.register_forward_pre_hook(functools.partial(self._before_block, pos)))
+            self._handles.append(
+                module.register_forward_pre_hook(functools.partial(self._before_block, pos), with_kwargs=True)
+            )
             self._handles.append(
                 module.register_forward_hook(functools.partial(self._after_block, pos, layer.kind), with_kwargs=True)
             )
@@ -363,8 +365,13 @@ class Recorder:
             clip.timesteps[step] = flat.reshape(()).float()
 
     # -- blocks ----------------------------------------------------------------------------------------------
-    def _before_block(self, pos: int, module, args) -> None:
-        if self.call is not None and self.options.timing:
+    def _before_block(self, pos: int, module, args, kwargs) -> None:
+        if self.call is None:
+            return
+        if self.clip.tokens == 0:
+            hidden = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
+            self._first_block(self.clip, hidden)
+        if self.options.timing:
             self.timer.start(pos)
 
     def _after_block(self, pos: int, kind: str, module, args, kwargs, output) -> None:
@@ -374,8 +381,6 @@ class Recorder:
         if self.options.timing:
             self.timer.stop(pos)
         stream_in, stream_out, recorded = block_streams(kind, args, kwargs, output)
-        if clip.tokens == 0:
-            self._first_block(clip, recorded)
         if recorded.shape[1] != clip.tokens:
             clip.note(f"{self.layers[pos].name}: {recorded.shape[1]} tokens instead of {clip.tokens}; not recorded")
             return
@@ -387,9 +392,10 @@ class Recorder:
                 delta = stream_out[item] - stream_in[item]
                 self._update(clip, clip.buffer(clip.residual, branch), ("res", branch, pos), step, pos, delta, False)
 
-    def _first_block(self, clip: ClipState, recorded: torch.Tensor) -> None:
-        tokens = recorded.shape[1]
-        clip.hidden_dim, clip.element_size = recorded.shape[-1], recorded.element_size()
+    def _first_block(self, clip: ClipState, hidden: torch.Tensor) -> None:
+        """Token count, width and per-token buffers, from the first block input of the clip."""
+        tokens = hidden.shape[1]
+        clip.hidden_dim, clip.element_size = hidden.shape[-1], hidden.element_size()
         if clip.classes is not None and clip.classes.num_tokens != tokens:
             raise InputError(
                 f"the mask of clip '{clip.name}' gives {clip.classes.num_tokens} tokens, the model runs {tokens}.",

@@ -26,7 +26,7 @@ from .reduce import ClipResult, describe_tensors, finish_clip
 from .store import SCHEMA, Profile
 from .summary import headroom, layer_records
 
-HETCACHE_KEYS = ("name", "mask")
+HETCACHE_KEYS = ("name", "edit_mask")  # consumed by hetcache, not passed to the pipeline
 
 
 @dataclass
@@ -46,12 +46,12 @@ def _default_steps(pipe: Any) -> int:
 
 
 def pipeline_runs(pipe: Any, inputs: dict | list[dict]) -> list[ClipRun]:
-    """ClipRuns from pipeline keyword arguments (each may add "name" and "mask", which hetcache consumes)."""
+    """ClipRuns from pipeline keyword arguments (each may add "name" and "edit_mask", which hetcache consumes)."""
     items = [inputs] if isinstance(inputs, dict) else list(inputs)
     if not items or not all(isinstance(item, dict) for item in items):
         raise InputError(
             "profile inputs must be a dict of pipeline arguments or a non-empty list of them.",
-            "pass e.g. {'prompt_embeds': ..., 'num_inference_steps': 20, 'mask': pixel_mask}.",
+            "pass e.g. {'prompt_embeds': ..., 'num_inference_steps': 20, 'edit_mask': pixel_mask}.",
         )
     accepts_output_type = "output_type" in inspect.signature(pipe.__call__).parameters
     runs = []
@@ -60,8 +60,8 @@ def pipeline_runs(pipe: Any, inputs: dict | list[dict]) -> list[ClipRun]:
         if accepts_output_type:
             kwargs.setdefault("output_type", "latent")
         name = str(item.get("name", f"clip{i}"))
-        mask = item.get("mask")
-        mask = None if mask is None else as_mask_tensor(mask, f"the mask of input '{name}'")
+        mask = item.get("edit_mask")
+        mask = None if mask is None else as_mask_tensor(mask, f"the edit_mask of input '{name}'")
         steps = int(kwargs.get("num_inference_steps", _default_steps(pipe)))
 
         def call(kwargs=kwargs) -> None:
@@ -229,7 +229,10 @@ def _assemble(transformer, layers, recorder: Recorder, results: list[ClipResult]
 def profile(
     pipe: Any, inputs: dict | list[dict], *, progress: bool = False, workload: dict | None = None, **options: Any
 ) -> Profile:
-    """Profile `pipe` on `inputs` (pipeline keyword arguments per clip, optionally with "name" and "mask").
+    """Profile `pipe` on `inputs`: pipeline keyword arguments per clip, optionally with "name" and "edit_mask".
+
+    edit_mask: pixel mask [F, H, W] (1 = region to generate) or token mask [T', h, w]; Wan-VACE reads it from the
+    control states when absent; without any mask, drift and attention cover all tokens.
 
     Options: see `ProfileOptions` (layers, attention_every, attention_chunk, degree, margin_width, mask_threshold,
     max_tokens, small_change, residual, timing).
