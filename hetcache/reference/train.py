@@ -162,12 +162,13 @@ def train(
     progress: bool = True,
     frames: tuple[int, ...] = FRAME_CHOICES,
     sides: tuple[int, ...] = SIZE_CHOICES,
+    calibration_clips: int = 32,
 ) -> dict:
     """Train and save the reference pipeline folder to `out`; returns the training record."""
     if threads:
         torch.set_num_threads(threads)
     started = time.time()
-    pipe = untrained_pipeline(seed)
+    pipe = untrained_pipeline(seed, calibration_clips)
     pool = build_pool(pipe, pool_size, seed + 1, progress, frames=frames, sides=sides)
     shapes = sorted(pool)
     weights = np.array([len(pool[s]) for s in shapes], dtype=np.float64)
@@ -206,6 +207,7 @@ def train(
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimiser.step()
         window["loss"] += loss.item()
+        error = error.detach()
         window["in"] += float((error * mask).sum() / mask.sum().clamp(min=1))
         window["out"] += float((error * (1 - mask)).sum() / (1 - mask).sum().clamp(min=1))
         window["n"] += 1
@@ -223,7 +225,7 @@ def train(
             bar.set_postfix(loss=f"{record['loss']:.3f}", inside=f"{record['loss_in_mask']:.3f}")
             window = {"loss": 0.0, "in": 0.0, "out": 0.0, "n": 0}
     model.eval()
-    recipe = {"clips": pool_size, "frames": list(frames), "sizes": list(sides)}
+    recipe = {"clips": pool_size, "frames": list(frames), "sizes": list(sides), "latent_stats_clips": calibration_clips}
     return save(pipe, out, prompt, negative, log, steps, batch, recipe, lr, seed, started)
 
 
@@ -247,7 +249,7 @@ def save(pipe, out: Path, prompt, negative, log, steps, batch, recipe, lr, seed,
             {"prompt_embeds": prompt.contiguous(), "negative_prompt_embeds": negative.contiguous()},
             str(tmp / "prompt_embeds.safetensors"),
         )
-        files = sorted(p.relative_to(tmp).as_posix() for p in tmp.rglob("*.safetensors"))
+        files = sorted(p.relative_to(tmp).as_posix() for p in tmp.rglob("*") if p.is_file())
         record = {
             "what": "tiny WanVACETransformer3DModel trained for caching behaviour on synthetic clips; "
             "not an inpainting model",

@@ -1,0 +1,97 @@
+"""The reference-model training script (smoke run) and the checks that guard the shipped weights."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+
+from hetcache import reference
+from hetcache.errors import InputError
+from hetcache.reference import train
+
+
+@pytest.fixture(scope="module")
+def trained_folder(tmp_path_factory):
+    out = tmp_path_factory.mktemp("reference") / "model"
+    record = train.train(
+        out,
+        steps=3,
+        batch=2,
+        pool_size=6,
+        seed=0,
+        threads=None,
+        progress=False,
+        frames=(9,),
+        sides=(64,),
+        calibration_clips=4,
+    )
+    return out, record
+
+
+def test_training_writes_a_loadable_pipeline_with_a_training_record(trained_folder):
+    from diffusers import WanVACEPipeline
+
+    out, record = trained_folder
+    assert record["steps"] == 3 and record["seed"] == 0
+    assert set(record["final_loss"]) >= {"loss", "loss_in_mask", "loss_outside"}
+    assert record["data"]["frames"] == [9] and "prepare_video_latents" in record["data"]["preprocessing"]
+    assert set(record["checksums"]) == {
+        "model_index.json",
+        "prompt_embeds.safetensors",
+        "scheduler/scheduler_config.json",
+        "transformer/config.json",
+        "transformer/diffusion_pytorch_model.safetensors",
+        "vae/config.json",
+        "vae/diffusion_pytorch_model.safetensors",
+    }
+    pipe = WanVACEPipeline.from_pretrained(out, text_encoder=None, tokenizer=None, dtype=torch.float16)
+    transformer = pipe.transformer
+    assert transformer.blocks[0].attn1.to_q.weight.dtype == torch.float16
+    assert transformer.blocks[0].scale_shift_table.dtype == torch.float32  # kept in fp32 by diffusers
+    assert (out / "transformer" / "diffusion_pytorch_model.safetensors").stat().st_size < 10 * 2**20
+    assert reference.verify(out)["steps"] == 3
+
+
+def test_training_is_deterministic_for_a_fixed_seed_and_step_count(trained_folder, tmp_path):
+    _, record = trained_folder
+    again = train.train(
+        tmp_path / "again",
+        steps=3,
+        batch=2,
+        pool_size=6,
+        seed=0,
+        progress=False,
+        frames=(9,),
+        sides=(64,),
+        calibration_clips=4,
+    )
+    assert again["checksums"] == record["checksums"]
+
+
+def test_verify_catches_modified_weights_and_unknown_config_keys(trained_folder, tmp_path):
+    out, _ = trained_folder
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    weights = copy / "transformer" / "diffusion_pytorch_model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    with pytest.raises(InputError, match="checksum"):
+        reference.verify(copy)
+    shutil.copy(out / "transformer" / "diffusion_pytorch_model.safetensors", weights)
+    config_path = copy / "transformer" / "config.json"
+    config = json.loads(config_path.read_text())
+    config["future_option"] = 1
+    config_path.write_text(json.dumps(config))
+    with pytest.raises(InputError, match=r"transformer/config\.json' has checksum"):
+        reference.verify(copy)
+    card = json.loads((copy / reference.CARD_FILE).read_text())
+    card["checksums"]["transformer/config.json"] = reference.file_checksum(config_path)
+    (copy / reference.CARD_FILE).write_text(json.dumps(card))
+    with pytest.raises(InputError, match="does not accept: future_option"):
+        reference.verify(copy)
+    with pytest.raises(InputError, match="is missing"):
+        reference.verify(tmp_path / "nothing")
