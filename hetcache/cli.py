@@ -46,7 +46,16 @@ def _print_run(record: dict) -> None:
             row["FLOPs frac"] = clip["stats"]["flops_fraction"]
         if "quality" in clip:
             q = clip["quality"]
-            row.update({"PSNR": q["psnr"], "PSNR mask": q["psnr_mask"], "SSIM": q["ssim"], "SSIM mask": q["ssim_mask"]})
+            row.update(
+                {
+                    "PSNR": q["psnr"],
+                    "mask": q["psnr_mask"],
+                    "margin": q["psnr_margin"],
+                    "bg": q["psnr_background"],
+                    "SSIM": q["ssim"],
+                    "SSIM mask": q["ssim_mask"],
+                }
+            )
         rows.append(row)
     print(format_table(rows))
     summary = record["summary"]
