@@ -80,9 +80,10 @@ def open_storage(url: str, heartbeat: Heartbeat | None = None) -> optuna.storage
                     max_retry=beat.max_retry
                 ),
             )
-    except ModuleNotFoundError as exc:
+    except ImportError as exc:
+        driver = getattr(exc, "name", None) or getattr(exc.__cause__, "name", None) or "for this URL"
         raise InputError(
-            f"storage '{shown}' needs the Python driver '{exc.name}', which is not installed.",
+            f"storage '{shown}' needs the Python driver '{driver}', which is not installed.",
             "install it (pip install 'hetcache[postgres]' for psycopg), or use a postgresql+psycopg:// URL.",
         ) from exc
     except Exception as exc:

@@ -145,11 +145,11 @@ def _sampler(seed: int, trials: int, salt: tuple[Any, ...] = ()) -> optuna.sampl
         )
 
 
-def _finished(study: optuna.Study) -> tuple[int, bool]:
-    trials = study.get_trials(deepcopy=False)
-    done = sum(t.state in FINISHED for t in trials)
-    waiting = any(t.state == optuna.trial.TrialState.WAITING for t in trials)
-    return done, waiting
+def _counts(study: optuna.Study) -> tuple[int, int, int]:
+    """Finished, waiting and running trials of the study."""
+    states = [t.state for t in study.get_trials(deepcopy=False)]
+    finished = sum(state in FINISHED for state in states)
+    return finished, states.count(optuna.trial.TrialState.WAITING), states.count(optuna.trial.TrialState.RUNNING)
 
 
 def open_study(
@@ -212,11 +212,15 @@ def _best_text(study: optuna.Study, config: TuneConfig) -> str:
     return f"{best.value:.2f}x (trial {best.number})" if best else "none yet"
 
 
-def run_worker(study: optuna.Study, objective: Objective, config: TuneConfig) -> int:
-    """Run trials until the study holds `config.trials` finished ones (or `--timeout`); returns how many ran here."""
+def run_worker(study: optuna.Study, objective: Objective, config: TuneConfig, heartbeat: bool) -> int:
+    """Run trials until the study holds `config.trials` finished ones (or `--timeout`); returns how many ran here.
+
+    With a heartbeat storage the worker leaves only once no trial is in flight elsewhere: a trial whose worker died
+    is failed after the grace period, re-queued (RetryHeartbeatStaleTrialCallback) and run here, so no trial is lost.
+    """
     started = time.monotonic()
     ran = 0
-    done, _ = _finished(study)
+    done, _, _ = _counts(study)
     bar = tqdm(
         total=config.trials,
         initial=min(done, config.trials),
@@ -228,17 +232,19 @@ def run_worker(study: optuna.Study, objective: Objective, config: TuneConfig) ->
     )
     try:
         bar.set_postfix_str(f"best feasible {_best_text(study, config)}")
-        while True:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                optuna.storages.fail_stale_trials(study)
-            done, waiting = _finished(study)
+        while config.timeout is None or time.monotonic() - started < config.timeout:
+            if heartbeat:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                    optuna.storages.fail_stale_trials(study)
+            done, waiting, running = _counts(study)
             bar.n = min(done, config.trials)
             bar.refresh()
             if done >= config.trials and not waiting:
-                break
-            if config.timeout is not None and time.monotonic() - started >= config.timeout:
-                break
+                if not (heartbeat and running):
+                    break
+                time.sleep(min(1.0, config.heartbeat.interval))
+                continue
             study.optimize(objective, n_trials=1, gc_after_trial=False)
             ran += 1
             bar.set_postfix_str(f"best feasible {_best_text(study, config)}")
@@ -283,7 +289,7 @@ def tune(config: TuneConfig, session: Any = None) -> TuneResult:
     evaluator = Evaluator(session, references, config.budget, config.objective, lpips)
     workload_spec = WorkloadSpec(**session.workload.summary())
     objective = Objective(evaluator, space, model_spec_from_fingerprint(fp), workload_spec, config.name())
-    ran = run_worker(study, objective, config)
+    ran = run_worker(study, objective, config, isinstance(storage, optuna.storages.RDBStorage))
     info = StudyInfo(config.name(), display_url(url), config.objective, dict(study.user_attrs))
     return TuneResult(info, trial_results(study, config.objective), ran, created, time.monotonic() - started)
 

@@ -1,0 +1,326 @@
+"""hetcache-tune on the tiny random-weight reference workload: budgets, export, resume, seeds, profiles, errors.
+
+Random weights still give caching errors that tell plans apart on this workload (PSNR ≈ 45–50 dB for plans that
+reuse or run partial steps, 100 dB only for all-FULL plans), so the budgets below bind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import shutil
+from pathlib import Path
+
+import optuna
+import pytest
+from hetcache.tuner.budget import parse_budget
+from hetcache.tuner.cli import main
+from hetcache.tuner.space import behaviour_key
+
+from hetcache.errors import InputError
+from hetcache.policy import LayerSpec, Policy, StepPlanSpec, TokenSpec, load_policy
+
+WORKLOAD = ["--weights", "random", "--height", "64", "--width", "64", "--frames", "9", "--steps", "6"]
+CLIPS = ["--clips", "box,moving"]
+BUDGET = 47.5
+STUDY_ATTRS = {"budget", "budget_mode", "objective", "workload", "model", "profile", "tool"}
+TRIAL_ATTRS = {"policy", "speedup_flops", "speedup_time", "flops_fraction", "quality", "quality_worst"}
+TRIAL_ATTRS |= {"quality_per_clip", "decisions"}
+
+
+def run_tune(*args: str) -> tuple[int, str, str]:
+    """Run hetcache-tune in-process; returns exit code, stdout, stderr."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(list(args))
+    return code, out.getvalue(), err.getvalue()
+
+
+def load_study(folder: Path, name: str) -> optuna.Study:
+    return optuna.load_study(study_name=name, storage=f"sqlite:///{folder / 'study.db'}")
+
+
+@pytest.fixture(scope="module")
+def tuned(tmp_path_factory):
+    """One small study: 8 trials under psnr ≥ 47.5 on two clips."""
+    out = tmp_path_factory.mktemp("tune") / "run"
+    code, stdout, stderr = run_tune("--budget", f"psnr={BUDGET}", "--trials", "8", *WORKLOAD, *CLIPS, "--out", str(out))
+    return out, code, stdout, stderr
+
+
+# -- budgets -----------------------------------------------------------------------------------------------
+
+
+def test_budget_parsing_and_bounds():
+    budget = parse_budget("psnr_mask=28, ssim=0.95,latent_rel_l2=0.05")
+    assert budget.as_dict() == {"psnr_mask": 28.0, "ssim": 0.95, "latent_rel_l2": 0.05}
+    assert budget.slug() == "psnr_mask28-ssim0.95-latent_rel_l20.05"
+    # higher-is-better misses below the bound, lower-is-better above it
+    assert budget.violation("psnr_mask", 27.0) == pytest.approx(1.0)
+    assert budget.violation("latent_rel_l2", 0.04) == pytest.approx(-0.01)
+    assert budget.feasible({"psnr_mask": 28.0, "ssim": 0.96, "latent_rel_l2": 0.05}, speedup=2.0)
+    assert not budget.feasible({"psnr_mask": 28.0, "ssim": 0.96, "latent_rel_l2": 0.06}, speedup=2.0)
+    assert not budget.feasible({"psnr_mask": 30.0, "ssim": 0.99, "latent_rel_l2": 0.0}, speedup=1.05)
+    assert budget.violation("ssim", float("nan")) == float("inf")
+
+
+def test_budget_proves_hopeless_clips_early():
+    mean = parse_budget("psnr=80")
+    # one clip at 40 dB, one left: even 100 dB (the cap) on it gives a mean of 70 < 80
+    assert mean.hopeless([{"psnr": 40.0}], remaining=1) == {"psnr": pytest.approx(10.0)}
+    assert parse_budget("psnr=60").hopeless([{"psnr": 40.0}], remaining=1) is None
+    worst = parse_budget("psnr=45", worst=True)
+    assert worst.hopeless([{"psnr": 50.0}, {"psnr": 40.0}], remaining=3) == {"psnr": pytest.approx(5.0)}
+    assert worst.hopeless([{"psnr": 50.0}], remaining=3) is None
+    lower = parse_budget("latent_rel_l2=0.01")
+    assert lower.hopeless([{"latent_rel_l2": 0.05}], remaining=1) == {"latent_rel_l2": pytest.approx(0.015)}
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("psnr=abc", "'abc' is not a number"),
+        ("psnrr=30", "unknown metric 'psnrr'"),
+        ("", "--budget is empty"),
+        ("psnr", "has no '='"),
+        ("psnr=30,psnr=31", "metric 'psnr' twice"),
+        ("psnr=30,", "empty bound"),
+        ("ssim=nan", "not finite"),
+    ],
+)
+def test_bad_budget_is_a_clear_error(tmp_path, text, message):
+    code, _, stderr = run_tune("--budget", text, *WORKLOAD, "--out", str(tmp_path / "run"))
+    assert code == 2
+    assert message in stderr and "Fix:" in stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_unreachable_storage_is_a_clear_error(tmp_path):
+    url = "postgresql+psycopg://tuner:sekret@127.0.0.1:1/hetcache"
+    code, _, stderr = run_tune("--budget", "psnr=30", "--storage", url, *WORKLOAD, "--out", str(tmp_path / "run"))
+    assert code == 2
+    assert "cannot open the study storage 'postgresql+psycopg://tuner:***@127.0.0.1:1/hetcache'" in stderr
+    assert "sekret" not in stderr
+    code, _, stderr = run_tune("--budget", "psnr=30", "--storage", "mysql://u@127.0.0.1:1/db", *WORKLOAD)
+    assert code == 2 and "needs the Python driver" in stderr
+    code, _, stderr = run_tune("--budget", "psnr=30", "--storage", str(tmp_path / "study.txt"), *WORKLOAD)
+    assert code == 2 and "neither a database URL nor a .db / .log file" in stderr
+
+
+# -- tuning and export -------------------------------------------------------------------------------------
+
+
+def test_exported_policy_meets_its_budget_when_run_again(tuned):
+    from hetcache.runner import run_clips, summarise
+    from hetcache.workloads.execute import Session
+    from hetcache.workloads.spec import workload_from_dict
+
+    out, code, stdout, stderr = tuned
+    assert code == 0, stderr
+    assert "wrote" in stdout and "policy.json" in stdout
+    policy = load_policy(out / "policy.json")
+    prov = policy.provenance
+    assert prov["source"] == "hetcache-tune" and prov["study"] == f"reference-psnr{BUDGET:g}"
+    assert prov["budget"] == {"psnr": BUDGET} and prov["budget_mode"] == "mean"
+    assert prov["storage"].startswith("sqlite:///") and prov["tool"].startswith("hetcache ")
+    assert set(prov["quality_per_clip"]) == {"box", "moving"}
+    assert {"psnr_mask", "ssim_background"} <= set(prov["quality_per_clip"]["box"])
+
+    # the exported trial is the fastest one that meets the budget
+    study = load_study(out, prov["study"])
+    feasible = [
+        t
+        for t in study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
+        if all(v <= 0 for v in t.constraints.values())
+    ]
+    assert feasible and max(t.value for t in feasible) == pytest.approx(prov["speedup_flops"])
+    assert study.trials[prov["trial"]].value == pytest.approx(prov["speedup_flops"])
+    assert any(t.constraints["psnr"] > 0 for t in study.trials if t.constraints), "the budget never bound"
+
+    # run it again on the calibration clips: same speedup, budget met
+    session = Session(workload_from_dict(study.user_attrs["workload"]))
+    assert [clip.name for clip in session.clips] == ["box", "moving"]
+    summary = summarise(run_clips(session, policy, compare=True))
+    assert summary["speedup_flops"] == pytest.approx(prov["speedup_flops"], rel=1e-9)
+    assert summary["speedup_flops"] >= 1.1
+    assert summary["quality"]["psnr"] >= BUDGET
+    assert summary["quality"]["psnr"] == pytest.approx(prov["quality"]["psnr"], abs=1e-3)
+    assert policy.step_plan.plan == prov["decisions"]["box"]
+
+
+def test_study_and_trial_attributes_follow_the_contract(tuned):
+    out, _, _, _ = tuned
+    study = load_study(out, f"reference-psnr{BUDGET:g}")
+    assert set(study.user_attrs) >= STUDY_ATTRS
+    assert study.user_attrs["budget"] == {"psnr": BUDGET} and study.user_attrs["objective"] == "flops"
+    assert study.directions == [optuna.study.StudyDirection.MAXIMIZE]
+    trials = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
+    assert len(trials) == 8
+    for trial in trials:
+        assert set(trial.user_attrs) >= TRIAL_ATTRS, trial.number
+        assert set(trial.constraints) == {"psnr", "min_speedup"}
+        assert trial.user_attrs["speedup_flops"] == pytest.approx(1 / trial.user_attrs["flops_fraction"])
+    labels = [t.user_attrs.get("warm_start") for t in trials[:3]]
+    assert labels == ["paper", "timestep-only", "balanced"]
+    assert trials[1].params["full_ratio"] == 1.0 and "P" not in trials[1].user_attrs["decisions"]["box"]
+
+
+def test_export_command_and_pareto_ladder(tuned, tmp_path):
+    out, _, _, _ = tuned
+    name = f"reference-psnr{BUDGET:g}"
+    code, _, stderr = run_tune(
+        "export",
+        "--storage",
+        str(out / "study.db"),
+        "--study-name",
+        name,
+        "--export",
+        str(tmp_path / "p.json"),
+        "--export-pareto",
+        str(tmp_path / "ladder"),
+    )
+    assert code == 0, stderr
+    best = load_policy(tmp_path / "p.json").provenance
+    assert best["trial"] == load_policy(out / "policy.json").provenance["trial"]
+    ladder = json.loads((tmp_path / "ladder" / "index.json").read_text())["ladder"]
+    speeds = [rung["speedup"] for rung in ladder]
+    quality = [rung["psnr"] for rung in ladder]
+    assert speeds == sorted(speeds) and len(set(speeds)) == len(speeds)
+    assert quality == sorted(quality, reverse=True) and len(set(quality)) == len(quality)
+    fastest_feasible = max((rung for rung in ladder if rung["feasible"]), key=lambda rung: rung["speedup"])
+    assert fastest_feasible["trial"] == best["trial"]
+    for rung in ladder:
+        assert load_policy(tmp_path / "ladder" / rung["file"]).provenance["trial"] == rung["trial"]
+    # another budget, read from the same study
+    code, _, _ = run_tune("export", "--storage", str(out / "study.db"), "--study-name", name, "--budget", "psnr=99")
+    assert code == 3
+
+
+def test_impossible_budget_fails_cleanly_with_the_closest_trial(tmp_path):
+    out = tmp_path / "run"
+    code, _, stderr = run_tune("--budget", "psnr=100", "--trials", "5", *WORKLOAD, *CLIPS, "--out", str(out))
+    assert code == 3
+    assert "no trial of study 'reference-psnr100'" in stderr and "the closest is trial" in stderr
+    assert "No policy was written" in stderr
+    assert not (out / "policy.json").exists()
+    assert not list(out.glob("*.json"))
+    trials = load_study(out, "reference-psnr100").trials
+    stopped = [t for t in trials if "pruned_at_clip" in t.user_attrs]
+    assert stopped and all(t.user_attrs["pruned_at_clip"] == "box" for t in stopped)
+    assert all(set(t.user_attrs["quality_per_clip"]) == {"box"} for t in stopped)
+    assert all(t.constraints["psnr"] > 0 for t in stopped)
+
+
+def test_resume_continues_the_study(tuned, tmp_path):
+    source, _, _, _ = tuned
+    out = tmp_path / "run"
+    shutil.copytree(source, out)
+    name = f"reference-psnr{BUDGET:g}"
+    before = {t.number: t.params for t in load_study(out, name).trials}
+    args = ["--budget", f"psnr={BUDGET}", *WORKLOAD, *CLIPS, "--out", str(out)]
+    code, _, stderr = run_tune(*args, "--trials", "10")
+    assert code == 2 and "already exists" in stderr and "--resume" in stderr
+    code, _, stderr = run_tune(*args[2:], "--budget", "psnr=40", "--study-name", name, "--trials", "10", "--resume")
+    assert code == 2 and "was tuned with budget" in stderr
+    code, stdout, stderr = run_tune(*args, "--trials", "10", "--resume")
+    assert code == 0, stderr
+    assert "2 run by this worker" in stdout
+    trials = load_study(out, name).trials
+    assert [t.number for t in trials] == list(range(10))
+    assert all(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
+    assert {n: trials[n].params for n in before} == before
+    assert len(list((out / "references").glob("*/*.npz"))) == 2  # references reused, not recomputed
+
+
+def test_same_seed_gives_the_same_first_trials(tmp_path):
+    def first_params(folder: str, seed: str) -> list[dict]:
+        out = tmp_path / folder
+        code, _, stderr = run_tune(
+            "--budget", "psnr=30", "--trials", "3", "--no-warm-start", "--sampler-seed", seed, *WORKLOAD,
+            "--clips", "box", "--out", str(out),
+        )  # fmt: skip
+        assert code == 0, stderr
+        return [t.params for t in load_study(out, "reference-psnr30").trials]
+
+    first = first_params("a", "7")
+    assert len(first) == 3
+    assert first_params("b", "7") == first
+    assert first_params("c", "8") != first
+
+
+def test_identical_behaviour_shares_a_key():
+    def policy(reuse: float, context: float, clusters: int) -> Policy:
+        return Policy(
+            name="p",
+            step_plan=StepPlanSpec(reuse_threshold=reuse, full_threshold=2 * reuse),
+            tokens=TokenSpec(context_ratio=context, selection="kmeans", clusters=clusters),
+            layers=LayerSpec(partial_blocks=(0, 1)),
+        )
+
+    # thresholds matter only through the plan; token settings only when the plan has PARTIAL steps
+    assert behaviour_key(policy(0.1, 0.1, 4), "FRRF") == behaviour_key(policy(0.2, 0.3, 8), "FRRF")
+    assert behaviour_key(policy(0.1, 0.1, 4), "FPRF") != behaviour_key(policy(0.1, 0.3, 4), "FPRF")
+    assert behaviour_key(policy(0.1, 0.1, 4), "FPRF") != behaviour_key(policy(0.1, 0.1, 8), "FPRF")
+    assert behaviour_key(policy(0.1, 0.0, 4), "FPRF") == behaviour_key(policy(0.1, 0.0, 8), "FPRF")
+
+
+# -- profiles ----------------------------------------------------------------------------------------------
+
+
+def write_profile(folder: Path, fingerprint: str, context_drift: list[float], polynomial: list[float]) -> Path:
+    """A profile.json with the fields the tuner reads (format: CONTRACTS.md)."""
+    layers = [
+        {"name": f"blocks.{i}", "kind": "main", "index": i, "drift": {"context": d, "generative": 1.0}}
+        for i, d in enumerate(context_drift)
+    ] + [{"name": f"vace_blocks.{i}", "kind": "vace", "index": i, "drift": {"context": 0.1}} for i in range(2)]
+    data = {
+        "schema": "hetcache.profile/v1",
+        "model": {"fingerprint": fingerprint},
+        "step_curve": {"polynomial": polynomial, "degree": len(polynomial) - 1},
+        "layers": layers,
+        "headroom": {"least_drifting_layers": ["blocks.3", "blocks.1", "vace_blocks.0"]},
+    }
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "profile.json").write_text(json.dumps(data))
+    return folder
+
+
+def test_profile_orders_layers_and_rescales_the_step_curve(tmp_path):
+    from hetcache.tuner.profile_input import read_profile
+    from hetcache.tuner.space import SearchSpace
+
+    from hetcache.fingerprint import model_fingerprint
+    from hetcache.policy import WorkloadSpec, model_spec_from_fingerprint
+    from hetcache.workloads.execute import Session
+    from hetcache.workloads.spec import ClipSource, Workload
+
+    session = Session(
+        Workload(weights="random", height=64, width=64, num_frames=9, steps=6, clips=(ClipSource("box", "box"),))
+    )
+    fp = model_fingerprint(session.transformer)["fingerprint"]
+    hints = read_profile(write_profile(tmp_path / "p", fp, [0.5, 0.1, 0.4, 0.05, 0.3, 0.2], [2.0, 0.0]))
+    plain, profiled = SearchSpace.for_session(session), SearchSpace.for_session(session, hints)
+    assert plain.main_order == (0, 1, 2, 3, 4, 5) and profiled.main_order == (3, 1, 5, 4, 2, 0)
+    assert profiled.polynomial == (2.0, 0.0) and plain.polynomial is None
+    assert profiled.step_changes == pytest.approx([2 * c for c in plain.step_changes], rel=1e-4)
+    starts = dict(profiled.warm_starts(hints))
+    assert set(starts) == {"paper", "timestep-only", "balanced", "profile-quiet-blocks", "profile-all-blocks-attention"}
+    assert starts["paper"]["partial_blocks"] == 4  # blocks 0-19 of 30 → 4 of 6
+    assert not starts["paper"]["partial_vace"]
+    quiet = profiled.policy(
+        starts["profile-quiet-blocks"],
+        "q",
+        model_spec_from_fingerprint(model_fingerprint(session.transformer)),
+        WorkloadSpec(**session.workload.summary()),
+    )
+    assert quiet.layers.partial_blocks == (1, 3) and quiet.layers.partial_vace_blocks == ()
+    assert quiet.step_plan.polynomial == (2.0, 0.0)
+
+    code, _, stderr = run_tune(
+        "--budget", "psnr=30", "--profile", str(write_profile(tmp_path / "other", "sha256:0", [0.1] * 6, [1.0, 0.0])),
+        *WORKLOAD, "--clips", "box", "--out", str(tmp_path / "run"),
+    )  # fmt: skip
+    assert code == 2 and "another model architecture" in stderr
+    with pytest.raises(InputError, match=r"holds no profile\.json"):
+        read_profile(tmp_path / "missing")
