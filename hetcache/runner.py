@@ -71,12 +71,12 @@ def run_clips(
         if policy is None or compare:
             result.uncached = session.generate(clip)
         if policy is not None:
-            handle = apply_hetcache(session.transformer, policy, strict=strict, scheduler=session.pipe.scheduler)
+            handle = apply_hetcache(session.pipe, policy, strict=strict)
             try:
                 result.cached = session.generate(clip)
                 result.stats = handle.stats()
             finally:
-                remove_hetcache(session.transformer)
+                remove_hetcache(session.pipe)
         if result.uncached is not None and result.cached is not None:
             result.quality = clip_quality(
                 result.uncached.frames,

@@ -168,3 +168,49 @@ def test_second_pipeline_call_starts_clean():
     first, second = call(), call()
     assert torch.equal(first, second)
     assert np.isfinite(first.numpy()).all()
+
+
+def test_wan22_two_experts_are_both_hooked_through_the_pipeline():
+    from diffusers import WanVACEPipeline
+
+    from hetcache import reference
+
+    pipe = WanVACEPipeline(
+        vae=reference.random_vae(),
+        transformer=tiny_vace_model(0),
+        transformer_2=tiny_vace_model(1),
+        scheduler=reference.scheduler(),
+        text_encoder=None,
+        tokenizer=None,
+        boundary_ratio=0.5,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    video, mask = pipeline_inputs(small_clip())
+    embeds = torch.randn(1, 8, 32, generator=torch.Generator().manual_seed(3))
+    kwargs = dict(
+        video=video,
+        mask=mask,
+        prompt_embeds=embeds,
+        negative_prompt_embeds=-embeds,
+        height=64,
+        width=64,
+        num_frames=9,
+        num_inference_steps=6,
+        guidance_scale=3.0,
+        output_type="latent",
+    )
+    plain = pipe(**kwargs, generator=torch.Generator().manual_seed(0)).frames
+    handle = apply_hetcache(pipe, SOME, strict=False, plan="FFFFFF")
+    full = pipe(**kwargs, generator=torch.Generator().manual_seed(0)).frames
+    assert (full - plain).abs().max().item() <= 1e-5
+    stats = handle.stats()
+    assert stats["decisions"] == "FFFFFF" and len(stats["plans"]) == 2
+    handle.remove()
+    handle = apply_hetcache(pipe, SOME, strict=False, plan="FFPRFP")
+    pipe(**kwargs, generator=torch.Generator().manual_seed(0))
+    first, second = ([c.decision for c in session.run.calls] for session in handle.sessions)
+    assert first and second  # both experts ran, each hooked
+    assert second[0] == "F"  # an expert's first step computes in full, whatever the plan says
+    assert handle.stats()["decisions"] == "FFPRFP"
+    remove_hetcache(pipe)
+    assert torch.equal(pipe(**kwargs, generator=torch.Generator().manual_seed(0)).frames, plain)

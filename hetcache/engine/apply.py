@@ -23,7 +23,7 @@ from .hooks import (
     HetCacheRootHook,
     HetCacheVaceHook,
 )
-from .session import HetCacheSession
+from .session import HetCacheSession, run_stats
 
 SUPPORTED_PROCESSORS = ("WanAttnProcessor",)
 
@@ -31,9 +31,17 @@ SUPPORTED_PROCESSORS = ("WanAttnProcessor",)
 class HetCacheHandle:
     """What `apply_hetcache` returns: the policy in force, stats of the last run, and `remove()`."""
 
-    def __init__(self, transformer: torch.nn.Module, session: HetCacheSession):
-        self.transformer = transformer
-        self.session = session
+    def __init__(self, transformers: list[torch.nn.Module], sessions: list[HetCacheSession]):
+        self.transformers = transformers
+        self.sessions = sessions
+
+    @property
+    def transformer(self) -> torch.nn.Module:
+        return self.transformers[0]
+
+    @property
+    def session(self) -> HetCacheSession:
+        return self.sessions[0]
 
     @property
     def policy(self) -> Policy:
@@ -41,10 +49,25 @@ class HetCacheHandle:
 
     def stats(self) -> dict[str, Any]:
         """Stats of the last run: decisions, active_fraction, flops, flops_uncached, cache_bytes, phase times."""
-        return self.session.stats()
+        return run_stats(self.sessions)
 
     def remove(self) -> None:
-        remove_hetcache(self.transformer)
+        for transformer in self.transformers:
+            remove_hetcache(transformer)
+
+
+def _transformers_of(target: Any) -> list[torch.nn.Module]:
+    """The transformer itself, or every transformer of a pipeline (Wan2.2: `transformer` and `transformer_2`)."""
+    if isinstance(target, torch.nn.Module):
+        return [target]
+    found = [getattr(target, name, None) for name in ("transformer", "transformer_2")]
+    found = [t for t in found if t is not None]
+    if not found:
+        raise UnsupportedModelError(
+            f"{type(target).__name__} is neither a transformer nor a pipeline with one.",
+            "pass pipe.transformer or a diffusers pipeline.",
+        )
+    return found
 
 
 def _check_model(transformer: torch.nn.Module) -> None:
@@ -76,7 +99,7 @@ def _check_model(transformer: torch.nn.Module) -> None:
 
 
 def apply_hetcache(
-    transformer: torch.nn.Module,
+    transformer: Any,
     policy: str | os.PathLike | dict | Policy,
     *,
     mask: torch.Tensor | np.ndarray | None = None,
@@ -87,6 +110,9 @@ def apply_hetcache(
 ) -> HetCacheHandle:
     """Hook `transformer` so that each denoising step runs FULL, PARTIAL or REUSE as `policy` says.
 
+    transformer: a WanTransformer3DModel / WanVACETransformer3DModel, or a pipeline (then every transformer of it is
+        hooked, Wan2.2's two experts included, and the pipeline's scheduler is used).
+
     mask: optional for Wan-VACE (read back from `control_hidden_states`); a pixel mask [F, H, W] / [B, F, H, W] or a
         token mask [T', h, w] otherwise.
     strict: refuse a policy tuned for another architecture.
@@ -95,12 +121,20 @@ def apply_hetcache(
         block runs (else step by step, placing the final FULL steps by `num_inference_steps` or the policy's steps).
     """
     policy = load_policy(policy)
-    _check_model(transformer)
-    if strict:
-        policy.check_model(model_fingerprint(transformer))
+    targets = _transformers_of(transformer)
+    if not isinstance(transformer, torch.nn.Module) and scheduler is None:
+        scheduler = getattr(transformer, "scheduler", None)
+    for target in targets:
+        _check_model(target)
+        if strict:
+            policy.check_model(model_fingerprint(target))
     if plan is not None:
         check_plan_string(plan, "plan")
-    session = HetCacheSession(transformer, policy, mask, plan, scheduler, num_inference_steps)
+    sessions = [_attach(t, HetCacheSession(t, policy, mask, plan, scheduler, num_inference_steps)) for t in targets]
+    return HetCacheHandle(targets, sessions)
+
+
+def _attach(transformer: torch.nn.Module, session: HetCacheSession) -> HetCacheSession:
     HookRegistry.check_if_exists_or_initialize(transformer.norm_out).register_hook(HetCacheHeadHook(session), HEAD_HOOK)
     for index, block in enumerate(getattr(transformer, "vace_blocks", [])):
         HookRegistry.check_if_exists_or_initialize(block).register_hook(HetCacheVaceHook(session, index), VACE_HOOK)
@@ -109,17 +143,18 @@ def apply_hetcache(
     registry = HookRegistry.check_if_exists_or_initialize(transformer)
     registry.register_hook(HetCacheRootHook(session), ROOT_HOOK)
     registry.invalidate_child_registries_cache()
-    return HetCacheHandle(transformer, session)
+    return session
 
 
-def remove_hetcache(transformer: torch.nn.Module) -> None:
-    """Remove every hetcache hook; the transformer behaves exactly as before `apply_hetcache`."""
-    registry = getattr(transformer, "_diffusers_hook", None)
-    if registry is None:
-        return
-    for name in HOOK_NAMES:
-        registry.remove_hook(name, recurse=True)
-    registry.invalidate_child_registries_cache()
+def remove_hetcache(transformer: Any) -> None:
+    """Remove every hetcache hook (of a transformer or of every transformer of a pipeline); behaviour is restored."""
+    for target in _transformers_of(transformer):
+        registry = getattr(target, "_diffusers_hook", None)
+        if registry is None:
+            continue
+        for name in HOOK_NAMES:
+            registry.remove_hook(name, recurse=True)
+        registry.invalidate_child_registries_cache()
 
 
 __all__ = ["BLOCK_HOOK", "VACE_HOOK", "HetCacheHandle", "apply_hetcache", "remove_hetcache"]

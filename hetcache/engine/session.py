@@ -496,39 +496,48 @@ class HetCacheSession:
         ctx.residual = _store_like(ctx.residual, hidden - ctx.x_in.to(hidden.dtype))
         return hidden
 
-    # ------------------------------------------------------------------------------------------------------
-    # stats
+    def cache_bytes(self) -> int:
+        """Bytes held by every context's buffers and the staging buffers."""
+        held = sum(state.nbytes() for state in self.contexts._state_cache.values())
+        return held + self.storage.nbytes_staging()
 
     def stats(self) -> dict[str, Any]:
         """Per-step decisions and active shares, FLOPs, cache memory and phase times of the last run."""
-        run = self.run
-        lead = [c for c in run.calls if c.context == run.first_context]
-        steps = sorted({c.step for c in lead if c.step is not None})
-        by_step = {c.step: c for c in lead}
-        decisions = "".join(by_step[s].decision for s in steps)
-        flops = sum(c.flops + c.selection_flops for c in run.calls)
-        uncached = sum(c.flops_uncached for c in run.calls)
-        cache_bytes = sum(state.nbytes() for state in self.contexts._state_cache.values())
-        cache_bytes += self.storage.nbytes_staging()
-        by_context: dict[str, str] = {}
-        for call in run.calls:
-            by_context[call.context] = by_context.get(call.context, "") + call.decision
-        counts = run.classes.counts() if run.classes is not None else {}
-        return {
-            "decisions": decisions,
-            "decisions_by_context": by_context,
-            "plan": run.plan,
-            "active_fraction": [by_step[s].active / max(1, by_step[s].tokens) for s in steps],
-            "flops": flops,
-            "flops_uncached": uncached,
-            "flops_fraction": flops / uncached if uncached else math.nan,
-            "selection_flops": sum(c.selection_flops for c in run.calls),
-            "cache_bytes": cache_bytes,
-            "tokens": run.tokens,
-            "token_classes": counts,
-            "phase_seconds": dict(self.phase_seconds),
-            "notes": list(run.notes),
-        }
+        return run_stats([self])
+
+
+def run_stats(sessions: list[HetCacheSession]) -> dict[str, Any]:
+    """Stats of the last run over one or several transformers (Wan2.2's experts share the step index)."""
+    calls = [call for session in sessions for call in session.run.calls]
+    first = next((s.run.first_context for s in sessions if s.run.first_context is not None), None)
+    by_step = {c.step: c for c in calls if c.context == first and c.step is not None}
+    steps = sorted(by_step)
+    flops = sum(c.flops + c.selection_flops for c in calls)
+    uncached = sum(c.flops_uncached for c in calls)
+    by_context: dict[str, str] = {}
+    for call in sorted(calls, key=lambda c: c.step if c.step is not None else -1):
+        by_context[call.context] = by_context.get(call.context, "") + call.decision
+    lead = sessions[0].run
+    phases: dict[str, float] = {}
+    for session in sessions:
+        for name, seconds in session.phase_seconds.items():
+            phases[name] = phases.get(name, 0.0) + seconds
+    return {
+        "decisions": "".join(by_step[s].decision for s in steps),
+        "decisions_by_context": by_context,
+        "plan": lead.plan if len(sessions) == 1 else None,
+        "plans": [s.run.plan for s in sessions],
+        "active_fraction": [by_step[s].active / max(1, by_step[s].tokens) for s in steps],
+        "flops": flops,
+        "flops_uncached": uncached,
+        "flops_fraction": flops / uncached if uncached else math.nan,
+        "selection_flops": sum(c.selection_flops for c in calls),
+        "cache_bytes": sum(s.cache_bytes() for s in sessions),
+        "tokens": lead.tokens,
+        "token_classes": lead.classes.counts() if lead.classes is not None else {},
+        "phase_seconds": phases,
+        "notes": [note for s in sessions for note in s.run.notes],
+    }
 
 
 def _store_like(buffer: torch.Tensor | None, value: torch.Tensor) -> torch.Tensor:
