@@ -1,0 +1,104 @@
+"""Profiling a pipeline that is not a masked-editing Wan-VACE pipeline (Wan T2V, CogVideoX, LTX-Video, …) from a
+saved folder: prompt embeddings instead of a text encoder, no mask (drift and attention cover all tokens)."""
+
+from __future__ import annotations
+
+import inspect
+import json
+from pathlib import Path
+
+import torch
+
+from hetcache.errors import InputError
+from hetcache.workloads.pipelines import SUPPORTED_PIPELINES, torch_dtype
+from hetcache.workloads.spec import Workload
+
+from .families import transformer_of
+from .run import ClipRun
+
+
+def pipeline_class(source: str) -> str | None:
+    """The `_class_name` of a local pipeline folder (None for a hub id or a folder without model_index.json)."""
+    index = Path(source) / "model_index.json"
+    if not index.is_file():
+        return None
+    return json.loads(index.read_text(encoding="utf-8")).get("_class_name")
+
+
+def is_generic(workload: Workload) -> bool:
+    """Whether the workload's pipeline is a local folder of a class other than the masked-editing ones."""
+    if workload.is_reference:
+        return False
+    name = pipeline_class(workload.pipeline)
+    return name is not None and name not in SUPPORTED_PIPELINES
+
+
+def read_prompt_embeds(path: str | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """prompt_embeds and negative_prompt_embeds from a safetensors or torch file (zeros when no negative)."""
+    if not path:
+        raise InputError(
+            "profiling a pipeline without a text encoder needs prompt embeddings.",
+            "pass --prompt-embeds FILE (safetensors/torch with 'prompt_embeds' and 'negative_prompt_embeds').",
+        )
+    file = Path(path)
+    if not file.is_file():
+        raise InputError(f"prompt embeddings '{file}' do not exist.", "check the --prompt-embeds path.")
+    try:
+        if file.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            tensors = load_file(str(file))
+        else:
+            tensors = torch.load(file, map_location="cpu", weights_only=True)
+        positive = tensors["prompt_embeds"]
+    except (KeyError, RuntimeError, OSError) as exc:
+        raise InputError(
+            f"prompt embeddings '{file}' cannot be read ({exc}).",
+            "save a dict with 'prompt_embeds' [1, L, D] (and 'negative_prompt_embeds').",
+        ) from exc
+    negative = tensors.get("negative_prompt_embeds")
+    return positive, torch.zeros_like(positive) if negative is None else negative
+
+
+def generic_runs(workload: Workload) -> tuple[object, list[ClipRun]]:
+    """Load the folder's pipeline (no text encoder) and one text-to-video run of the workload's size and steps."""
+    from diffusers import DiffusionPipeline
+
+    if workload.clips and any(c.video for c in workload.clips):
+        raise InputError(
+            f"pipeline '{workload.pipeline}' is a {pipeline_class(workload.pipeline)}, which takes no video and mask.",
+            "drop --video/--mask (the profiler records all tokens), or use a Wan-VACE pipeline for masked editing.",
+        )
+    dtype = torch_dtype(workload.dtype)
+    try:
+        pipe = DiffusionPipeline.from_pretrained(
+            workload.pipeline, text_encoder=None, tokenizer=None, torch_dtype=dtype
+        )
+    except (OSError, ValueError) as exc:
+        raise InputError(
+            f"cannot load pipeline '{workload.pipeline}' ({str(exc).splitlines()[0]}).",
+            "pass a local folder written by save_pretrained.",
+        ) from exc
+    transformer_of(pipe)
+    pipe.to(workload.device)
+    pipe.set_progress_bar_config(disable=True)
+    positive, negative = (t.to(workload.device, dtype) for t in read_prompt_embeds(workload.prompt_embeds))
+    parameters = inspect.signature(pipe.__call__).parameters
+    kwargs = dict(
+        prompt_embeds=positive,
+        negative_prompt_embeds=negative,
+        height=workload.height,
+        width=workload.width,
+        num_frames=workload.num_frames,
+        num_inference_steps=workload.steps,
+        guidance_scale=workload.guidance_scale,
+        output_type="latent",
+    )
+    if "prompt_attention_mask" in parameters:  # LTX-style pipelines want masks next to the embeddings
+        kwargs["prompt_attention_mask"] = torch.ones(positive.shape[:2], device=workload.device)
+        kwargs["negative_prompt_attention_mask"] = torch.ones(negative.shape[:2], device=workload.device)
+
+    def call() -> None:
+        pipe(**kwargs, generator=torch.Generator(device="cpu").manual_seed(workload.seed))
+
+    return pipe, [ClipRun(name="text-to-video", steps=workload.steps, mask=None, call=call)]
