@@ -1,0 +1,1 @@
+"""Page scripts of the dashboard, run by Streamlit through `st.navigation` in app.py."""

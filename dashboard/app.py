@@ -1,0 +1,28 @@
+"""The Streamlit entry script (`streamlit run app.py`): page navigation only; each page is a script in views/.
+
+(Not `pages/`: a folder of that name next to the entry script switches Streamlit to its old multipage mode.)
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import streamlit as st
+
+HERE = Path(__file__).parent
+PAGES = (
+    ("overview.py", "Overview", "overview", ":material/home:"),
+    ("profile.py", "Profile", "profile", ":material/insights:"),
+    ("study.py", "Study", "study", ":material/tune:"),
+    ("policy.py", "Policy", "policy", ":material/description:"),
+    ("compare.py", "Compare", "compare", ":material/compare:"),
+)
+
+st.set_page_config(page_title="hetcache dashboard", layout="wide")
+navigation = st.navigation(
+    [
+        st.Page(HERE / "views" / file, title=title, url_path=path, icon=icon, default=i == 0)
+        for i, (file, title, path, icon) in enumerate(PAGES)
+    ]
+)
+navigation.run()

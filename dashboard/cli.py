@@ -1,0 +1,102 @@
+"""`hetcache-dashboard [--runs DIR] [--storage URL] [--port N]`: serve the dashboard with `streamlit run`, headless.
+
+The process becomes the Streamlit server (exec), so whoever started it stops the server with its own handle.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from hetcache.cli_common import run_cli
+from hetcache.errors import InputError
+
+from .sources import DEFAULT_RUNS, RUNS_ENV, STORAGE_ENV
+
+APP = Path(__file__).with_name("app.py")
+DEFAULT_PORT = 8501
+DEFAULT_ADDRESS = "127.0.0.1"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="hetcache-dashboard",
+        description="Explore hetcache profiles, tuning studies, policies and runs in a local Streamlit app.",
+    )
+    parser.add_argument(
+        "--runs",
+        type=Path,
+        default=None,
+        help=f"folder searched for profiles, studies, run folders and policies (default: ./{DEFAULT_RUNS})",
+    )
+    parser.add_argument("--storage", default="", help="an Optuna storage URL to open besides those under --runs")
+    parser.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port to serve on (default {DEFAULT_PORT})")
+    parser.add_argument(
+        "--address", default=DEFAULT_ADDRESS, help=f"address to bind (default {DEFAULT_ADDRESS}: this machine only)"
+    )
+    return parser
+
+
+def _check_port(address: str, port: int) -> None:
+    if not 1 <= port <= 65535:
+        raise InputError(f"--port {port} is not a TCP port.", "pass a number between 1 and 65535.")
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server does: TIME_WAIT is no conflict
+        try:
+            probe.bind((address, port))
+        except OSError as exc:
+            raise InputError(
+                f"cannot serve on {address}:{port} ({exc.strerror or exc}).", "pass another --port, e.g. --port 8502."
+            ) from None
+
+
+def streamlit_command(args: argparse.Namespace) -> list[str]:
+    """The `python -m streamlit run …` command line for these arguments."""
+    return [
+        sys.executable,
+        "-m",
+        "streamlit",
+        "run",
+        str(APP),
+        "--server.headless=true",
+        f"--server.address={args.address}",
+        f"--server.port={args.port}",
+        "--browser.gatherUsageStats=false",
+        "--server.fileWatcherType=none",
+        "--global.developmentMode=false",
+    ]
+
+
+def prepare(argv: Sequence[str] | None) -> tuple[argparse.Namespace, list[str], dict[str, str]]:
+    """Validate the arguments; return them, the server command and its environment."""
+    args = build_parser().parse_args(argv)
+    env = dict(os.environ)
+    if args.runs is not None:
+        runs = args.runs.expanduser()
+        if not runs.is_dir():
+            raise InputError(f"--runs '{runs}' is not a folder.", "pass the folder `make demo` or your runs wrote to.")
+        env[RUNS_ENV] = str(runs.resolve())
+    else:
+        env[RUNS_ENV] = str(Path(DEFAULT_RUNS).resolve())
+    env[STORAGE_ENV] = args.storage
+    _check_port(args.address, args.port)
+    return args, streamlit_command(args), env
+
+
+def _main(argv: Sequence[str] | None) -> int:
+    args, command, env = prepare(argv)
+    print(f"hetcache dashboard: http://{args.address}:{args.port}/ (Ctrl+C stops it)", flush=True)
+    os.execve(sys.executable, command, env)
+    return 0  # not reached: exec replaced the process
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_cli(_main, argv, prog="hetcache-dashboard")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
