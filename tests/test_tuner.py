@@ -324,3 +324,30 @@ def test_profile_orders_layers_and_rescales_the_step_curve(tmp_path):
     assert code == 2 and "another model architecture" in stderr
     with pytest.raises(InputError, match=r"holds no profile\.json"):
         read_profile(tmp_path / "missing")
+
+
+def test_tuning_reads_a_profile_written_by_the_profiler(tmp_path):
+    from hetcache.profiler.cli import main as profile_main
+
+    profile = tmp_path / "profile"
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert profile_main([*WORKLOAD, "--clips", "box", "--margin-width", "0", "--out", str(profile)]) == 0
+    data = json.loads((profile / "profile.json").read_text())
+    out = tmp_path / "run"
+    code, _, stderr = run_tune(
+        "--budget", "psnr=30", "--trials", "3", "--profile", str(profile), *WORKLOAD, "--clips", "box",
+        "--out", str(out),
+    )  # fmt: skip
+    assert code == 0, stderr
+    study = load_study(out, "reference-psnr30")
+    space = study.user_attrs["search_space"]
+    assert study.user_attrs["profile"] == str(profile)
+    assert space["polynomial"] == pytest.approx(data["step_curve"]["polynomial"])
+    assert space["layer_order_source"].startswith("profile")
+    main_layers = [la for la in data["layers"] if la["kind"] == "main"]
+    drift = [la["drift"]["context"] for la in sorted(main_layers, key=lambda la: la["index"])]
+    assert [drift[i] for i in space["main_order"]] == sorted(drift)
+    labels = {t.user_attrs.get("warm_start") for t in study.trials}
+    assert {"profile-quiet-blocks", "profile-all-blocks-attention"} <= labels
+    assert len(study.trials) == 5  # every enqueued warm start runs, even past --trials
+    assert load_policy(out / "policy.json").step_plan.polynomial == pytest.approx(data["step_curve"]["polynomial"])
