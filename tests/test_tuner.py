@@ -351,3 +351,37 @@ def test_tuning_reads_a_profile_written_by_the_profiler(tmp_path):
     assert {"profile-quiet-blocks", "profile-all-blocks-attention"} <= labels
     assert len(study.trials) == 5  # every enqueued warm start runs, even past --trials
     assert load_policy(out / "policy.json").step_plan.polynomial == pytest.approx(data["step_curve"]["polynomial"])
+
+
+def test_time_objective_maximises_measured_wall_clock(tmp_path):
+    out = tmp_path / "run"
+    code, _, stderr = run_tune(
+        "--budget", "psnr=30", "--objective", "time", "--min-speedup", "0.01", "--trials", "2", "--no-warm-start",
+        *WORKLOAD, "--clips", "box", "--out", str(out),
+    )  # fmt: skip
+    assert code == 0, stderr
+    study = load_study(out, "reference-psnr30")
+    assert study.user_attrs["objective"] == "time"
+    for trial in study.trials:
+        assert trial.value == trial.user_attrs["speedup_time"] > 0
+        assert trial.constraints["min_speedup"] == pytest.approx(0.01 - trial.user_attrs["speedup_time"])
+    assert load_policy(out / "policy.json").provenance["objective"] == "time"
+
+
+def test_reference_policies_command_writes_one_policy_per_met_budget(tmp_path):
+    policies = tmp_path / "policies"
+    code, stdout, stderr = run_tune(
+        "reference-policies", "--budget", "psnr=45", "--budget", "psnr=100", "--trials", "3", "--no-warm-start",
+        *WORKLOAD, "--clips", "box", "--out", str(tmp_path / "run"), "--policies-dir", str(policies),
+    )  # fmt: skip
+    assert code == 3  # psnr=100 needs an uncached run: no policy for it
+    assert "no trial of study 'reference-psnr100'" in stderr
+    assert sorted(p.name for p in policies.iterdir()) == ["reference-psnr45.json"]
+    assert f"wrote {policies / 'reference-psnr45.json'}" in stdout
+    policy = load_policy(policies / "reference-psnr45.json")
+    assert policy.name == "reference-psnr45" and policy.provenance["source"] == "hetcache-tune"
+    assert policy.provenance["budget"] == {"psnr": 45.0} and policy.provenance["quality"]["psnr"] >= 45.0
+    assert "reference workload" in policy.description
+    names = optuna.get_all_study_names(f"sqlite:///{tmp_path / 'run' / 'study.db'}")
+    assert sorted(names) == ["reference-psnr100", "reference-psnr45"]
+    assert len(list((tmp_path / "run" / "references").glob("*/*.npz"))) == 1  # one reference, shared
