@@ -47,7 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--attention-chunk",
         type=int,
         default=defaults.attention_chunk,
-        help=f"queries per chunk; extra memory ≈ 2·heads·chunk·tokens floats (default {defaults.attention_chunk})",
+        help=f"queries per chunk; extra memory ≈ 3·heads·chunk·tokens floats (default {defaults.attention_chunk})",
     )
     group.add_argument("--degree", type=int, default=defaults.degree, help="degree of the rescaling polynomial")
     group.add_argument("--margin-width", type=int, default=defaults.margin_width, help="margin width in tokens")

@@ -14,7 +14,7 @@ class ProfileOptions:
     """What `profile` records and how.
 
     layers: blocks to record (None = all; "0,2,5", "vace.1", or a list); attention_every: record attention
-    contribution every k-th step (0 = off); attention_chunk: queries per chunk (peak extra memory H·chunk·N floats);
+    contribution every k-th step (0 = off); attention_chunk: queries per chunk (peak extra memory ≈ 3·H·chunk·N floats);
     degree: degree of the rescaling polynomial; margin_width: token classes' margin (tokens); mask_threshold: share of
     a token's pixels that makes it generative; max_tokens: pool the stored per-token axis above this many tokens;
     small_change: a step whose output changes less than this counts as reusable in the headroom verdict;

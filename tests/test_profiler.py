@@ -256,7 +256,7 @@ def test_cost_and_headroom(profiled):
     assert layer["flops"]["self_attention"] > 0 and layer["flops"]["vace"] == 0
     assert data["layers"][-1]["flops"]["vace"] > 0
     assert layer["time_ms"] > 0 and layer["memory_bytes"] == 3 * 48 * 32 * 4
-    assert data["memory"]["attention_transient_bytes"] == 2 * 2 * 256 * 48 * 4
+    assert data["memory"]["attention_transient_bytes"] == 3 * 2 * 256 * 48 * 4
     assert data["memory"]["profiler_bytes"] > 0
     headroom = data["headroom"]
     assert headroom["context_token_share"] == 0.0
