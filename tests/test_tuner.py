@@ -199,13 +199,14 @@ def test_export_command_and_pareto_ladder(tuned, tmp_path):
 
 def test_impossible_budget_fails_cleanly_with_the_closest_trial(tmp_path):
     out = tmp_path / "run"
-    code, _, stderr = run_tune("--budget", "psnr=100", "--trials", "5", *WORKLOAD, *CLIPS, "--out", str(out))
+    code, _, stderr = run_tune("--budget", "psnr=100", "--trials", "2", *WORKLOAD, *CLIPS, "--out", str(out))
     assert code == 3
     assert "no trial of study 'reference-psnr100'" in stderr and "the closest is trial" in stderr
     assert "No policy was written" in stderr
     assert not (out / "policy.json").exists()
     assert not list(out.glob("*.json"))
     trials = load_study(out, "reference-psnr100").trials
+    assert len(trials) == 3  # every enqueued warm start runs, even past --trials
     stopped = [t for t in trials if "pruned_at_clip" in t.user_attrs]
     assert stopped and all(t.user_attrs["pruned_at_clip"] == "box" for t in stopped)
     assert all(set(t.user_attrs["quality_per_clip"]) == {"box"} for t in stopped)
@@ -237,14 +238,14 @@ def test_same_seed_gives_the_same_first_trials(tmp_path):
     def first_params(folder: str, seed: str) -> list[dict]:
         out = tmp_path / folder
         code, _, stderr = run_tune(
-            "--budget", "psnr=30", "--trials", "3", "--no-warm-start", "--sampler-seed", seed, *WORKLOAD,
+            "--budget", "psnr=30", "--trials", "2", "--no-warm-start", "--sampler-seed", seed, *WORKLOAD,
             "--clips", "box", "--out", str(out),
         )  # fmt: skip
         assert code == 0, stderr
         return [t.params for t in load_study(out, "reference-psnr30").trials]
 
     first = first_params("a", "7")
-    assert len(first) == 3
+    assert len(first) == 2
     assert first_params("b", "7") == first
     assert first_params("c", "8") != first
 
@@ -335,8 +336,8 @@ def test_tuning_reads_a_profile_written_by_the_profiler(tmp_path):
     data = json.loads((profile / "profile.json").read_text())
     out = tmp_path / "run"
     code, _, stderr = run_tune(
-        "--budget", "psnr=30", "--trials", "3", "--profile", str(profile), *WORKLOAD, "--clips", "box",
-        "--out", str(out),
+        "--budget", "psnr=30", "--trials", "2", "--no-warm-start", "--profile", str(profile), *WORKLOAD,
+        "--clips", "box", "--out", str(out),
     )  # fmt: skip
     assert code == 0, stderr
     study = load_study(out, "reference-psnr30")
@@ -347,9 +348,6 @@ def test_tuning_reads_a_profile_written_by_the_profiler(tmp_path):
     main_layers = [la for la in data["layers"] if la["kind"] == "main"]
     drift = [la["drift"]["context"] for la in sorted(main_layers, key=lambda la: la["index"])]
     assert [drift[i] for i in space["main_order"]] == sorted(drift)
-    labels = {t.user_attrs.get("warm_start") for t in study.trials}
-    assert {"profile-quiet-blocks", "profile-all-blocks-attention"} <= labels
-    assert len(study.trials) == 5  # every enqueued warm start runs, even past --trials
     assert load_policy(out / "policy.json").step_plan.polynomial == pytest.approx(data["step_curve"]["polynomial"])
 
 
@@ -371,7 +369,7 @@ def test_time_objective_maximises_measured_wall_clock(tmp_path):
 def test_reference_policies_command_writes_one_policy_per_met_budget(tmp_path):
     policies = tmp_path / "policies"
     code, stdout, stderr = run_tune(
-        "reference-policies", "--budget", "psnr=45", "--budget", "psnr=100", "--trials", "3", "--no-warm-start",
+        "reference-policies", "--budget", "psnr=45", "--budget", "psnr=100", "--trials", "2", "--no-warm-start",
         *WORKLOAD, "--clips", "box", "--out", str(tmp_path / "run"), "--policies-dir", str(policies),
     )  # fmt: skip
     assert code == 3  # psnr=100 needs an uncached run: no policy for it
@@ -385,3 +383,11 @@ def test_reference_policies_command_writes_one_policy_per_met_budget(tmp_path):
     names = optuna.get_all_study_names(f"sqlite:///{tmp_path / 'run' / 'study.db'}")
     assert sorted(names) == ["reference-psnr100", "reference-psnr45"]
     assert len(list((tmp_path / "run" / "references").glob("*/*.npz"))) == 1  # one reference, shared
+
+
+def test_weights_signature_tells_retrained_weights_apart():
+    from conftest import tiny_vace_model
+    from hetcache.tuner.references import weights_signature
+
+    assert weights_signature(tiny_vace_model(0)) == weights_signature(tiny_vace_model(0))
+    assert weights_signature(tiny_vace_model(0)) != weights_signature(tiny_vace_model(1))

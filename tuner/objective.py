@@ -110,9 +110,7 @@ class Evaluator:
             flops += stats["flops"]
             flops_uncached += stats["flops_uncached"]
             cached_seconds += generation.denoise_seconds
-            uncached_seconds += (
-                self.references.local_seconds(clip) if self.objective == "time" else reference.denoise_seconds
-            )
+            uncached_seconds += self.references.local_seconds(clip)
             decisions[clip.name] = stats["decisions"]
             if not bool(torch.isfinite(generation.latents).all()):
                 notes.append(f"clip {clip.name}: the cached output holds NaN/inf (try another cache dtype)")

@@ -26,17 +26,34 @@ FOLDER = "references"
 
 @dataclass
 class Reference:
-    """The uncached output of one clip and how long its denoising loop took."""
+    """The uncached output of one clip and how long its denoising loop took when it was computed."""
 
     frames: np.ndarray
     latents: torch.Tensor
     denoise_seconds: float
-    computed_here: bool
+
+
+def weights_signature(model: torch.nn.Module, tensors: int = 4, values: int = 256) -> str:
+    """A cheap hash of some exact weight values (first and last parameters): tells retrained weights apart.
+
+    Reads a few hundred values per tensor, never whole tensors, so it costs nothing even for a 14B model.
+    """
+    params = list(model.parameters())
+    digest = hashlib.sha256()
+    for param in params[:tensors] + params[-tensors:]:
+        flat = param.detach().flatten()
+        for part in (flat[:values], flat[-values:]):
+            digest.update(part.float().cpu().numpy().tobytes())
+    return digest.hexdigest()[:16]
 
 
 def workload_key(session: Any) -> str:
-    """A short hash of everything the uncached output depends on: the workload and the model architecture."""
-    payload = {"workload": session.workload.to_dict(), "model": model_fingerprint(session.transformer)["fingerprint"]}
+    """A short hash of everything the uncached output depends on: the workload, the architecture and the weights."""
+    payload = {
+        "workload": session.workload.to_dict(),
+        "model": model_fingerprint(session.transformer)["fingerprint"],
+        "weights": weights_signature(session.transformer),
+    }
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -60,14 +77,13 @@ class ReferenceStore:
         reference = self._load(path, clip) if path.is_file() else None
         if reference is None:
             generation = self.session.generate(clip)
-            reference = Reference(generation.frames, generation.latents, generation.denoise_seconds, True)
-            self._local_seconds[clip.name] = generation.denoise_seconds
+            reference = Reference(generation.frames, generation.latents, generation.denoise_seconds)
             self._save(path, reference)
         self._memory[clip.name] = reference
         return reference
 
     def local_seconds(self, clip: Clip) -> float:
-        """Uncached denoising time of `clip` measured in this process (re-timed once if loaded from disk)."""
+        """Uncached denoising time of `clip` on this worker, from one warm run (the first run of a process is slow)."""
         if clip.name not in self._local_seconds:
             self._local_seconds[clip.name] = self.session.generate(clip).denoise_seconds
         return self._local_seconds[clip.name]
@@ -81,7 +97,7 @@ class ReferenceStore:
             return None
         if frames.shape[:3] != clip.frames.shape[:3]:
             return None
-        return Reference(frames, latents, seconds, False)
+        return Reference(frames, latents, seconds)
 
     def _save(self, path: Path, reference: Reference) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)

@@ -32,7 +32,7 @@ from .export import StudyInfo
 from .objective import OBJECTIVES, Evaluator, Objective
 from .profile_input import ProfileHints, read_profile
 from .references import FOLDER as REFERENCE_FOLDER
-from .references import ReferenceStore
+from .references import ReferenceStore, weights_signature
 from .results import TrialResult, best_feasible, trial_results
 from .space import SearchSpace
 from .storage import Heartbeat, display_url, open_storage, resolve_url
@@ -104,6 +104,11 @@ def _check_same_study(attrs: dict[str, Any], expected: dict[str, Any], name: str
         )
     if (attrs.get("model") or {}).get("fingerprint") != expected["model"]["fingerprint"]:
         raise InputError(f"study '{name}' was tuned for another model architecture.", "choose another --study-name.")
+    if attrs.get("weights") not in (None, expected["weights"]):
+        raise InputError(
+            f"study '{name}' was tuned with other weights of this model (their signature differs).",
+            "load the same weights on every worker, or start a new study (--study-name) for the new weights.",
+        )
 
 
 def _check_budget_regions(budget: Budget, session: Any) -> None:
@@ -169,6 +174,7 @@ def open_study(
         "objective": config.objective,
         "workload": session.workload.to_dict(),
         "model": fp,
+        "weights": weights_signature(session.transformer),
     }
     created = False
     space = None
@@ -284,8 +290,8 @@ def tune(config: TuneConfig, session: Any = None) -> TuneResult:
     references = ReferenceStore(config.reference_dir or config.out / REFERENCE_FOLDER, session)
     for clip in session.clips:
         references.get(clip)
-        if config.objective == "time":
-            references.local_seconds(clip)
+    for clip in session.clips:
+        references.local_seconds(clip)
     evaluator = Evaluator(session, references, config.budget, config.objective, lpips)
     workload_spec = WorkloadSpec(**session.workload.summary())
     objective = Objective(evaluator, space, model_spec_from_fingerprint(fp), workload_spec, config.name())
