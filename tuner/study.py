@@ -195,7 +195,6 @@ def open_study(
             **expected,
             "profile": str(config.profile) if config.profile else None,
             "tool": f"hetcache {__version__}",
-            "search_space": space.to_dict(),
             "seed": config.seed,
             "clips": [clip.name for clip in session.clips],
         }
@@ -204,6 +203,7 @@ def open_study(
         if config.warm_start:
             for label, params in space.warm_starts(hints):
                 study.enqueue_trial(params, user_attrs={"warm_start": label}, skip_if_exists=True)
+        study.set_user_attr("search_space", space.to_dict())  # last: joining workers wait for it
         return study, space, True
     probe = optuna.load_study(study_name=name, storage=storage)
     attrs = _wait_for_attrs(probe, name)
