@@ -12,6 +12,7 @@ Exit codes: 0 policy written; 2 bad input (budget, storage, workload…); 3 no t
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -23,7 +24,9 @@ PROG = "hetcache-tune"
 NO_FEASIBLE_EXIT = 3
 
 
-def _budget_arguments(parser: argparse.ArgumentParser, required: bool, repeat: bool = False) -> None:
+def _budget_arguments(
+    parser: argparse.ArgumentParser, required: bool, repeat: bool = False, min_speedup: float | None = 1.1
+) -> None:
     group = parser.add_argument_group("quality budget")
     group.add_argument(
         "--budget",
@@ -34,7 +37,10 @@ def _budget_arguments(parser: argparse.ArgumentParser, required: bool, repeat: b
     )
     group.add_argument("--worst", action="store_true", help="every clip must meet the budget (default: the mean)")
     group.add_argument(
-        "--min-speedup", type=float, default=1.1, help="least speedup a policy must bring to count (default 1.1)"
+        "--min-speedup",
+        type=float,
+        default=min_speedup,
+        help=f"least speedup a policy must bring to count (default {min_speedup or 'the study’s'})",
     )
 
 
@@ -65,7 +71,10 @@ def _export_arguments(parser: argparse.ArgumentParser, default_help: str) -> Non
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog=PROG, description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+        prog=PROG,
+        description=__doc__.split("\n\n")[0],
+        epilog=__doc__.split("\n\n", 1)[1],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"hetcache {__version__}")
     _budget_arguments(parser, required=True)
@@ -81,7 +90,7 @@ def build_export_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--storage", required=True, help="database URL or .db / .log file holding the study")
     parser.add_argument("--study-name", required=True)
-    _budget_arguments(parser, required=False)
+    _budget_arguments(parser, required=False, min_speedup=None)
     _export_arguments(parser, "default policy.json")
     return parser
 
@@ -200,10 +209,12 @@ def command_export(argv: Sequence[str]) -> int:
 
     args = build_export_parser().parse_args(argv)
     info, results = load_results(args.storage, args.study_name)
+    study_budget = budget_from_attrs(info.attrs)
+    min_speedup = args.min_speedup if args.min_speedup is not None else study_budget.min_speedup
     if args.budget is not None:
-        budget = parse_budget(args.budget, args.worst, args.min_speedup)
+        budget = parse_budget(args.budget, args.worst, min_speedup)
     else:
-        budget = budget_from_attrs(info.attrs)
+        budget = dataclasses.replace(study_budget, min_speedup=min_speedup)
     export = args.export if args.export is not None or args.export_pareto is not None else Path("policy.json")
     return _export(results, budget, info, export, args.export_pareto, args.name)
 
