@@ -11,7 +11,7 @@ import streamlit as st
 
 HERE = Path(__file__).parent
 PAGES = (
-    ("overview.py", "Overview", "overview", ":material/home:"),
+    ("overview.py", "Overview", "", ":material/home:"),  # the default page, served at /
     ("profile.py", "Profile", "profile", ":material/insights:"),
     ("study.py", "Study", "study", ":material/tune:"),
     ("policy.py", "Policy", "policy", ":material/description:"),
@@ -21,8 +21,8 @@ PAGES = (
 st.set_page_config(page_title="hetcache dashboard", layout="wide")
 navigation = st.navigation(
     [
-        st.Page(HERE / "views" / file, title=title, url_path=path, icon=icon, default=i == 0)
-        for i, (file, title, path, icon) in enumerate(PAGES)
+        st.Page(HERE / "views" / file, title=title, url_path=path or None, icon=icon, default=not path)
+        for file, title, path, icon in PAGES
     ]
 )
 navigation.run()

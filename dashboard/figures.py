@@ -20,6 +20,7 @@ PLAN_COLOURS.append((1.0, "#08306b"))
 CLASS_LINE = "#ff7f0e"
 MAX_MAP_COLUMNS = 6
 PARTS_ORDER = ("self_attention", "cross_attention", "ffn", "vace")
+FRONT_COLOURS = {"Best Trial": "#d62728", "Feasible Trial": "#1f77b4", "Infeasible Trial": "#bbbbbb"}
 
 
 def drift_heatmaps(per_class: Mapping[str, np.ndarray], layer_names: Sequence[str], steps: Sequence[int]) -> go.Figure:
@@ -166,9 +167,12 @@ def pareto_front(front: optuna.Study, metric: str, speedup_label: str, bound: fl
     fig = optuna.visualization.plot_pareto_front(
         front, targets=lambda t: (t.values[1], t.values[0]), target_names=[metric, speedup_label]
     )
-    for trace in fig.data:  # optuna labels its traces only in the hover box; name them for the legend
+    for trace in fig.data:  # optuna names its traces only in the hover box and colours by trial number
         label = re.search(r"<extra>(.*)</extra>", trace.hovertemplate or "")
-        trace.update(name=label.group(1) if label else trace.name, showlegend=True)
+        name = label.group(1) if label else trace.name
+        colour = FRONT_COLOURS.get(name)
+        marker = {"color": colour, "showscale": False, "size": 11 if name == "Best Trial" else 8} if colour else {}
+        trace.update(name=name, showlegend=True, marker=marker)
     if bound is not None:
         fig.add_vline(
             x=bound,
