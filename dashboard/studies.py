@@ -20,6 +20,7 @@ from hetcache.metrics import METRICS
 from hetcache.policy import Policy, load_policy
 
 from .readers import DataError
+from .sources import JOURNAL_SUFFIXES, SQLITE_SUFFIXES, storage_url_for
 
 STUDY_FIX = "pass the storage URL hetcache-tune wrote to (--storage), e.g. sqlite:///runs/demo/tune/study.db."
 SPEEDUPS = {"objective": "speedup (objective)", "speedup_flops": "speedup (FLOPs)", "speedup_time": "speedup (time)"}
@@ -55,9 +56,18 @@ def _check_sqlite(path: Path) -> None:
         raise DataError(f"SQLite database '{path}' holds no Optuna studies.", STUDY_FIX)
 
 
+def normalise_url(storage: str) -> str:
+    """A storage URL from a URL or, as hetcache-tune accepts, a path to a .db or journal (.log) file."""
+    storage = storage.strip()
+    if not storage or "://" in storage or storage.startswith("journal:"):
+        return storage
+    path = Path(storage).expanduser().resolve()
+    return storage_url_for(path) if path.suffix in SQLITE_SUFFIXES + JOURNAL_SUFFIXES else storage
+
+
 def open_storage(url: str) -> optuna.storages.BaseStorage:
-    """An Optuna storage for `url` (sqlite:///…, journal:<file>, or any RDB URL), opened without creating tables."""
-    url = url.strip()
+    """An Optuna storage for `url` (sqlite:///…, journal:<file>, a file path, or any RDB URL), opened read-only."""
+    url = normalise_url(url)
     if not url:
         raise DataError("no study storage is selected.", STUDY_FIX)
     if url.startswith("journal:"):

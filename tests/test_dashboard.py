@@ -13,12 +13,12 @@ import hetcache.dashboard
 import numpy as np
 import optuna
 import pytest
-from hetcache.dashboard import cli, sources
+from hetcache.dashboard import cli, policy_view, sources
 from safetensors.numpy import load_file
 from streamlit.testing.v1 import AppTest
 from test_dashboard_data import BUDGET, LAYERS, TRIALS, broken_runs, demo_runs, load_demo_study, study_url
 
-from hetcache.errors import InputError
+from hetcache.errors import HetCacheError, InputError
 from hetcache.plan import plan_from_changes
 from hetcache.policy import load_policy
 
@@ -265,8 +265,26 @@ def test_study_storage_problems_are_reported(dashboard, broken_runs, demo_runs):
     at = page(dashboard(broken_runs / "empty", storage=missing), "study")
     assert "does not exist" in texts(at.error)
     assert not (broken_runs / "missing.db").exists()  # reading never creates a database
-    at = page(dashboard(broken_runs / "empty", storage=study_url(demo_runs)), "study")
-    assert at.selectbox(key="study_name").value == load_demo_study(demo_runs).study_name
+    for storage in (study_url(demo_runs), str(demo_runs / "demo" / "tune" / "study.db")):  # a URL, or a file path
+        at = page(dashboard(broken_runs / "empty", storage=storage), "study")
+        assert at.selectbox(key="study_name").value == load_demo_study(demo_runs).study_name
+
+
+def test_study_in_a_journal_file_is_found_and_shown(dashboard, demo_runs, tmp_path):
+    from optuna.storages.journal import JournalFileBackend, JournalStorage
+
+    source = load_demo_study(demo_runs)
+    journal = tmp_path / "runs" / "tune" / "study.log"
+    journal.parent.mkdir(parents=True)
+    optuna.copy_study(
+        from_study_name=source.study_name,
+        from_storage=study_url(demo_runs),
+        to_storage=JournalStorage(JournalFileBackend(str(journal))),
+    )
+    at = page(dashboard(tmp_path / "runs"), "study")
+    assert at.selectbox(key="study_storage").value == "tune/study.log"
+    assert sorted(at.dataframe[0].value["trial"]) == [t.number for t in source.trials]
+    assert {"study_pareto", "study_importance", "study_history"} <= set(charts(at))
 
 
 # -- policy ------------------------------------------------------------------------------------------------------------
@@ -337,6 +355,16 @@ def test_policy_page_compares_two_policies(dashboard, demo_runs):
     assert diff.loc[diff["field"] == "cache.offload", "same"].item()
 
 
+def test_uploaded_policies_are_parsed_and_validated():
+    data = policy_view.parse_upload("p.json", json.dumps(load_policy("reference-balanced").to_dict()).encode())
+    assert policy_view.load_choice(data).name == "reference-balanced"
+    with pytest.raises(HetCacheError, match="not valid JSON"):
+        policy_view.parse_upload("p.json", b"{")
+    data["step_plan"]["reuse_threshold"] = "high"
+    with pytest.raises(HetCacheError, match=r"step_plan\.reuse_threshold must be a number"):
+        policy_view.load_choice(data)
+
+
 def test_policy_validation_errors_name_the_field(dashboard, broken_runs):
     at = page(dashboard(broken_runs), "policy")
     at.selectbox(key="policy_pick_A").set_value("file: broken-policy.json")
@@ -373,6 +401,8 @@ def test_compare_problems_are_reported_not_raised(dashboard, broken_runs):
     assert "not valid JSON" in texts(rerun(at).error)
     at.selectbox(key="compare_run").set_value("no-videos-run")
     assert "box.uncached.mp4' does not exist" in texts(rerun(at).error)
+    at.selectbox(key="compare_run").set_value("uncached-run")
+    assert "no uncached/cached pair" in texts(rerun(at).warning) and not at.get("image")
 
 
 # -- command line ------------------------------------------------------------------------------------------------------

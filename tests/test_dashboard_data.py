@@ -67,7 +67,7 @@ def build_demo(base: Path) -> Path:
 
 
 def build_broken(base: Path, demo_runs: Path) -> Path:
-    """Broken inputs side by side: truncated and foreign files, a run without videos, an invalid policy."""
+    """Broken inputs side by side: truncated and foreign files, runs without videos or comparison, a bad policy."""
     root = base / "broken"
     (root / "empty").mkdir(parents=True)
     (root / "bad-run").mkdir()
@@ -78,6 +78,13 @@ def build_broken(base: Path, demo_runs: Path) -> Path:
     (root / "no-tensors-profile" / "tensors.safetensors").unlink()
     (root / "no-videos-run").mkdir()
     shutil.copy(demo_runs / "demo" / "apply" / "run.json", root / "no-videos-run" / "run.json")
+    (root / "uncached-run").mkdir()
+    record = json.loads((demo_runs / "demo" / "apply" / "run.json").read_text(encoding="utf-8"))
+    record["policy"] = None
+    record["clips"] = [
+        {k: v for k, v in c.items() if k in ("clip", "notes", "uncached_denoise_s")} for c in record["clips"]
+    ]
+    (root / "uncached-run" / "run.json").write_text(json.dumps(record), encoding="utf-8")
     (root / "bad.db").write_bytes(b"this is not a database\n")
     policy = json.loads((demo_runs / "demo" / "tune" / "policy.json").read_text(encoding="utf-8"))
     policy["tokens"]["margin_ratio"] = 2.0
