@@ -23,6 +23,7 @@ DEFAULT_ADDRESS = "127.0.0.1"
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The command-line interface of hetcache-dashboard."""
     parser = argparse.ArgumentParser(
         prog="hetcache-dashboard",
         description="Explore hetcache profiles, tuning studies, policies and runs in a local Streamlit app.",
@@ -42,6 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _check_port(address: str, port: int) -> None:
+    """Refuse a port that is out of range or taken, before Streamlit would fail less clearly."""
     if not 1 <= port <= 65535:
         raise InputError(f"--port {port} is not a TCP port.", "pass a number between 1 and 65535.")
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
@@ -88,6 +90,7 @@ def prepare(argv: Sequence[str] | None) -> tuple[argparse.Namespace, list[str], 
 
 
 def _main(argv: Sequence[str] | None) -> int:
+    """Validate, say where the dashboard will be, then become the Streamlit server."""
     args, command, env = prepare(argv)
     print(f"hetcache dashboard: http://{args.address}:{args.port}/ (Ctrl+C stops it)", flush=True)
     os.execve(sys.executable, command, env)
@@ -95,6 +98,7 @@ def _main(argv: Sequence[str] | None) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Console entry point: user errors exit with code 2 and one message."""
     return run_cli(_main, argv, prog="hetcache-dashboard")
 
 

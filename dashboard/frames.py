@@ -23,6 +23,7 @@ def tint(frame: np.ndarray, mask: np.ndarray, strength: float = 0.35) -> np.ndar
 
 
 def _as_video(frames: np.ndarray) -> torch.Tensor:
+    """uint8 [F, H, W, 3] → float64 [F, 3, H, W] in [0, 1], the layout hetcache.metrics takes."""
     return torch.from_numpy(frames).double().div(255.0).permute(0, 3, 1, 2)
 
 

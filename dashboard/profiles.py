@@ -18,6 +18,7 @@ REPROFILE = "re-run hetcache-profile with this hetcache version."
 
 
 def _required(profile: ProfileView, name: str, clip: str | None, ndim: int) -> np.ndarray:
+    """A recorded array whose layer axis matches profile.json, or DataError."""
     array = profile.array(name, clip)
     if array is None:
         raise DataError(f"profile '{profile.folder}' holds no '{name}' tensor for clip {clip!r}.", REPROFILE)

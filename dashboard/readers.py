@@ -60,6 +60,7 @@ class ProfileView:
         self._arrays: dict[str, np.ndarray] = {}
 
     def _tensors(self) -> Mapping[str, Any]:
+        """The tensor mapping, opened on first use."""
         if self._source is None:
             self._source = _read_tensors(self.folder, self.data)
         return self._source
@@ -89,6 +90,7 @@ class ProfileView:
         return [c for c in clips if c in stored] if isinstance(stored, dict) else clips[:1]
 
     def prefix(self, clip: str | None) -> str:
+        """Key prefix of a clip's arrays in the tensor file ("" for the first clip)."""
         names = self.clip_names
         if clip is None or not names or clip == names[0]:
             return ""
@@ -97,6 +99,7 @@ class ProfileView:
 
     @property
     def layer_names(self) -> list[str]:
+        """Recorded layer names ("blocks.3", "vace_blocks.1"), in tensor order."""
         return [str(layer.get("name", i)) for i, layer in enumerate(self.data.get("layers", []))]
 
 
@@ -104,6 +107,7 @@ PROFILE_FIX = "re-create it with hetcache-profile (make demo writes runs/demo/pr
 
 
 def _check_profile(data: Any, path: Path) -> dict[str, Any]:
+    """The fields the pages rely on are there and of the right kind (schema, layers, step curve)."""
     if not isinstance(data, dict):
         raise DataError(f"profile '{path}' must hold a JSON object, got {type(data).__name__}.", PROFILE_FIX)
     schema = data.get("schema")
@@ -155,6 +159,7 @@ class _LazyTensors(Mapping):
         self._mapping: Mapping[str, Any] | None = None
 
     def _open(self) -> Mapping[str, Any]:
+        """Open the profiler's tensor mapping once."""
         if self._mapping is None:
             try:
                 self._mapping = self._profile.tensors("numpy")
@@ -206,6 +211,7 @@ class RunView:
 
     @property
     def clips(self) -> list[dict[str, Any]]:
+        """One record per clip (timings, engine stats, quality)."""
         return self.record["clips"]
 
     @property
@@ -214,12 +220,13 @@ class RunView:
         return self.record.get("policy") is not None and any("quality" in c for c in self.clips)
 
     def clip(self, name: str) -> dict[str, Any]:
+        """The record of clip `name`."""
         for row in self.clips:
             if row.get("clip") == name:
                 return row
         raise DataError(f"run '{self.folder}' has no clip '{name}'.", "pick one of its clips.")
 
-    def video_paths(self, name: str) -> dict[str, Path]:
+    def video_paths(self, name: str) -> dict[str, Path | None]:
         """Paths of the outputs and inputs of clip `name` (cached, uncached, input, mask)."""
         cached = self.record.get("policy") is not None
         return {

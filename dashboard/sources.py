@@ -36,6 +36,7 @@ class Found:
 
     @property
     def empty(self) -> bool:
+        """Nothing at all was found."""
         return not (self.profiles or self.runs or self.studies or self.policies)
 
     def label(self, path: Path | str) -> str:
@@ -66,6 +67,7 @@ def storage_url_for(path: Path) -> str:
 
 
 def _peek(path: Path) -> bytes:
+    """The first bytes of a file (empty if unreadable), enough to tell its kind."""
     try:
         with path.open("rb") as handle:
             return handle.read(PEEK_BYTES)
@@ -74,10 +76,12 @@ def _peek(path: Path) -> bytes:
 
 
 def _is_journal(path: Path) -> bool:
+    """An Optuna journal file: JSON lines with op codes."""
     return path.suffix in JOURNAL_SUFFIXES and b'"op_code"' in _peek(path)
 
 
 def _is_policy(path: Path) -> bool:
+    """A policy file: JSON naming the policy schema near its start."""
     return path.suffix == ".json" and path.name not in (PROFILE_FILE, RUN_FILE) and POLICY_MARK in _peek(path)
 
 

@@ -30,6 +30,7 @@ optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
 def _sqlite_path(url: str) -> Path:
+    """The database file of a sqlite:/// URL (relative to the working folder unless absolute)."""
     return Path(url[len("sqlite:///") :])
 
 
@@ -111,6 +112,7 @@ def is_feasible(trial: FrozenTrial) -> bool:
 
 
 def _number(value: Any) -> float | None:
+    """A finite float, or None for anything else (strings such as "unavailable", NaN, booleans)."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         return None
     return float(value)
@@ -124,6 +126,7 @@ def speedup_of(trial: FrozenTrial, which: str) -> float | None:
 
 
 def quality_of(trial: FrozenTrial, metric: str, mode: str = "mean") -> float | None:
+    """A trial's mean (or worst-clip) value of a quality metric, if numeric."""
     quality = trial.user_attrs.get(QUALITY_KEYS[mode]) or {}
     return _number(quality.get(metric)) if isinstance(quality, dict) else None
 

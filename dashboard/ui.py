@@ -29,10 +29,12 @@ def _persisted(key: str, default: Any) -> None:
 
 
 def _keep(key: str) -> None:
+    """on_change: remember the widget's new value outside the widget state."""
     st.session_state[f"_keep_{key}"] = st.session_state[key]
 
 
 def persisted_text_input(label: str, key: str, default: str, **kwargs: Any) -> str:
+    """A text input that keeps its value across pages."""
     _persisted(key, default)
     return st.text_input(label, key=key, on_change=_keep, args=(key,), **kwargs)
 
@@ -50,6 +52,7 @@ def persisted_selectbox(label: str, options: list[str], key: str, **kwargs: Any)
 
 @st.cache_data(ttl=5, show_spinner=False)
 def _discover(root: str) -> Found:
+    """Discovery, refreshed every few seconds so new runs appear."""
     return discover(Path(root))
 
 
@@ -92,6 +95,7 @@ def friendly() -> Iterator[None]:
 
 
 def _mtime(path: Path) -> float:
+    """Modification time for cache keys (0 if the file is missing)."""
     try:
         return path.stat().st_mtime
     except OSError:
@@ -100,6 +104,7 @@ def _mtime(path: Path) -> float:
 
 @st.cache_resource(show_spinner=False, max_entries=8)
 def _profile(folder: str, stamp: float) -> readers.ProfileView:
+    """Cached profile load (shared, not copied: its arrays can be large)."""
     return readers.load_profile(Path(folder))
 
 
@@ -110,6 +115,7 @@ def load_profile(folder: Path) -> readers.ProfileView:
 
 @st.cache_data(show_spinner=False, max_entries=32)
 def _run(folder: str, stamp: float) -> readers.RunView:
+    """Cached run record."""
     return readers.load_run(Path(folder))
 
 
@@ -120,6 +126,7 @@ def load_run(folder: Path) -> readers.RunView:
 
 @st.cache_resource(show_spinner=False, max_entries=16)
 def _frames(path: str, stamp: float, what: str):
+    """Cached decoded video."""
     return readers.read_frames(Path(path), what)
 
 
@@ -130,10 +137,12 @@ def load_frames(path: Path, what: str):
 
 @st.cache_resource(show_spinner=False, max_entries=8)
 def _mask(path: str, stamp: float):
+    """Cached decoded mask."""
     return readers.read_mask_frames(Path(path))
 
 
 def load_mask(path: Path):
+    """Decoded mask frames, cached until the file changes."""
     return _mask(str(path), _mtime(path))
 
 

@@ -123,6 +123,7 @@ default = best.number if best is not None and best.number in pickable else picka
 
 
 def _describe(number: int) -> str:
+    """The trial picker's label: speedup, chosen metric, feasibility."""
     t = by_number[number]
     value = studies.quality_of(t, metric, mode)
     tail = f", {metric} {value:.4g}" if value is not None else ""
