@@ -424,6 +424,12 @@ def policy_with(policy: Policy, **changes: Any) -> Policy:
     """Copy of `policy` with fields changed by name, wherever they sit in the nesting (validated again)."""
     data = policy.to_dict()
     for key, value in changes.items():
+        if key == "workload":
+            data["workload"] = _drop_none(dataclasses.asdict(value)) if isinstance(value, WorkloadSpec) else value
+            continue
+        if key == "model":
+            data["model"] = Policy(name="", model=value).to_dict()["model"] if isinstance(value, ModelSpec) else value
+            continue
         if key in data and key not in _SECTIONS:
             data[key] = _jsonable_value(value)
             continue
@@ -432,12 +438,7 @@ def policy_with(policy: Policy, **changes: Any) -> Policy:
                 data[section][key] = _jsonable_value(value)
                 break
         else:
-            if key == "workload":
-                data["workload"] = _drop_none(dataclasses.asdict(value)) if value is not None else None
-            elif key == "model":
-                data["model"] = None if value is None else Policy(name="", model=value).to_dict()["model"]
-            else:
-                raise PolicyError(f"unknown policy field {key!r}.", "see hetcache.policy for the field names.")
+            raise PolicyError(f"unknown policy field {key!r}.", "see hetcache.policy for the field names.")
     return policy_from_dict(data, origin=f"policy '{policy.name}'")
 
 

@@ -10,7 +10,7 @@ import torch
 from hetcache import load_policy, policies
 from hetcache.errors import FingerprintMismatchError, PolicyError
 from hetcache.fingerprint import model_fingerprint
-from hetcache.policy import SCHEMA, Policy
+from hetcache.policy import SCHEMA, Policy, WorkloadSpec
 
 
 def test_round_trip_through_json(tmp_path):
@@ -31,6 +31,9 @@ def test_fields_are_reachable_by_name_wherever_they_sit():
     assert data["tokens"]["margin_width"] == 3
     policy = policy.replace(margin_ratio=0.3, context_ratio=0.4, selection="kmeans")
     assert (policy.tokens.margin_ratio, policy.tokens.context_ratio, policy.tokens.selection) == (0.3, 0.4, "kmeans")
+    shipped = load_policy("reference-balanced")
+    retuned = shipped.replace(workload=WorkloadSpec(steps=4), name="retuned", model=None)
+    assert retuned.workload == WorkloadSpec(steps=4) and retuned.model is None and retuned.name == "retuned"
 
 
 @pytest.mark.parametrize(
