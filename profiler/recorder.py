@@ -289,7 +289,7 @@ class Recorder:
         if clip.started is None:
             self._setup_clip(clip, arguments, hidden.device)
             clip.started = self.clock.mark()
-        if self.first_call is None:
+        if self.first_call is None and self._modulation is not None:  # kept for the FLOPs replay (non-Wan)
             self.first_call = (dict(arguments), clip.text_len)
         items = []
         attention = None

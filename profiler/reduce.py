@@ -116,7 +116,7 @@ def finish_clip(clip: ClipState, branches: list[str], max_tokens: int) -> ClipRe
     attention_by_class = None
     attention_steps: list[int] = []
     if clip.attention is not None:
-        slots = -(-steps // clip.attention_every) if cond_steps else 0
+        slots = -(-cond_steps // clip.attention_every)
         attention = clip.attention[:slots]
         seen = clip.attention_seen[:slots]
         attention_steps = [s * clip.attention_every for s in range(slots)]

@@ -252,3 +252,22 @@ def test_pixel_mask_on_another_family():
     shares = result.data["layers"][0]["attention_to"]
     assert sum(shares.values()) == pytest.approx(1.0, abs=1e-3)
     assert result.data["headroom"]["context_token_share"] == pytest.approx(counts["context"] / 192)
+
+
+def test_batched_cfg_branches_are_exact():
+    """LTX runs CFG as one batch [uncond; cond] under cache_context("cond_uncond"): each half is its branch."""
+    pipe, call = build_ltx()
+    pipe.set_progress_bar_config(disable=True)
+    outputs = []
+    block = pipe.transformer.transformer_blocks[0]
+    handle = block.register_forward_hook(lambda m, a, k, o: outputs.append(o.clone()), with_kwargs=True)
+    pipe(**run_args(call))
+    handle.remove()
+    result = profile(pipe, run_args(call), attention_every=0, layers="0")
+    drift = result.tensors("pt")["drift"].float()
+    assert result.data["branches"] == ["cond", "uncond"]
+    for branch, item in ((0, 1), (1, 0)):
+        for step in range(1, STEPS):
+            now, before = outputs[step][item], outputs[step - 1][item]
+            expected = (now - before).abs().sum(-1) / before.abs().sum(-1)
+            torch.testing.assert_close(drift[branch, step, 0], expected, rtol=2e-3, atol=1e-4)
