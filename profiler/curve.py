@@ -23,6 +23,7 @@ class PolynomialFit:
     rmse: float
     points: int
     note: str | None = None
+    x_range: tuple[float, float] | None = None  # the modulation changes the fit has seen
 
 
 def fit_polynomial(x: list[float] | np.ndarray, y: list[float] | np.ndarray, degree: int) -> PolynomialFit:
@@ -50,7 +51,8 @@ def fit_polynomial(x: list[float] | np.ndarray, y: list[float] | np.ndarray, deg
     total = float(np.sum((ys - ys.mean()) ** 2))
     r2 = 1.0 - residual / total if total > 0 else (1.0 if residual == 0 else 0.0)
     rmse = float(np.sqrt(residual / len(ys)))
-    return PolynomialFit([float(c) for c in coefficients], used, r2, rmse, len(ys), note)
+    x_range = (float(xs.min()), float(xs.max()))
+    return PolynomialFit([float(c) for c in coefficients], used, r2, rmse, len(ys), note, x_range)
 
 
 def modulation_changes(

@@ -118,6 +118,7 @@ def _step_curve(transformer, results: list[ClipResult], degree: int) -> dict[str
         "fit_rmse": fit.rmse,
         "points": fit.points,
         "fit_note": fit.note,
+        "fit_range": list(fit.x_range) if fit.x_range else None,
         "modulation_source": source,
         "order": "numpy.polyval: highest degree first; x = modulation change, y = model output change",
     }

@@ -246,6 +246,7 @@ def test_step_curve_uses_the_engine_modulation(profiled):
     predicted = np.polyval(curve["polynomial"], curve["modulation_change"])
     np.testing.assert_allclose(predicted, curve["output_change"], rtol=1e-4, atol=1e-6)  # 3 points, degree ≤ 2
     assert curve["degree"] == 2 and curve["points"] == STEPS - 1
+    assert curve["fit_range"] == [min(curve["modulation_change"]), max(curve["modulation_change"])]
 
 
 def test_cost_and_headroom(profiled):
