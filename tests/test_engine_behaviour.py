@@ -17,7 +17,12 @@ from hetcache.fingerprint import model_fingerprint
 from hetcache.plan import plan_from_changes, relative_l1_changes, resolve_plan, timestep_modulation
 from hetcache.policy import Policy, StepPlanSpec, model_spec_from_fingerprint
 
-torch.set_grad_enabled(False)
+
+@pytest.fixture(autouse=True)
+def _inference():
+    with torch.no_grad():
+        yield
+
 
 SOME = Policy(name="some").replace(margin_ratio=0.5, context_ratio=0.25, selection="stride")
 TIMES = (900.0, 800.0, 700.0, 600.0, 500.0)

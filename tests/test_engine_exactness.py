@@ -12,7 +12,12 @@ from hetcache.errors import CacheConflictError
 from hetcache.policy import Policy
 from hetcache.workloads.execute import pipeline_inputs
 
-torch.set_grad_enabled(False)
+
+@pytest.fixture(autouse=True)
+def _inference():
+    with torch.no_grad():
+        yield
+
 
 EVERYTHING = Policy(name="everything").replace(margin_ratio=1.0, context_ratio=1.0, selection="stride")
 SOME = Policy(name="some").replace(margin_ratio=0.5, context_ratio=0.25, selection="stride")

@@ -150,6 +150,7 @@ def learning_rate(step: int, steps: int, peak: float, warmup: int = 100) -> floa
     return peak * min(1.0, (step + 1) / warmup) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
+@torch.enable_grad()  # the optimiser needs autograd whatever mode the caller runs in
 def train(
     out: Path,
     steps: int = 3000,
