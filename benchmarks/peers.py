@@ -1,0 +1,298 @@
+"""Peers benchmark: hetcache against the field, side by side on the same workload, seed and clips.
+
+    python benchmarks/peers.py --quick                      # reference workload, CPU, a few minutes
+    python benchmarks/peers.py --weights random --quick     # plumbing only: random weights are nearly lossless
+    python benchmarks/peers.py --device cuda --size full    # Wan2.1-VACE-1.3B architecture, 480x832x33 (speed only)
+
+Rows: uncached; fewer steps; timestep-only reuse (hetcache's plan with no PARTIAL steps, TeaCache-style); diffusers'
+FirstBlockCache, MagCache (calibrated first), TaylorSeer (patterns that hook Wan blocks), PyramidAttentionBroadcast;
+cache-dit's DBCache (optional); HetCache with the paper-settings policy; HetCache with tuned policies. Each is run at
+its operating points on every clip, runs interleaved across rows for `--reps` rounds; quality is measured against
+the uncached output of the same seed. Writes benchmarks/results/peers.{md,json,html} (and .png with kaleido).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import shlex
+import statistics
+import sys
+import tempfile
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import peers_methods as pm
+import peers_replay
+import peers_report
+
+from hetcache import __version__, reference
+from hetcache.errors import InputError
+from hetcache.metrics import clip_quality, latent_rel_l2, mean_quality
+from hetcache.policy import load_policy
+from hetcache.runner import _finite
+from hetcache.workloads.execute import Session
+from hetcache.workloads.spec import ClipSource, Workload
+
+QUICK = dict(height=128, width=128, num_frames=17, steps=20, clips="box,moving", reps=3)
+FULL = dict(height=480, width=832, num_frames=33, steps=20, clips="box", reps=2)
+FULL_TRANSFORMER = dict(
+    num_attention_heads=12,
+    attention_head_dim=128,
+    ffn_dim=8960,
+    num_layers=30,
+    vace_layers=list(range(0, 30, 2)),
+    text_dim=4096,
+    rope_max_seq_len=1024,
+)
+FULL_TEXT_LEN = 512
+QUALITY_KEYS = ("psnr", "psnr_mask", "ssim", "ssim_mask", "latent_rel_l2")
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="small sizes for CPU (the default on CPU)")
+    parser.add_argument("--size", choices=("quick", "full"), default=None, help="full: Wan2.1-VACE-1.3B, 480x832x33")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", choices=("float32", "bfloat16"), help="default float32 on CPU, bfloat16 on CUDA")
+    parser.add_argument("--weights", choices=("trained", "random"), help="default: trained if shipped, else random")
+    parser.add_argument("--height", type=int)
+    parser.add_argument("--width", type=int)
+    parser.add_argument("--frames", type=int)
+    parser.add_argument("--steps", type=int)
+    parser.add_argument("--clips", help="reference clip kinds, comma-separated")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--reps", type=int, help="interleaved timing rounds (medians reported)")
+    parser.add_argument(
+        "--tuned", action="append", type=Path, help="tuned policy JSON (repeatable); default: policies/reference-*"
+    )
+    parser.add_argument("--methods", help="only these rows (comma-separated method names; uncached always runs)")
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/peers"), help="output stem")
+    parser.add_argument("--no-figure", action="store_true")
+    parser.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+    args = parser.parse_args(argv)
+    args.size = args.size or ("full" if args.device.startswith("cuda") and not args.quick else "quick")
+    defaults = FULL if args.size == "full" else QUICK
+    for key, flag in (("height", "height"), ("width", "width"), ("num_frames", "frames"), ("steps", "steps")):
+        if getattr(args, flag) is None:
+            setattr(args, flag, defaults[key])
+    args.clips = args.clips or defaults["clips"]
+    args.reps = args.reps or defaults["reps"]
+    args.dtype = args.dtype or ("bfloat16" if args.device.startswith("cuda") else "float32")
+    if args.size == "full":
+        args.weights = "random"
+    args.weights = args.weights or ("trained" if reference.trained_available() else "random")
+    if args.steps < 4:
+        raise InputError(f"--steps {args.steps} is too few for a caching comparison.", "use at least 4 steps.")
+    return args
+
+
+def build_session(args: argparse.Namespace, scratch: Path) -> Session:
+    """The reference workload at the chosen size; `full` swaps in a random Wan2.1-VACE-1.3B-architecture model."""
+    sources = {s.kind: s for s in Workload().clip_sources()}
+    kinds = [k.strip() for k in args.clips.split(",") if k.strip()]
+    unknown = [k for k in kinds if k not in sources]
+    if unknown:
+        raise InputError(f"--clips names unknown kinds {', '.join(unknown)}.", f"use {', '.join(sources)}.")
+    workload = Workload(
+        weights=args.weights,
+        height=args.height,
+        width=args.width,
+        num_frames=args.frames,
+        steps=args.steps,
+        seed=args.seed,
+        device=args.device,
+        dtype=args.dtype,
+        clips=tuple(sources[k] if k in sources else ClipSource(name=k, kind=k) for k in kinds),
+    )
+    if args.size != "full":
+        return Session(workload)
+    from diffusers import WanVACEPipeline
+    from safetensors.torch import save_file
+
+    generator = torch.Generator().manual_seed(1234)
+    embeds = {
+        name: torch.randn(1, FULL_TEXT_LEN, FULL_TRANSFORMER["text_dim"], generator=generator)
+        for name in ("prompt_embeds", "negative_prompt_embeds")
+    }
+    path = scratch / "prompt_embeds.safetensors"
+    save_file(embeds, str(path))
+    dtype = getattr(torch, args.dtype)
+    pipe = WanVACEPipeline(
+        vae=reference.random_vae(),
+        transformer=reference.random_transformer(**FULL_TRANSFORMER).to(dtype),
+        scheduler=reference.scheduler(),
+        text_encoder=None,
+        tokenizer=None,
+    )
+    pipe.to(args.device)
+    pipe.set_progress_bar_config(disable=True)
+    return Session(workload.replace(prompt_embeds=str(path), name="wan21-vace-1.3b-architecture"), pipe=pipe)
+
+
+def tuned_policies(paths: list[Path] | None) -> list[tuple[str, Any]]:
+    """The tuned rows: given files, else every shipped `reference-*` policy (the README says which are hand-set)."""
+    if paths:
+        return [(path.stem, load_policy(path)) for path in paths]
+    from hetcache import policies
+
+    return [(name, policies.load(name)) for name in policies.names() if name.startswith("reference-")]
+
+
+def _generate(point: pm.Point, session: Session, clip, steps_sessions: dict, decode: bool) -> dict[str, Any]:
+    cuda = session.workload.device.startswith("cuda")
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    with pm.attached(point, session, steps_sessions) as probe:
+        generation = probe.session.generate(clip, decode=decode)
+    record = {"generation": generation, "flops": probe.flops(), "stats": probe.stats()}
+    record["peak_bytes"] = torch.cuda.max_memory_allocated() if cuda else None
+    return record
+
+
+def measure(session: Session, points: list[pm.Point], reps: int, log) -> dict[str, dict[str, Any]]:
+    """Every runnable point on every clip, `reps` interleaved rounds; quality and FLOPs from the first round."""
+    runnable = [p for p in points if not p.unavailable]
+    steps_sessions: dict[int, Session] = {}
+    results: dict[str, dict[str, Any]] = {p.key: {"seconds": [], "clips": {}} for p in runnable}
+    references: dict[str, Any] = {}
+    baseline_drift = [0.0]
+    for rep in range(reps):
+        for point in runnable:
+            total = 0.0
+            for clip in session.clips:
+                record = _generate(point, session, clip, steps_sessions, decode=rep == 0)
+                generation = record["generation"]
+                total += generation.denoise_seconds
+                if rep > 0:
+                    if point.kind == "uncached":  # the baseline must not drift: no row may leave state behind
+                        drift = latent_rel_l2(references[clip.name].latents, generation.latents)
+                        baseline_drift[0] = max(baseline_drift[0], drift)
+                    continue
+                if point.kind == "uncached":
+                    references[clip.name] = generation
+                ref = references[clip.name]
+                quality = clip_quality(ref.frames, generation.frames, clip.mask, ref.latents, generation.latents)
+                stats = record["stats"]
+                results[point.key]["clips"][clip.name] = {
+                    "flops": record["flops"],
+                    "quality": {k: quality[k] for k in QUALITY_KEYS},
+                    "peak_bytes": record["peak_bytes"],
+                    "decisions": stats.get("decisions"),
+                    "cache_bytes": stats.get("cache_bytes"),
+                }
+            results[point.key]["seconds"].append(total)
+            log(f"round {rep + 1}/{reps}  {point.key:70s} {total:7.2f} s")
+    results[points[0].key]["baseline_drift"] = baseline_drift[0]
+    return results
+
+
+def summarise(points: list[pm.Point], results: dict, checks: dict[str, dict]) -> list[dict[str, Any]]:
+    """One row per point: FLOPs fraction, speedups (median and spread over rounds), quality, memory, correctness."""
+    base = results[points[0].key]
+    base_flops = sum(c["flops"] for c in base["clips"].values())
+    base_seconds = base["seconds"]
+    rows = []
+    for point in points:
+        row: dict[str, Any] = {"method": point.method, "setting": point.setting, "kind": point.kind}
+        row["correctness"] = checks.get(point.key) or checks.get(point.method) or {}
+        row["notes"] = list(point.notes)
+        if point.unavailable:
+            row["unavailable"] = point.unavailable
+            rows.append(row)
+            continue
+        result = results[point.key]
+        clips = result["clips"]
+        flops = sum(c["flops"] for c in clips.values())
+        ratios = [b / max(s, 1e-9) for b, s in zip(base_seconds, result["seconds"], strict=True)]
+        row.update(
+            flops_fraction=flops / base_flops,
+            speedup_flops=base_flops / flops,
+            speedup_time=statistics.median(base_seconds) / max(statistics.median(result["seconds"]), 1e-9),
+            speedup_time_min=min(ratios),
+            speedup_time_max=max(ratios),
+            denoise_seconds=statistics.median(result["seconds"]),
+            quality=mean_quality([c["quality"] for c in clips.values()]),
+            quality_per_clip={name: c["quality"] for name, c in clips.items()},
+            decisions={name: c["decisions"] for name, c in clips.items() if c["decisions"]},
+        )
+        peaks = [c["peak_bytes"] for c in clips.values() if c["peak_bytes"] is not None]
+        row["peak_memory_bytes"] = max(peaks) if peaks else None
+        caches = [c["cache_bytes"] for c in clips.values() if c["cache_bytes"] is not None]
+        row["cache_bytes"] = max(caches) if caches else None
+        rows.append(row)
+    return rows
+
+
+def correctness(session: Session, points: list[pm.Point], log) -> dict[str, dict]:
+    """Replay and branch checks per method (per point for hetcache rows, whose policies differ)."""
+    clip = session.clips[0]
+    cond, uncond = peers_replay.capture_step_inputs(session, clip, session.workload.steps // 2)
+    checks: dict[str, dict] = {}
+    for point in points:
+        key = point.key if point.kind == "hetcache" else point.method
+        if key in checks:
+            continue
+        checks[key] = peers_replay.check(point, session, cond, uncond).as_dict()
+        log(f"check {key:70s} {checks[key]['note']}")
+    return checks
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    quiet = args.quiet
+
+    def log(text: str) -> None:
+        if not quiet:
+            print(text, file=sys.stderr, flush=True)
+
+    with tempfile.TemporaryDirectory() as scratch:
+        session = build_session(args, Path(scratch))
+        methods = None
+        if args.methods:
+            methods = {m.strip() for m in args.methods.split(",") if m.strip()}
+            unknown = sorted(methods - set(pm.METHODS))
+            if unknown:
+                raise InputError(f"--methods names unknown rows {', '.join(unknown)}.", f"use {'; '.join(pm.METHODS)}.")
+        points = pm.build_points(session, tuned_policies(args.tuned), methods)
+        if any(p.method == pm.MAGCACHE for p in points):
+            ratios = pm.magcache_ratios(session, session.clips[0], args.steps)
+            points = pm.with_magcache_ratios(points, ratios, args.steps)
+        session.generate(session.clips[0], decode=False)  # warm-up
+        checks = correctness(session, points, log)
+        results = measure(session, points, args.reps, log)
+    rows = summarise(points, results, checks)
+    command = "python benchmarks/peers.py " + shlex.join(list(argv if argv is not None else sys.argv[1:]))
+    context = {
+        "command": command,
+        "tool": f"hetcache {__version__}",
+        "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+        "device": args.device,
+        "device_name": torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu",
+        "threads": torch.get_num_threads(),
+        "size": args.size,
+        "weights": args.weights,
+        "reps": args.reps,
+        "workload": session.workload.to_dict(),
+        "tokens": ((args.frames - 1) // 4 + 1) * (args.height // 16) * (args.width // 16),
+        "flops_method": peers_report.FLOPS_METHOD,
+        "baseline_drift": results[points[0].key].get("baseline_drift"),
+    }
+    goal = peers_report.goal_check(rows)
+    report = {**context, "rows": rows, "goal": goal}
+    peers_report.write(args.out, _finite(report), figure_wanted=not args.no_figure)
+    print(peers_report.markdown(report))
+    return 0
+
+
+if __name__ == "__main__":
+    from hetcache.cli_common import run_cli
+
+    sys.exit(run_cli(main, prog="peers"))

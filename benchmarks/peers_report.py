@@ -1,0 +1,276 @@
+"""Output of the peers benchmark: the markdown table, the equal-FLOPs goal check, the plotly figure, the files."""
+
+from __future__ import annotations
+
+import itertools
+import math
+from pathlib import Path
+from typing import Any
+
+from hetcache.atomic import atomic_path, write_json, write_text
+
+FLOPS_METHOD = (
+    "analytic (hetcache.cost.CostModel): hetcache rows from the engine's stats; every other row counts the "
+    "self-attention, cross-attention, FFN and VACE projections that really execute (forward pre-hooks on their "
+    "first projection) times the per-module cost; embeddings and head on every forward; norms, RoPE, softmax and "
+    "cache bookkeeping are left out on both sides"
+)
+TUNED = "HetCache, tuned"
+SKIP_IN_GOAL = ("uncached", TUNED)
+
+
+def _fmt(value: Any, digits: int = 2) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "—"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def _memory(row: dict[str, Any]) -> str:
+    if row.get("peak_memory_bytes") is not None:
+        return f"{row['peak_memory_bytes'] / 2**30:.2f} GiB"
+    return "n/a (CPU)"
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    """The markdown table: one line per method and operating point."""
+    head = [
+        "method",
+        "setting",
+        "FLOPs",
+        "speedup (time)",
+        "speedup (FLOPs)",
+        "PSNR",
+        "PSNR mask",
+        "SSIM",
+        "SSIM mask",
+        "peak memory",
+        "correctness (replay)",
+    ]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for row in rows:
+        note = (row.get("correctness") or {}).get("note", "")
+        if row.get("unavailable"):
+            cells = [row["method"], row["setting"], *["—"] * 8, row["unavailable"]]
+        else:
+            q = row["quality"]
+            spread = f"{_fmt(row['speedup_time'])}x ({_fmt(row['speedup_time_min'])}–{_fmt(row['speedup_time_max'])})"
+            cells = [
+                row["method"],
+                row["setting"],
+                f"{row['flops_fraction']:.0%}",
+                spread,
+                f"{_fmt(row['speedup_flops'])}x",
+                _fmt(q.get("psnr")),
+                _fmt(q.get("psnr_mask")),
+                _fmt(q.get("ssim"), 4),
+                _fmt(q.get("ssim_mask"), 4),
+                _memory(row),
+                note,
+            ]
+        lines.append("| " + " | ".join(str(c) for c in cells) + " |")
+    return "\n".join(lines)
+
+
+def _at_flops(points: list[dict[str, Any]], fraction: float, metric: str) -> tuple[float, str]:
+    """A method's `metric` at a FLOPs fraction: interpolated inside its range, else its nearest point (and where)."""
+    pts = sorted((p["flops_fraction"], p["quality"][metric]) for p in points)
+    if fraction <= pts[0][0]:
+        return pts[0][1], "higher" if fraction < pts[0][0] - 1e-9 else "equal"
+    if fraction >= pts[-1][0]:
+        return pts[-1][1], "lower" if fraction > pts[-1][0] + 1e-9 else "equal"
+    for (f0, q0), (f1, q1) in itertools.pairwise(pts):
+        if f0 <= fraction <= f1:
+            share = 0.0 if f1 == f0 else (fraction - f0) / (f1 - f0)
+            return q0 + share * (q1 - q0), "equal"
+    raise AssertionError("unreachable")
+
+
+def goal_check(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """For each tuned HetCache point and each other method: PSNR (frame, mask) of both at the tuned point's FLOPs.
+
+    The other method's quality is interpolated along its operating points at the same FLOPs fraction. Where it has
+    no point that cheap, its cheapest point stands in (it spends more, so a win still holds at equal FLOPs); where
+    it has no point that expensive, the comparison is not at equal FLOPs and is marked so, not counted as a win.
+    """
+    done = [r for r in rows if not r.get("unavailable")]
+    methods: dict[str, list[dict[str, Any]]] = {}
+    for row in done:
+        if row["method"] not in SKIP_IN_GOAL:
+            methods.setdefault(row["method"], []).append(row)
+    out = []
+    for tuned in (r for r in done if r["method"] == TUNED):
+        fraction = tuned["flops_fraction"]
+        for method, points in methods.items():
+            psnr, where = _at_flops(points, fraction, "psnr")
+            psnr_mask, _ = _at_flops(points, fraction, "psnr_mask")
+            wins = where != "lower" and tuned["quality"]["psnr"] > psnr and tuned["quality"]["psnr_mask"] > psnr_mask
+            out.append(
+                {
+                    "tuned": tuned["setting"],
+                    "flops_fraction": fraction,
+                    "method": method,
+                    "psnr_tuned": tuned["quality"]["psnr"],
+                    "psnr_mask_tuned": tuned["quality"]["psnr_mask"],
+                    "psnr_other": psnr,
+                    "psnr_mask_other": psnr_mask,
+                    "other_cost": where,
+                    "tuned_better": wins,
+                }
+            )
+    return out
+
+
+def goal_table(goal: list[dict[str, Any]]) -> str:
+    head = ["tuned policy (FLOPs)", "vs method", "PSNR tuned / other", "PSNR mask tuned / other", "tuned better?"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for g in goal:
+        cost = {"equal": "at equal FLOPs", "higher": "other at its cheapest point (more FLOPs)"}.get(
+            g["other_cost"], "not comparable: other never spends this much"
+        )
+        verdict = ("yes" if g["tuned_better"] else "no") + f" ({cost})"
+        lines.append(
+            f"| {g['tuned']} ({g['flops_fraction']:.0%}) | {g['method']} | {_fmt(g['psnr_tuned'])} / "
+            f"{_fmt(g['psnr_other'])} | {_fmt(g['psnr_mask_tuned'])} / {_fmt(g['psnr_mask_other'])} | {verdict} |"
+        )
+    return "\n".join(lines)
+
+
+def closing_note(report: dict[str, Any]) -> str:
+    """What the numbers say about the goal, and the caveats that apply to this run."""
+    goal = report["goal"]
+    notes = []
+    if report["weights"] == "random":
+        notes.append(
+            "Random weights: the model ignores its input, so every method is nearly lossless here and the quality "
+            "columns say nothing about which method is better; this run checks the harness, speed and correctness."
+        )
+    if not goal:
+        notes.append("No tuned HetCache policy ran, so the equal-FLOPs goal was not checked.")
+    else:
+        lost = sorted({g["method"] for g in goal if not g["tuned_better"]})
+        if not lost:
+            notes.append(
+                "Goal met: at equal FLOPs every tuned HetCache point has higher PSNR and in-mask PSNR than "
+                "every other row."
+            )
+        else:
+            notes.append("Goal not met against: " + ", ".join(lost) + " (see the goal table for the numbers).")
+    return "\n\n".join(notes)
+
+
+def markdown(report: dict[str, Any]) -> str:
+    """The whole markdown report: context, table, goal table, closing note."""
+    w = report["workload"]
+    header = (
+        f"Workload: {w['name']} ({report['weights']} weights), {w['height']}x{w['width']}x{w['num_frames']}, "
+        f"{w['steps']} steps, guidance {w['guidance_scale']}, seed {w['seed']}, clips "
+        f"{', '.join(c['name'] for c in w['clips'])}; device {report['device_name']} ({w['dtype']}, "
+        f"{report['threads']} threads); {report['reps']} interleaved rounds, speedup = median (min–max over rounds) "
+        f"of the summed denoising time. Quality vs the uncached output of the same seed (mean over clips).\n\n"
+        f"Command: `{report['command']}`\n\nFLOPs: {report['flops_method']}."
+    )
+    parts = [header, table(report["rows"])]
+    if report["goal"]:
+        parts += ["Equal-FLOPs goal:", goal_table(report["goal"])]
+    parts.append(closing_note(report))
+    return "\n\n".join(parts) + "\n"
+
+
+def figure(report: dict[str, Any]):
+    """Speedup vs PSNR, one trace per method: wall-clock vs whole-frame PSNR, FLOPs vs in-mask PSNR."""
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    fig = make_subplots(
+        rows=1,
+        cols=2,
+        subplot_titles=("wall-clock speedup vs PSNR (frame)", "FLOPs speedup vs PSNR (inside the mask)"),
+    )
+    rows = [r for r in report["rows"] if not r.get("unavailable")]
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    palette = [
+        "#444444",
+        "#8c564b",
+        "#7f7f7f",
+        "#1f77b4",
+        "#17becf",
+        "#9467bd",
+        "#bcbd22",
+        "#e377c2",
+        "#ff7f0e",
+        "#d62728",
+    ]
+    for index, method in enumerate(methods):
+        pts = sorted((r for r in rows if r["method"] == method), key=lambda r: r["speedup_flops"])
+        color = palette[index % len(palette)]
+        labels = [r["setting"] for r in pts]
+        fig.add_trace(
+            go.Scatter(
+                x=[r["speedup_time"] for r in pts],
+                y=[r["quality"]["psnr"] for r in pts],
+                error_x=dict(
+                    type="data",
+                    symmetric=False,
+                    array=[r["speedup_time_max"] - r["speedup_time"] for r in pts],
+                    arrayminus=[r["speedup_time"] - r["speedup_time_min"] for r in pts],
+                ),
+                mode="lines+markers",
+                name=method,
+                legendgroup=method,
+                text=labels,
+                marker=dict(color=color, size=9),
+                line=dict(color=color),
+            ),
+            row=1,
+            col=1,
+        )
+        fig.add_trace(
+            go.Scatter(
+                x=[r["speedup_flops"] for r in pts],
+                y=[r["quality"]["psnr_mask"] for r in pts],
+                mode="lines+markers",
+                name=method,
+                legendgroup=method,
+                showlegend=False,
+                text=labels,
+                marker=dict(color=color, size=9),
+                line=dict(color=color),
+            ),
+            row=1,
+            col=2,
+        )
+    w = report["workload"]
+    fig.update_layout(
+        title=f"Caching methods on {w['name']} ({report['weights']} weights, {w['height']}x{w['width']}x"
+        f"{w['num_frames']}, {w['steps']} steps, {report['device_name']})",
+        width=1300,
+        height=560,
+        template="plotly_white",
+    )
+    fig.update_xaxes(title_text="speedup (median, bars: min–max)", row=1, col=1)
+    fig.update_xaxes(title_text="FLOPs speedup", row=1, col=2)
+    fig.update_yaxes(title_text="PSNR vs uncached (dB)", row=1, col=1)
+    fig.update_yaxes(title_text="in-mask PSNR vs uncached (dB)", row=1, col=2)
+    return fig
+
+
+def write(stem: Path, report: dict[str, Any], figure_wanted: bool = True) -> list[Path]:
+    """peers.json, peers.md, peers.html (and peers.png when kaleido can render it), each written atomically."""
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    written = [write_json(stem.with_suffix(".json"), report), write_text(stem.with_suffix(".md"), markdown(report))]
+    if not figure_wanted:
+        return written
+    fig = figure(report)
+    with atomic_path(stem.with_suffix(".html")) as tmp:
+        fig.write_html(str(tmp), include_plotlyjs="cdn")
+    written.append(stem.with_suffix(".html"))
+    try:
+        import kaleido  # noqa: F401
+    except ImportError:
+        return written
+    with atomic_path(stem.with_suffix(".png"), suffix=".png") as tmp:
+        fig.write_image(str(tmp), scale=1)
+    written.append(stem.with_suffix(".png"))
+    return written
