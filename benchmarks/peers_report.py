@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -269,8 +270,12 @@ def write(stem: Path, report: dict[str, Any], figure_wanted: bool = True) -> lis
     try:
         import kaleido  # noqa: F401
     except ImportError:
+        return written  # the PNG needs kaleido (and a Chrome/Chromium); the HTML is the figure
+    try:
+        with atomic_path(stem.with_suffix(".png"), suffix=".png") as tmp:
+            fig.write_image(str(tmp), scale=1)
+    except Exception as exc:  # kaleido raises its own error types when it finds no browser
+        print(f"peers: PNG skipped ({type(exc).__name__}: {exc}); the HTML figure was written.", file=sys.stderr)
         return written
-    with atomic_path(stem.with_suffix(".png"), suffix=".png") as tmp:
-        fig.write_image(str(tmp), scale=1)
     written.append(stem.with_suffix(".png"))
     return written
