@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -43,9 +44,22 @@ def write_text(path: str | os.PathLike, text: str) -> Path:
     return Path(path)
 
 
+def json_safe(value: Any) -> Any:
+    """A JSON-safe copy: NaN / inf become null, tuples become lists, numpy scalars become Python numbers."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    if hasattr(value, "item") and hasattr(value, "dtype") and getattr(value, "ndim", 1) == 0:
+        return json_safe(value.item())
+    return value
+
+
 def write_json(path: str | os.PathLike, data: Any) -> Path:
-    """Write `data` as indented JSON to `path` atomically."""
-    return write_text(path, json.dumps(data, indent=2, sort_keys=False, allow_nan=False) + "\n")
+    """Write `data` as indented JSON to `path` atomically (NaN / inf written as null)."""
+    return write_text(path, json.dumps(json_safe(data), indent=2, sort_keys=False, allow_nan=False) + "\n")
 
 
 @contextlib.contextmanager

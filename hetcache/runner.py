@@ -7,13 +7,11 @@ Writes into one folder (atomically): the edited clips (`<clip>.mp4`, `<clip>.unc
 from __future__ import annotations
 
 import datetime as _dt
-import math
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from tqdm import tqdm
 
 from . import __version__
@@ -139,21 +137,8 @@ def write_run(
             if result.uncached is not None:
                 name = f"{clip.name}.uncached.mp4" if result.cached is not None else f"{clip.name}.mp4"
                 write_video(tmp / name, result.uncached.frames, fps)
-        write_json(tmp / RUN_FILE, _finite(record))
+        write_json(tmp / RUN_FILE, record)
     return record
-
-
-def _finite(value: Any) -> Any:
-    """JSON-safe copy: NaN/inf become null."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite(v) for v in value]
-    if isinstance(value, np.generic):
-        return _finite(value.item())
-    return value
 
 
 def run(

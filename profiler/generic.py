@@ -11,6 +11,7 @@ import torch
 
 from hetcache.errors import InputError
 from hetcache.workloads.pipelines import SUPPORTED_PIPELINES, torch_dtype
+from hetcache.workloads.pipelines import read_prompt_embeds as read_embeddings_file
 from hetcache.workloads.spec import Workload
 
 from .families import transformer_of
@@ -34,30 +35,13 @@ def is_generic(workload: Workload) -> bool:
 
 
 def read_prompt_embeds(path: str | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """prompt_embeds and negative_prompt_embeds from a safetensors or torch file (zeros when no negative)."""
+    """prompt_embeds and negative_prompt_embeds from --prompt-embeds (required: no text encoder is loaded)."""
     if not path:
         raise InputError(
             "profiling a pipeline without a text encoder needs prompt embeddings.",
             "pass --prompt-embeds FILE (safetensors/torch with 'prompt_embeds' and 'negative_prompt_embeds').",
         )
-    file = Path(path)
-    if not file.is_file():
-        raise InputError(f"prompt embeddings '{file}' do not exist.", "check the --prompt-embeds path.")
-    try:
-        if file.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            tensors = load_file(str(file))
-        else:
-            tensors = torch.load(file, map_location="cpu", weights_only=True)
-        positive = tensors["prompt_embeds"]
-    except (KeyError, RuntimeError, OSError) as exc:
-        raise InputError(
-            f"prompt embeddings '{file}' cannot be read ({exc}).",
-            "save a dict with 'prompt_embeds' [1, L, D] (and 'negative_prompt_embeds').",
-        ) from exc
-    negative = tensors.get("negative_prompt_embeds")
-    return positive, torch.zeros_like(positive) if negative is None else negative
+    return read_embeddings_file(path)
 
 
 def generic_runs(workload: Workload) -> tuple[object, list[ClipRun]]:

@@ -12,13 +12,12 @@ from pathlib import Path
 from typing import Any
 
 from hetcache import __version__
-from hetcache.atomic import atomic_dir, write_json
+from hetcache.atomic import atomic_dir, json_safe, write_json
 from hetcache.cli_common import format_value
 from hetcache.errors import HetCacheError
 from hetcache.policy import Policy, policy_from_dict
 
 from .budget import Budget
-from .objective import finite
 from .results import TrialResult, best_feasible, closest, pareto_front
 
 PARETO_INDEX = "index.json"
@@ -41,7 +40,7 @@ class StudyInfo:
 def provenance(result: TrialResult, study: StudyInfo, budget: Budget) -> dict[str, Any]:
     """The provenance block of an exported policy."""
     attrs = result.attrs
-    return finite(
+    return json_safe(
         {
             "source": "hetcache-tune",
             "tool": f"hetcache {__version__}",
@@ -138,7 +137,7 @@ def export_pareto(results: list[TrialResult], budget: Budget, study: StudyInfo, 
             policy = policy_of(result, study, budget, name=f"{study.name}-pareto{rung:02d}")
             policy.save(tmp / file)
             rows.append(
-                finite(
+                json_safe(
                     {
                         "file": file,
                         "trial": result.number,

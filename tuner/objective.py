@@ -16,6 +16,7 @@ from typing import Any
 import optuna
 import torch
 
+from hetcache.atomic import json_safe
 from hetcache.engine import apply_hetcache, remove_hetcache
 from hetcache.metrics import clip_quality, mean_quality, worst_quality
 from hetcache.plan import resolve_plan
@@ -27,17 +28,6 @@ from .space import SearchSpace, behaviour_key
 
 OBJECTIVES = ("flops", "time")
 BIG = 1e9  # constraint value for outputs that cannot be scored (NaN / inf); stays JSON-safe in every storage
-
-
-def finite(value: Any) -> Any:
-    """JSON-safe copy for trial attributes: NaN / inf become None."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: finite(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [finite(v) for v in value]
-    return value
 
 
 @dataclass
@@ -64,9 +54,9 @@ class Outcome:
             "speedup_flops": self.speedup_flops,
             "speedup_time": self.speedup_time,
             "flops_fraction": self.flops_fraction,
-            "quality": finite(self.quality),
-            "quality_worst": finite(self.quality_worst),
-            "quality_per_clip": finite(self.quality_per_clip),
+            "quality": json_safe(self.quality),
+            "quality_worst": json_safe(self.quality_worst),
+            "quality_per_clip": json_safe(self.quality_per_clip),
             "decisions": self.decisions,
         }
         if self.pruned_at_clip is not None:

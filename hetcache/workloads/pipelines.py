@@ -70,28 +70,31 @@ def load_pipeline(workload: Workload):
     return pipe
 
 
+def read_prompt_embeds(path: str | Path) -> tuple[torch.Tensor, torch.Tensor]:
+    """prompt_embeds and negative_prompt_embeds from a safetensors or torch file (zeros when no negative)."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"prompt embeddings '{path}' do not exist.", "check the --prompt-embeds path.")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            tensors = load_file(str(path))
+        else:
+            tensors = torch.load(path, map_location="cpu", weights_only=True)
+        positive, negative = tensors["prompt_embeds"], tensors.get("negative_prompt_embeds")
+    except (KeyError, RuntimeError, OSError) as exc:
+        raise InputError(
+            f"prompt embeddings '{path}' cannot be read ({exc}).",
+            "save a dict with 'prompt_embeds' [1, L, D] (and 'negative_prompt_embeds') with safetensors or torch.save.",
+        ) from exc
+    return positive, torch.zeros_like(positive) if negative is None else negative
+
+
 def load_prompt_embeds(workload: Workload, pipe) -> tuple[torch.Tensor, torch.Tensor]:
     """Prompt and negative-prompt embeddings (no text encoder is loaded)."""
     if workload.prompt_embeds:
-        path = Path(workload.prompt_embeds)
-        if not path.is_file():
-            raise InputError(f"prompt embeddings '{path}' do not exist.", "check the --prompt-embeds path.")
-        try:
-            if path.suffix == ".safetensors":
-                from safetensors.torch import load_file
-
-                tensors = load_file(str(path))
-            else:
-                tensors = torch.load(path, map_location="cpu", weights_only=True)
-            positive, negative = tensors["prompt_embeds"], tensors.get("negative_prompt_embeds")
-        except (KeyError, RuntimeError, OSError) as exc:
-            raise InputError(
-                f"prompt embeddings '{path}' cannot be read ({exc}).",
-                "save a dict with 'prompt_embeds' [1, L, D] (and 'negative_prompt_embeds') "
-                "with safetensors or torch.save.",
-            ) from exc
-        if negative is None:
-            negative = torch.zeros_like(positive)
+        positive, negative = read_prompt_embeds(workload.prompt_embeds)
     elif workload.is_reference:
         if workload.weights == "trained":
             positive, negative = reference.load_prompt_embeds()
