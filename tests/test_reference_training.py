@@ -53,6 +53,8 @@ def test_training_writes_a_loadable_pipeline_with_a_training_record(trained_fold
     assert transformer.blocks[0].scale_shift_table.dtype == torch.float32  # kept in fp32 by diffusers
     assert (out / "transformer" / "diffusion_pytorch_model.safetensors").stat().st_size < 10 * 2**20
     assert reference.verify(out)["steps"] == 3
+    card = (out / "MODEL_CARD.md").read_text()
+    assert "not** an inpainting model" in card and record["checksums"]["transformer/config.json"] in card
 
 
 def test_training_is_deterministic_for_a_fixed_seed_and_step_count(trained_folder, tmp_path):

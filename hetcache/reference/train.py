@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from .. import reference
-from ..atomic import atomic_dir, write_json
+from ..atomic import atomic_dir, write_json, write_text
 from ..tokens import pool_frames_to_latent
 from ..workloads.clips import MASK_KINDS, synthetic_clip
 from ..workloads.execute import pipeline_inputs
@@ -271,14 +271,51 @@ def save(pipe, out: Path, prompt, negative, log, steps, batch, recipe, lr, seed,
                 "s half uniform, half shift-3",
             },
             "final_loss": log[-1] if log else None,
-            "loss_curve": log[:: max(1, len(log) // 12)] + log[-1:],
+            "loss_curve": list({row["step"]: row for row in log[:: max(1, len(log) // 12)] + log[-1:]}.values()),
             "torch": torch.__version__,
             "diffusers": diffusers.__version__,
             "python": platform.python_version(),
             "checksums": {rel: reference.file_checksum(tmp / rel) for rel in files},
         }
         write_json(tmp / reference.CARD_FILE, record)
+        write_text(tmp / "MODEL_CARD.md", model_card_text(record))
     return record
+
+
+def model_card_text(record: dict) -> str:
+    """A readable model card rendered from the training record (reference.json)."""
+    final = record.get("final_loss") or {}
+    data = record.get("data", {})
+    curve = "\n".join(
+        f"| {r['step']} | {r['minutes']} | {r['loss']:.4f} | {r['loss_in_mask']:.4f} | {r['loss_outside']:.4f} |"
+        for r in {row["step"]: row for row in record.get("loss_curve", [])}.values()
+    )
+    checksums = "\n".join(f"- `{name}`: `{digest}`" for name, digest in sorted(record.get("checksums", {}).items()))
+    return f"""# hetcache reference model
+
+A tiny `WanVACETransformer3DModel` (the real diffusers class: 6 blocks, 2 VACE blocks, width 128) trained in-repo with
+`python -m hetcache.reference.train`, for measuring caching behaviour on CPU. It is **not** an inpainting model: it is
+synthetic, tiny and under-trained; use it to compare caching policies, never to judge editing quality. The VAE is
+the seeded random-init `AutoencoderKLWan` of the reference pipeline, with latent statistics calibrated on the
+synthetic clips.
+
+- seed {record.get("seed")}, {record.get("steps")} optimiser steps, batch {record.get("batch")}, learning rate
+  {record.get("learning_rate")}, {record.get("threads")} CPU thread(s), {record.get("minutes")} minutes
+- data: {data.get("clips")} synthetic clips ({", ".join(map(str, data.get("frames", [])))} frames;
+  sides {", ".join(map(str, data.get("sizes", [])))} px; masks {", ".join(data.get("mask_kinds", []))});
+  {data.get("preprocessing")}
+- objective: {data.get("objective")}; in-mask loss weight {data.get("mask_loss_weight")}; negative-prompt rate
+  {data.get("negative_prompt_rate")}
+- final loss {final.get("loss", float("nan")):.4f} (in the mask {final.get("loss_in_mask", float("nan")):.4f}, outside
+  {final.get("loss_outside", float("nan")):.4f}); torch {record.get("torch")}, diffusers {record.get("diffusers")}
+
+| step | minutes | loss | in the mask | outside |
+|---|---|---|---|---|
+{curve}
+
+Checksums (sha256), checked by `hetcache.reference.verify()` on every load:
+{checksums}
+"""
 
 
 def main(argv: list[str] | None = None) -> int:
