@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
+import json
 import shlex
 import statistics
 import sys
@@ -36,7 +37,6 @@ from hetcache import __version__, reference
 from hetcache.errors import InputError
 from hetcache.metrics import clip_quality, latent_rel_l2, mean_quality
 from hetcache.policy import load_policy
-from hetcache.runner import _finite
 from hetcache.workloads.execute import Session
 from hetcache.workloads.spec import ClipSource, Workload
 
@@ -72,10 +72,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--tuned", action="append", type=Path, help="tuned policy JSON (repeatable); default: policies/reference-*"
     )
-    parser.add_argument("--methods", help="only these rows (comma-separated method names; uncached always runs)")
+    parser.add_argument(
+        "--methods", help=f"only these rows, comma-separated from {','.join(pm.SHORT_NAMES)} (uncached always runs)"
+    )
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/peers"), help="output stem")
     parser.add_argument("--no-figure", action="store_true")
     parser.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+    parser.add_argument("--render", type=Path, help="only re-write the table and figure from this peers JSON file")
     args = parser.parse_args(argv)
     args.size = args.size or ("full" if args.device.startswith("cuda") and not args.quick else "quick")
     defaults = FULL if args.size == "full" else QUICK
@@ -123,10 +126,11 @@ def build_session(args: argparse.Namespace, scratch: Path) -> Session:
     }
     path = scratch / "prompt_embeds.safetensors"
     save_file(embeds, str(path))
-    dtype = getattr(torch, args.dtype)
     pipe = WanVACEPipeline(
         vae=reference.random_vae(),
-        transformer=reference.random_transformer(**FULL_TRANSFORMER).to(dtype),
+        transformer=cast_like_from_pretrained(
+            reference.random_transformer(**FULL_TRANSFORMER), getattr(torch, args.dtype)
+        ),
         scheduler=reference.scheduler(),
         text_encoder=None,
         tokenizer=None,
@@ -136,13 +140,25 @@ def build_session(args: argparse.Namespace, scratch: Path) -> Session:
     return Session(workload.replace(prompt_embeds=str(path), name="wan21-vace-1.3b-architecture"), pipe=pipe)
 
 
-def tuned_policies(paths: list[Path] | None) -> list[tuple[str, Any]]:
-    """The tuned rows: given files, else every shipped `reference-*` policy (the README says which are hand-set)."""
-    if paths:
-        return [(path.stem, load_policy(path)) for path in paths]
-    from hetcache import policies
+def cast_like_from_pretrained(model: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
+    """Cast to `dtype` except the modules diffusers keeps in float32 when loading with `torch_dtype`."""
+    keep = set(getattr(model, "_keep_in_fp32_modules", None) or ())
+    for name, param in model.named_parameters():
+        if not keep.intersection(name.split(".")):
+            param.data = param.data.to(dtype)
+    return model
 
-    return [(name, policies.load(name)) for name in policies.names() if name.startswith("reference-")]
+
+def tuned_policies(paths: list[Path] | None) -> list[tuple[str, Any]]:
+    """The tuned rows: given files, else every shipped `reference-*` policy; a hand-set one is labelled so."""
+    if paths:
+        loaded = [(path.stem, load_policy(path)) for path in paths]
+    else:
+        from hetcache import policies
+
+        loaded = [(name, policies.load(name)) for name in policies.names() if name.startswith("reference-")]
+    hand = " (hand-set, not tuned)"
+    return [(name + hand if p.provenance.get("source") == "hand" else name, p) for name, p in loaded]
 
 
 def _generate(point: pm.Point, session: Session, clip, steps_sessions: dict, decode: bool) -> dict[str, Any]:
@@ -244,8 +260,23 @@ def correctness(session: Session, points: list[pm.Point], log) -> dict[str, dict
     return checks
 
 
+def render(path: Path, out: Path, figure_wanted: bool) -> int:
+    """Re-write the markdown and the figure from a JSON report (no model runs)."""
+    try:
+        report = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise InputError(f"--render file '{path}' cannot be read ({exc}).", "pass a JSON file peers.py wrote.") from exc
+    if not isinstance(report, dict) or "rows" not in report:
+        raise InputError(f"--render file '{path}' is not a peers report (no rows).", "pass a JSON file peers.py wrote.")
+    peers_report.write(out, report, figure_wanted=figure_wanted)
+    print(peers_report.markdown(report))
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.render:
+        return render(args.render, args.out, not args.no_figure)
     warnings.filterwarnings("ignore", category=FutureWarning)
     quiet = args.quiet
 
@@ -257,10 +288,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         session = build_session(args, Path(scratch))
         methods = None
         if args.methods:
-            methods = {m.strip() for m in args.methods.split(",") if m.strip()}
-            unknown = sorted(methods - set(pm.METHODS))
+            names = [m.strip() for m in args.methods.split(",") if m.strip()]
+            unknown = [m for m in names if m not in pm.SHORT_NAMES]
             if unknown:
-                raise InputError(f"--methods names unknown rows {', '.join(unknown)}.", f"use {'; '.join(pm.METHODS)}.")
+                raise InputError(
+                    f"--methods names unknown rows {', '.join(unknown)}.", f"use {', '.join(pm.SHORT_NAMES)}."
+                )
+            methods = {pm.SHORT_NAMES[m] for m in names}
         points = pm.build_points(session, tuned_policies(args.tuned), methods)
         if any(p.method == pm.MAGCACHE for p in points):
             ratios = pm.magcache_ratios(session, session.clips[0], args.steps)
@@ -287,7 +321,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     goal = peers_report.goal_check(rows)
     report = {**context, "rows": rows, "goal": goal}
-    peers_report.write(args.out, _finite(report), figure_wanted=not args.no_figure)
+    peers_report.write(args.out, peers_report.json_ready(report), figure_wanted=not args.no_figure)
     print(peers_report.markdown(report))
     return 0
 

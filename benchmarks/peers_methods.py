@@ -39,6 +39,18 @@ PAB = "diffusers PyramidAttentionBroadcast"
 DBCACHE = "cache-dit DBCache"
 HETCACHE_PAPER = "HetCache, paper settings"
 HETCACHE_TUNED = "HetCache, tuned"
+SHORT_NAMES = {
+    "uncached": UNCACHED,
+    "steps": FEWER_STEPS,
+    "timestep": TIMESTEP_ONLY,
+    "fbc": FBC,
+    "magcache": MAGCACHE,
+    "taylorseer": TAYLORSEER,
+    "pab": PAB,
+    "dbcache": DBCACHE,
+    "paper": HETCACHE_PAPER,
+    "tuned": HETCACHE_TUNED,
+}
 METHODS = (
     UNCACHED,
     FEWER_STEPS,
@@ -353,6 +365,11 @@ def _diffusers_points(steps: int) -> list[Point]:
                 taylor_factors_dtype=torch.float32,
                 cache_identifiers=[TAYLOR_PATTERN],
             ),
+            params={
+                "default_patterns": lambda clock: TaylorSeerCacheConfig(
+                    cache_interval=100, disable_cache_before_step=1, max_order=1, taylor_factors_dtype=torch.float32
+                )
+            },
         )
         for n in TAYLOR_INTERVALS
     ]

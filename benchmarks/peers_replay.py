@@ -12,6 +12,7 @@ and again inside the reused residual).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -37,6 +38,7 @@ class ReplayResult:
     plain_wan_error: float | None = None
     skipped: str | None = None
     cache_dtype: str | None = None
+    default_patterns_share: float | None = None  # TaylorSeer with diffusers' default patterns: share computed
 
     def note(self) -> str:
         """One sentence for the table."""
@@ -57,6 +59,11 @@ class ReplayResult:
             parts.append(text)
         if self.branch_error is not None and self.branch_error > EXACT:
             parts.append(f"uncond branch gets cond's cache (uncond off by {self.branch_error:.1%})")
+        if self.default_patterns_share is not None and self.default_patterns_share > 0.95:
+            parts.append(
+                f"with diffusers' default patterns it hooks no Wan module (replayed call computed "
+                f"{self.default_patterns_share:.0%})"
+            )
         return "; ".join(parts)
 
     def as_dict(self) -> dict[str, Any]:
@@ -67,6 +74,7 @@ class ReplayResult:
             "plain_wan_error": self.plain_wan_error,
             "skipped": self.skipped,
             "cache_dtype": self.cache_dtype,
+            "default_patterns_share": self.default_patterns_share,
             "note": self.note(),
         }
 
@@ -184,6 +192,9 @@ def check(point: Point, session: Session, cond: dict[str, Any], uncond: dict[str
         branch_error = _rel(_call(model, uncond, "uncond"), reference_uncond)
     dtype = point.policy.cache.dtype if point.kind == "hetcache" else None
     result = ReplayResult(max(errors), max(shares), branch_error, cache_dtype=dtype if dtype != "auto" else None)
+    if "default_patterns" in point.params:
+        default = dataclasses.replace(point, forced=point.params["default_patterns"])
+        result.default_patterns_share = _replay(default, model, cond, "R")[1]
     if result.replay_error > EXACT and point.kind != "hetcache" and hasattr(model, "vace_blocks"):
         plain = plain_wan_copy(model)
         plain_cond = {k: v for k, v in cond.items() if k not in VACE_KWARGS}

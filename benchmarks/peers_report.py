@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from hetcache.atomic import atomic_path, write_json, write_text
+from hetcache.metrics import PSNR_CAP
 
 FLOPS_METHOD = (
     "analytic (hetcache.cost.CostModel): hetcache rows from the engine's stats; every other row counts the "
@@ -18,6 +19,17 @@ FLOPS_METHOD = (
 )
 TUNED = "HetCache, tuned"
 SKIP_IN_GOAL = ("uncached", TUNED)
+
+
+def json_ready(value: Any) -> Any:
+    """A copy that JSON can hold: NaN / inf become None, tuples become lists."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: json_ready(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_ready(v) for v in value]
+    return value
 
 
 def _fmt(value: Any, digits: int = 2) -> str:
@@ -144,8 +156,8 @@ def closing_note(report: dict[str, Any]) -> str:
     notes = []
     if report["weights"] == "random":
         notes.append(
-            "Random weights: the model ignores its input, so every method is nearly lossless here and the quality "
-            "columns say nothing about which method is better; this run checks the harness, speed and correctness."
+            "Random weights: the model barely depends on its input, so the quality columns say nothing about which "
+            "method is better on a real model; this run checks the harness, the speed and the correctness notes."
         )
     if not goal:
         notes.append("No tuned HetCache policy ran, so the equal-FLOPs goal was not checked.")
@@ -189,7 +201,12 @@ def figure(report: dict[str, Any]):
         cols=2,
         subplot_titles=("wall-clock speedup vs PSNR (frame)", "FLOPs speedup vs PSNR (inside the mask)"),
     )
-    rows = [r for r in report["rows"] if not r.get("unavailable")]
+    # The uncached run and outputs identical to it (PSNR capped) would only squash the scale: they are not drawn.
+    rows = [
+        r
+        for r in report["rows"]
+        if not r.get("unavailable") and r["method"] != "uncached" and r["quality"]["psnr"] < PSNR_CAP
+    ]
     methods = list(dict.fromkeys(r["method"] for r in rows))
     palette = [
         "#444444",
@@ -245,7 +262,7 @@ def figure(report: dict[str, Any]):
     w = report["workload"]
     fig.update_layout(
         title=f"Caching methods on {w['name']} ({report['weights']} weights, {w['height']}x{w['width']}x"
-        f"{w['num_frames']}, {w['steps']} steps, {report['device_name']})",
+        f"{w['num_frames']}, {w['steps']} steps, {report['device_name']}); outputs identical to uncached not drawn",
         width=1300,
         height=560,
         template="plotly_white",
@@ -273,7 +290,7 @@ def write(stem: Path, report: dict[str, Any], figure_wanted: bool = True) -> lis
         return written  # the PNG needs kaleido (and a Chrome/Chromium); the HTML is the figure
     try:
         with atomic_path(stem.with_suffix(".png"), suffix=".png") as tmp:
-            fig.write_image(str(tmp), scale=1)
+            fig.write_image(str(tmp), format="png", scale=1)
     except Exception as exc:  # kaleido raises its own error types when it finds no browser
         print(f"peers: PNG skipped ({type(exc).__name__}: {exc}); the HTML figure was written.", file=sys.stderr)
         return written

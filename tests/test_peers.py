@@ -67,6 +67,16 @@ def test_every_row_runs_and_files_are_written(smoke):
     assert "plotly" in html and pm.FBC in html
 
 
+def test_render_rewrites_the_same_table_from_json(smoke, tmp_path):
+    again = tmp_path / "again"
+    assert run_cli(peers.main, ["--render", str(smoke["out"].with_suffix(".json")), "--out", str(again)]) == 0
+    assert again.with_suffix(".md").read_text() == smoke["out"].with_suffix(".md").read_text()
+    assert again.with_suffix(".html").exists()
+    broken = tmp_path / "broken.json"
+    broken.write_text("{}")
+    assert run_cli(peers.main, ["--render", str(broken), "--out", str(again)], prog="peers") == 2
+
+
 def test_fewer_steps_cost_is_the_step_ratio(smoke):
     for row in _rows(smoke["report"], pm.FEWER_STEPS):
         steps = int(row["setting"].split()[0])
@@ -90,6 +100,7 @@ def test_replay_flags_first_block_cache_on_vace_and_hetcache_is_exact(smoke):
         assert checks[method]["note"].startswith("exact")
     assert checks[pm.HETCACHE_TUNED]["cached_share"] < 1.0  # the partial replay really skipped work
     assert checks[pm.TAYLORSEER]["replay_error"] < 1e-5 and checks[pm.TAYLORSEER]["cached_share"] < 0.5
+    assert checks[pm.TAYLORSEER]["default_patterns_share"] == 1.0  # diffusers' default patterns hook nothing
     assert checks[pm.PAB]["branch_error"] > 1e-3 and "uncond branch" in checks[pm.PAB]["note"]
 
 
@@ -165,8 +176,9 @@ def test_bad_arguments_exit_2(tmp_path, capsys):
     out = tmp_path / "peers"
     assert run_cli(peers.main, [*TINY[:-2], "--clips", "boxx", "--out", str(out)], prog="peers") == 2
     assert "--clips names unknown kinds boxx" in capsys.readouterr().err
-    assert run_cli(peers.main, [*TINY, "--methods", "TeaCache", "--out", str(out)], prog="peers") == 2
-    assert "--methods names unknown rows TeaCache" in capsys.readouterr().err
+    assert run_cli(peers.main, [*TINY, "--methods", "fbc,TeaCache", "--out", str(out)], prog="peers") == 2
+    err = capsys.readouterr().err
+    assert "--methods names unknown rows TeaCache" in err and "use uncached, steps, timestep" in err
     assert not out.with_suffix(".json").exists()
 
 
