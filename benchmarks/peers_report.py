@@ -18,6 +18,18 @@ FLOPS_METHOD = (
     "cache bookkeeping are left out on both sides"
 )
 TUNED = "HetCache, tuned"
+COLORS = {  # one colour per method, the same in every run (hetcache rows warm, the field cool, baselines grey)
+    "fewer steps": "#444444",
+    "timestep-only reuse (TeaCache-style)": "#8c564b",
+    "diffusers FirstBlockCache": "#1f77b4",
+    "diffusers MagCache": "#17becf",
+    "diffusers TaylorSeer": "#9467bd",
+    "diffusers PyramidAttentionBroadcast": "#7f7f7f",
+    "cache-dit DBCache": "#2ca02c",
+    "HetCache, paper settings": "#ff7f0e",
+    TUNED: "#d62728",
+}
+SPARE_COLORS = ("#bcbd22", "#e377c2", "#aec7e8")
 SKIP_IN_GOAL = ("uncached", TUNED)
 
 
@@ -208,21 +220,9 @@ def figure(report: dict[str, Any]):
         if not r.get("unavailable") and r["method"] != "uncached" and r["quality"]["psnr"] < PSNR_CAP
     ]
     methods = list(dict.fromkeys(r["method"] for r in rows))
-    palette = [
-        "#444444",
-        "#8c564b",
-        "#7f7f7f",
-        "#1f77b4",
-        "#17becf",
-        "#9467bd",
-        "#bcbd22",
-        "#e377c2",
-        "#ff7f0e",
-        "#d62728",
-    ]
     for index, method in enumerate(methods):
         pts = sorted((r for r in rows if r["method"] == method), key=lambda r: r["speedup_flops"])
-        color = palette[index % len(palette)]
+        color = COLORS.get(method, SPARE_COLORS[index % len(SPARE_COLORS)])
         labels = [r["setting"] for r in pts]
         fig.add_trace(
             go.Scatter(
