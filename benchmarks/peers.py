@@ -70,7 +70,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--reps", type=int, help="interleaved timing rounds (medians reported)")
     parser.add_argument(
-        "--tuned", action="append", type=Path, help="tuned policy JSON (repeatable); default: policies/reference-*"
+        "--tuned",
+        action="append",
+        type=Path,
+        help="tuned policy JSON or a folder of them, e.g. a Pareto ladder (repeatable); default: policies/reference-*",
     )
     parser.add_argument(
         "--methods", help=f"only these rows, comma-separated from {','.join(pm.SHORT_NAMES)} (uncached always runs)"
@@ -149,10 +152,26 @@ def cast_like_from_pretrained(model: torch.nn.Module, dtype: torch.dtype) -> tor
     return model
 
 
+def _policy_files(folder: Path) -> list[Path]:
+    """The policy files of a folder (a Pareto ladder also holds its index.json, which is not a policy)."""
+    files = []
+    for path in sorted(folder.glob("*.json")):
+        try:
+            schema = json.loads(path.read_text(encoding="utf-8")).get("schema", "")
+        except (OSError, json.JSONDecodeError, AttributeError):
+            continue
+        if str(schema).startswith("hetcache.policy/"):
+            files.append(path)
+    return files
+
+
 def tuned_policies(paths: list[Path] | None) -> list[tuple[str, Any]]:
     """The tuned rows: given files, else every shipped `reference-*` policy; a hand-set one is labelled so."""
     if paths:
-        loaded = [(path.stem, load_policy(path)) for path in paths]
+        files = [f for path in paths for f in (_policy_files(path) if path.is_dir() else [path])]
+        if not files:
+            raise InputError(f"--tuned {' '.join(map(str, paths))} holds no policy file.", "pass policy JSON files.")
+        loaded = [(path.stem, load_policy(path)) for path in files]
     else:
         from hetcache import policies
 

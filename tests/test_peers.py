@@ -17,6 +17,7 @@ import peers_report  # noqa: E402
 
 from hetcache.cli_common import run_cli  # noqa: E402
 from hetcache.engine import apply_hetcache, remove_hetcache  # noqa: E402
+from hetcache.errors import InputError  # noqa: E402
 from hetcache.plan import plan_from_changes  # noqa: E402
 from hetcache.workloads.execute import Session  # noqa: E402
 from hetcache.workloads.spec import Workload  # noqa: E402
@@ -186,3 +187,18 @@ def test_magcache_ratios_come_from_calibration(session):
     ratios = pm.magcache_ratios(session, session.clips[0], session.workload.steps)
     assert len(ratios) == session.workload.steps and ratios[0] == 1.0
     assert all(0.0 < r < 10.0 for r in ratios) and len(set(ratios)) > 2
+
+
+def test_tuned_folder_takes_its_policies_only(tmp_path):
+    from hetcache import policies
+
+    policies.load("reference-balanced").replace(name="ladder-1").save(tmp_path / "01-1.50x.json")
+    (tmp_path / "index.json").write_text(json.dumps({"study": "s", "ladder": []}))
+    loaded = peers.tuned_policies([tmp_path])
+    assert [(label, p.name) for label, p in loaded] == [("01-1.50x (hand-set, not tuned)", "ladder-1")]
+    shipped = [label for label, _ in peers.tuned_policies(None)]
+    assert "reference-balanced (hand-set, not tuned)" in shipped and all(s.startswith("reference-") for s in shipped)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(InputError, match="holds no policy file"):
+        peers.tuned_policies([empty])
