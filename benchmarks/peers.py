@@ -287,6 +287,7 @@ def render(path: Path, out: Path, figure_wanted: bool) -> int:
         raise InputError(f"--render file '{path}' cannot be read ({exc}).", "pass a JSON file peers.py wrote.") from exc
     if not isinstance(report, dict) or "rows" not in report:
         raise InputError(f"--render file '{path}' is not a peers report (no rows).", "pass a JSON file peers.py wrote.")
+    report["goal"] = peers_report.json_ready(peers_report.goal_check(report["rows"]))
     peers_report.write(out, report, figure_wanted=figure_wanted)
     print(peers_report.markdown(report))
     return 0

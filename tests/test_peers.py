@@ -142,7 +142,7 @@ def test_paper_policy_translation_matches_the_tuner(session):
     assert policy.step_plan.reuse_threshold == 0.1 and policy.tokens.margin_ratio == 0.7
 
 
-def test_goal_check_interpolates_at_equal_flops():
+def test_goal_check_interpolates_the_tuned_curve_at_each_rows_flops():
     def row(method, setting, fraction, psnr, mask):
         return {
             "method": method,
@@ -153,16 +153,23 @@ def test_goal_check_interpolates_at_equal_flops():
 
     rows = [
         row("uncached", "20", 1.0, 100.0, 100.0),
-        row("fewer steps", "a", 0.4, 20.0, 18.0),
-        row("fewer steps", "b", 0.6, 30.0, 28.0),
-        row("cheap only", "c", 0.2, 40.0, 40.0),
-        row(peers_report.TUNED, "t", 0.5, 26.0, 24.0),
+        row(peers_report.TUNED, "a", 0.4, 20.0, 18.0),
+        row(peers_report.TUNED, "b", 0.6, 30.0, 28.0),
+        row(peers_report.TUNED, "identical", 1.0, 100.0, 100.0),
+        row("fewer steps", "mid", 0.5, 24.0, 24.0),
+        row("fewer steps", "none", 1.0, 100.0, 100.0),
+        row("fewer steps", "dear", 0.9, 29.0, 27.0),
+        row("cheap", "c", 0.2, 10.0, 10.0),
     ]
-    goal = {g["method"]: g for g in peers_report.goal_check(rows)}
-    assert goal["fewer steps"]["psnr_other"] == pytest.approx(25.0)
-    assert goal["fewer steps"]["psnr_mask_other"] == pytest.approx(23.0)
-    assert goal["fewer steps"]["tuned_better"] and goal["fewer steps"]["other_cost"] == "equal"
-    assert goal["cheap only"]["other_cost"] == "lower" and not goal["cheap only"]["tuned_better"]
+    goal = {g["setting"]: g for g in peers_report.goal_check(rows)}
+    assert set(goal) == {"mid", "dear", "c"}
+    assert goal["mid"]["psnr_tuned"] == pytest.approx(25.0) and goal["mid"]["psnr_mask_tuned"] == pytest.approx(23.0)
+    assert not goal["mid"]["tuned_better"]  # frame PSNR higher, in-mask lower: both must be higher
+    assert goal["dear"]["tuned_cost"] == "lower" and goal["dear"]["tuned_better"]
+    assert goal["dear"]["psnr_tuned"] == 30.0  # not lifted towards the capped PSNR of the identical tuned point
+    assert not goal["c"]["comparable"] and not goal["c"]["tuned_better"]
+    note = peers_report.closing_note({"weights": "trained", "goal": list(goal.values())})
+    assert "than 1 of the 2 rows" in note and "Not higher than: fewer steps [mid]" in note and "cheap [c]" in note
 
 
 def test_runs_without_cache_dit(monkeypatch):
