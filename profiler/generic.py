@@ -71,13 +71,12 @@ def generic_runs(workload: Workload) -> tuple[object, list[ClipRun]]:
     kwargs = dict(
         prompt_embeds=positive,
         negative_prompt_embeds=negative,
-        height=workload.height,
-        width=workload.width,
-        num_frames=workload.num_frames,
         num_inference_steps=workload.steps,
         guidance_scale=workload.guidance_scale,
         output_type="latent",
     )
+    size = {"height": workload.height, "width": workload.width, "num_frames": workload.num_frames}
+    kwargs.update({key: value for key, value in size.items() if value is not None})  # else the pipeline's defaults
     if "prompt_attention_mask" in parameters:  # LTX-style pipelines want masks next to the embeddings
         kwargs["prompt_attention_mask"] = torch.ones(positive.shape[:2], device=workload.device)
         kwargs["negative_prompt_attention_mask"] = torch.ones(negative.shape[:2], device=workload.device)

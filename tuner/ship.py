@@ -41,10 +41,10 @@ def tune_reference_policies(budgets: list[Budget], config: TuneConfig, policies_
         )
         result = tune(run, session)
         clips = ", ".join(clip.name for clip in session.clips)
+        size = config.workload.summary()
         description = (
-            f"Tuned by hetcache-tune for the {config.workload.name} workload ({config.workload.steps} steps, "
-            f"{config.workload.height}x{config.workload.width}x{config.workload.num_frames}, clips {clips}) under "
-            f"{budget.describe()}."
+            f"Tuned by hetcache-tune for the {config.workload.name} workload ({size['steps']} steps, "
+            f"{size['height']}x{size['width']}x{size['num_frames']}, clips {clips}) under {budget.describe()}."
         )
         try:
             _, path = export_best(

@@ -77,7 +77,7 @@ class SearchSpace:
         if len(vace_order) != num_vace:
             vace_order = tuple(range(num_vace))
         pixels_per_token = getattr(session.pipe, "vae_scale_factor_spatial", 8) * int(config.patch_size[1])
-        grid = min(session.workload.height, session.workload.width) // pixels_per_token
+        grid = min(min(clip.frames.shape[1:3]) for clip in session.clips) // pixels_per_token
         return cls(
             steps=steps,
             reuse_threshold=(round(low, 6), round(high, 6)),
