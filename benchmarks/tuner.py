@@ -139,7 +139,7 @@ def main() -> None:
     space = SearchSpace.from_dict(studies["warm start"]["space"])
     evaluator = Evaluator(session, ReferenceStore(work / "references", session), budget, "flops")
     model = model_spec_from_fingerprint(model_fingerprint(session.transformer))
-    spec = WorkloadSpec(**workload.summary())
+    spec = WorkloadSpec(**session.summary())
     paper = space.policy(space.clamp(paper_params(len(space.main_order))), "paper", model, spec)
     rows = [
         policy_row("paper settings (translated)", evaluator.evaluate(paper, prune=False), budget, evaluator.plan(paper))

@@ -169,3 +169,31 @@ def test_console_script_reports_errors_with_exit_code_2(tmp_path):
     result = subprocess.run(script, capture_output=True, text=True, timeout=120)
     assert result.returncode == 2
     assert "does not exist" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_tuning_and_profiling_a_real_pipeline_folder_without_size_flags(saved_pipeline, tmp_path):
+    """Sizes come from the clip when no flag gives them (the default for real pipelines)."""
+    from hetcache.profiler.cli import main as profile_main
+    from hetcache.tuner.cli import main as tune_main
+
+    folder, embeds, video, mask = saved_pipeline
+    source = ["--pipeline", str(folder), "--prompt-embeds", str(embeds), "--video", str(video), "--mask", str(mask)]
+    assert profile_main([*source, "--steps", "3", "--out", str(tmp_path / "profile")]) == 0
+    code = tune_main(
+        [
+            *source,
+            "--steps",
+            "4",
+            "--budget",
+            "psnr=20",
+            "--trials",
+            "2",
+            "--profile",
+            str(tmp_path / "profile"),
+            "--out",
+            str(tmp_path / "tune"),
+        ]
+    )
+    assert code == 0
+    policy = json.loads((tmp_path / "tune" / "policy.json").read_text())
+    assert policy["workload"]["height"] == 64 and policy["workload"]["width"] == 80

@@ -41,7 +41,7 @@ def tune_reference_policies(budgets: list[Budget], config: TuneConfig, policies_
         )
         result = tune(run, session)
         clips = ", ".join(clip.name for clip in session.clips)
-        size = config.workload.summary()
+        size = session.summary()
         description = (
             f"Tuned by hetcache-tune for the {config.workload.name} workload ({size['steps']} steps, "
             f"{size['height']}x{size['width']}x{size['num_frames']}, clips {clips}) under {budget.describe()}."

@@ -293,7 +293,7 @@ def tune(config: TuneConfig, session: Any = None) -> TuneResult:
     for clip in session.clips:
         references.local_seconds(clip)
     evaluator = Evaluator(session, references, config.budget, config.objective, lpips)
-    workload_spec = WorkloadSpec(**session.workload.summary())
+    workload_spec = WorkloadSpec(**session.summary())
     objective = Objective(evaluator, space, model_spec_from_fingerprint(fp), workload_spec, config.name())
     ran = run_worker(study, objective, config, isinstance(storage, optuna.storages.RDBStorage))
     info = StudyInfo(config.name(), display_url(url), config.objective, dict(study.user_attrs))

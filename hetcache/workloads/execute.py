@@ -76,6 +76,14 @@ class Session:
                 return clip
         raise KeyError(name)
 
+    def summary(self) -> dict:
+        """The workload's summary for policy files, with the size of the clips actually run."""
+        summary = self.workload.summary()
+        frames, height, width = self.clips[0].frames.shape[:3]
+        summary.update(num_frames=summary["num_frames"] or frames, height=summary["height"] or height)
+        summary["width"] = summary["width"] or width
+        return summary
+
     def timesteps(self) -> torch.Tensor:
         """The timesteps a run of this workload uses (from a copy of the pipeline's scheduler)."""
         scheduler = type(self.pipe.scheduler).from_config(self.pipe.scheduler.config)
