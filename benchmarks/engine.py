@@ -1,6 +1,6 @@
 """Engine benchmark: PARTIAL forward speedup vs its FLOPs ratio, whole-run speedup, overhead, cache memory.
 
-    python benchmarks/engine.py                      # CPU: 2,304-token config + reference workload run
+    python benchmarks/engine.py                      # CPU: 5,070 tokens, width 512 + reference workload run
     python benchmarks/engine.py --device cuda --size full   # Wan2.1-VACE-1.3B architecture, 480x832x33, bf16
 
 Runs are interleaved and medians reported (shared machines are noisy). Random weights: speed only.
@@ -22,10 +22,17 @@ from hetcache.policy import Policy
 
 SIZES = {
     # name: transformer config overrides, latent (T, H, W), text tokens
-    "cpu": (
+    "small": (
         dict(num_attention_heads=4, attention_head_dim=64, ffn_dim=1024, num_layers=4, vace_layers=[0, 2], text_dim=64),
         (9, 32, 32),
         64,
+    ),
+    "cpu": (
+        dict(
+            num_attention_heads=4, attention_head_dim=128, ffn_dim=2048, num_layers=4, vace_layers=[0, 2], text_dim=64
+        ),
+        (13, 30, 52),
+        128,
     ),
     "full": (
         dict(
