@@ -1,7 +1,8 @@
 """Peers benchmark: hetcache against the field, side by side on the same workload, seed and clips.
 
     python benchmarks/peers.py --quick                      # reference workload, CPU, a few minutes
-    python benchmarks/peers.py --weights random --quick     # plumbing only: random weights are nearly lossless
+    python benchmarks/peers.py --weights random --quick     # plumbing only: random weights say nothing of quality
+    python benchmarks/peers.py --pipeline DIR --prompt-embeds FILE   # a saved WanVACEPipeline on the reference clips
     python benchmarks/peers.py --device cuda --size full    # Wan2.1-VACE-1.3B architecture, 480x832x33 (speed only)
 
 Rows: uncached; fewer steps; timestep-only reuse (hetcache's plan with no PARTIAL steps, TeaCache-style); diffusers'
@@ -62,6 +63,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", choices=("float32", "bfloat16"), help="default float32 on CPU, bfloat16 on CUDA")
     parser.add_argument("--weights", choices=("trained", "random"), help="default: trained if shipped, else random")
+    parser.add_argument("--pipeline", help="a saved WanVACEPipeline folder instead of the reference model")
+    parser.add_argument("--prompt-embeds", help="prompt embeddings file for --pipeline (safetensors / torch)")
     parser.add_argument("--height", type=int)
     parser.add_argument("--width", type=int)
     parser.add_argument("--frames", type=int)
@@ -93,6 +96,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     args.dtype = args.dtype or ("bfloat16" if args.device.startswith("cuda") else "float32")
     if args.size == "full":
         args.weights = "random"
+    if args.pipeline and args.size == "full":
+        raise InputError("--pipeline and --size full exclude each other.", "--size full builds its own random model.")
+    if args.pipeline:
+        args.weights = "trained"
     args.weights = args.weights or ("trained" if reference.trained_available() else "random")
     if args.steps < 4:
         raise InputError(f"--steps {args.steps} is too few for a caching comparison.", "use at least 4 steps.")
@@ -117,6 +124,9 @@ def build_session(args: argparse.Namespace, scratch: Path) -> Session:
         dtype=args.dtype,
         clips=tuple(sources[k] if k in sources else ClipSource(name=k, kind=k) for k in kinds),
     )
+    if args.pipeline:
+        name = Path(args.pipeline).name or args.pipeline
+        workload = workload.replace(pipeline=args.pipeline, name=name, prompt_embeds=args.prompt_embeds)
     if args.size != "full":
         return Session(workload)
     from diffusers import WanVACEPipeline
@@ -131,7 +141,7 @@ def build_session(args: argparse.Namespace, scratch: Path) -> Session:
     save_file(embeds, str(path))
     pipe = WanVACEPipeline(
         vae=reference.random_vae(),
-        transformer=cast_like_from_pretrained(
+        transformer=pm.cast_like_from_pretrained(
             reference.random_transformer(**FULL_TRANSFORMER), getattr(torch, args.dtype)
         ),
         scheduler=reference.scheduler(),
@@ -141,15 +151,6 @@ def build_session(args: argparse.Namespace, scratch: Path) -> Session:
     pipe.to(args.device)
     pipe.set_progress_bar_config(disable=True)
     return Session(workload.replace(prompt_embeds=str(path), name="wan21-vace-1.3b-architecture"), pipe=pipe)
-
-
-def cast_like_from_pretrained(model: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
-    """Cast to `dtype` except the modules diffusers keeps in float32 when loading with `torch_dtype`."""
-    keep = set(getattr(model, "_keep_in_fp32_modules", None) or ())
-    for name, param in model.named_parameters():
-        if not keep.intersection(name.split(".")):
-            param.data = param.data.to(dtype)
-    return model
 
 
 def _policy_files(folder: Path) -> list[Path]:
