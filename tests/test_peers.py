@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -209,3 +210,24 @@ def test_tuned_folder_takes_its_policies_only(tmp_path):
     empty.mkdir()
     with pytest.raises(InputError, match="holds no policy file"):
         peers.tuned_policies([empty])
+
+
+def test_runs_on_a_saved_pipeline(tmp_path):
+    from conftest import tiny_pipeline
+    from safetensors.torch import save_file
+
+    tiny_pipeline().save_pretrained(tmp_path / "pipe")
+    generator = torch.Generator().manual_seed(0)
+    embeds = {name: torch.randn(1, 8, 32, generator=generator) for name in ("prompt_embeds", "negative_prompt_embeds")}
+    save_file(embeds, str(tmp_path / "embeds.safetensors"))
+    out = tmp_path / "peers"
+    args = ["--pipeline", str(tmp_path / "pipe"), "--prompt-embeds", str(tmp_path / "embeds.safetensors")]
+    args += [*TINY[2:], "--reps", "1", "--methods", "steps,paper", "--out", str(out), "--quiet", "--no-figure"]
+    assert run_cli(peers.main, args) == 0
+    report = json.loads(out.with_suffix(".json").read_text())
+    assert report["workload"]["name"] == "pipe" and report["workload"]["pipeline"].endswith("pipe")
+    assert {r["method"] for r in report["rows"]} == {pm.UNCACHED, pm.FEWER_STEPS, pm.HETCACHE_PAPER}
+    (paper,) = _rows(report, pm.HETCACHE_PAPER)
+    assert 0.0 < paper["flops_fraction"] < 1.0
+    full = [*args, "--size", "full"]
+    assert run_cli(peers.main, full, prog="peers") == 2
