@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from hetcache import apply_hetcache, remove_hetcache
+from hetcache import apply_hetcache, reference, remove_hetcache
 from hetcache.cost import CostModel
 from hetcache.policy import Policy
 
@@ -35,14 +35,7 @@ SIZES = {
         128,
     ),
     "full": (
-        dict(
-            num_attention_heads=12,
-            attention_head_dim=128,
-            ffn_dim=8960,
-            num_layers=30,
-            vace_layers=list(range(0, 30, 2)),
-            text_dim=4096,
-        ),
+        reference.WAN21_VACE_1_3B,
         (9, 60, 104),
         512,
     ),
@@ -62,9 +55,8 @@ def build(size: str, device: str, dtype: torch.dtype):
         freq_dim=256,
         cross_attn_norm=True,
         qk_norm="rms_norm_across_heads",
-        rope_max_seq_len=1024,
         vace_in_channels=96,
-        **overrides,
+        **{"rope_max_seq_len": 1024, **overrides},
     )
     model = model.to(device=device, dtype=dtype).eval()
     gen = torch.Generator().manual_seed(1)

@@ -43,15 +43,7 @@ from hetcache.workloads.spec import ClipSource, Workload
 
 QUICK = dict(height=128, width=128, num_frames=17, steps=20, clips="box,moving", reps=3)
 FULL = dict(height=480, width=832, num_frames=33, steps=20, clips="box", reps=2)
-FULL_TRANSFORMER = dict(
-    num_attention_heads=12,
-    attention_head_dim=128,
-    ffn_dim=8960,
-    num_layers=30,
-    vace_layers=list(range(0, 30, 2)),
-    text_dim=4096,
-    rope_max_seq_len=1024,
-)
+FULL_TRANSFORMER = reference.WAN21_VACE_1_3B
 FULL_TEXT_LEN = 512
 QUALITY_KEYS = ("psnr", "psnr_mask", "ssim", "ssim_mask", "latent_rel_l2")
 

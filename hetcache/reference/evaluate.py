@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from ..engine import apply_hetcache, remove_hetcache
 from ..engine.wan_blocks import _modulation, _self_qkv, apply_rope
 from ..policy import Policy
-from ..tokens import pool_frames_to_latent
+from ..tokens import pixel_mask_to_token_mask, pool_frames_to_latent
 from ..workloads.clips import Clip
 from ..workloads.execute import Session
 from ..workloads.spec import ClipSource, Workload
@@ -58,8 +58,6 @@ def caching_deviation(session: Session, clip: Clip, plan: str, policy: Policy = 
 @torch.no_grad()
 def attention_concentration(session: Session, clip: Clip, step: int | None = None) -> float:
     """Mean share of attention mass on the top 10 % of keys, for in-mask queries, over main blocks and heads."""
-    from ..tokens import pixel_mask_to_token_mask
-
     transformer = session.transformer
     calls_per_step = 2 if session.workload.guidance_scale > 1 else 1
     target = calls_per_step * ((session.workload.steps - 1) if step is None else step)  # the cond call of that step
