@@ -96,6 +96,16 @@ def test_bad_budget_is_a_clear_error(tmp_path, text, message):
     assert not (tmp_path / "run").exists()
 
 
+def test_storage_files_under_the_working_directory_are_shown_relative(tmp_path, monkeypatch):
+    from hetcache.tuner.storage import display_url, resolve_url
+
+    monkeypatch.chdir(tmp_path)
+    assert display_url(resolve_url(None, Path("runs/tune"))) == "sqlite:///runs/tune/study.db"
+    assert display_url(resolve_url("runs/t/study.log", Path("x"))) == "journal:///runs/t/study.log"
+    outside = resolve_url(str(tmp_path.parent / "elsewhere.db"), Path("x"))
+    assert display_url(outside) == outside
+
+
 def test_unreachable_storage_is_a_clear_error(tmp_path):
     url = "postgresql+psycopg://tuner:sekret@127.0.0.1:1/hetcache"
     code, _, stderr = run_tune("--budget", "psnr=30", "--storage", url, *WORKLOAD, "--out", str(tmp_path / "run"))

@@ -29,9 +29,15 @@ class Heartbeat:
 
 
 def display_url(url: str) -> str:
-    """The storage URL with any password replaced by ***, for messages and provenance."""
+    """The storage URL with any password replaced by *** and a file under the working directory made relative."""
     if "://" not in url:
         return url
+    scheme, _, path = url.partition(":///")
+    if scheme in ("sqlite", "journal") and Path(path).is_absolute():
+        try:
+            return f"{scheme}:///{Path(path).relative_to(Path.cwd())}"
+        except ValueError:
+            return url
     try:
         from sqlalchemy.engine import make_url
 
