@@ -21,7 +21,7 @@ from typing import Any
 
 import optuna
 from hetcache.tuner.budget import Budget, parse_budget
-from hetcache.tuner.objective import Evaluator, Outcome, finite
+from hetcache.tuner.objective import Evaluator, Outcome
 from hetcache.tuner.references import ReferenceStore
 from hetcache.tuner.results import TrialResult, best_feasible
 from hetcache.tuner.space import SearchSpace, paper_params
@@ -198,7 +198,7 @@ def main() -> None:
         "studies": studies,
         "policies": rows,
     }
-    write_json(args.out, finite(result))
+    write_json(args.out, result)
 
 
 if __name__ == "__main__":

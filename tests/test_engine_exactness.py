@@ -54,6 +54,7 @@ def test_all_full_plan_equals_unhooked_pipeline():
     cached = pipe(**kwargs, generator=torch.Generator().manual_seed(0)).frames
     assert handle.stats()["decisions"] == "FFFF"
     assert handle.stats()["decisions_by_context"] == {"cond": "FFFF", "uncond": "FFFF"}
+    assert handle.stats()["cache_bytes"] > 0  # what the caches held when the pipeline ended the run
     assert (cached - reference).abs().max().item() <= 1e-5
 
 
@@ -145,7 +146,7 @@ def test_offload_output_fill_and_bf16_cache(tiny_vace):
     fp32_model = tiny_vace_model()
     fp32 = apply_hetcache(fp32_model, SOME, strict=False, plan="FP")
     _steps(fp32_model, inputs, (500.0, 499.0))
-    assert handle.stats()["cache_bytes"] < fp32.stats()["cache_bytes"]
+    assert 0 < handle.stats()["cache_bytes"] < fp32.stats()["cache_bytes"]
 
 
 def test_second_pipeline_call_starts_clean():

@@ -89,6 +89,7 @@ class HetCacheSession:
             "select": 0.0,
         }
         self._warned_beyond_plan = False
+        self.bytes_at_last_reset = 0
 
     # ------------------------------------------------------------------------------------------------------
     # contexts and runs
@@ -103,6 +104,7 @@ class HetCacheSession:
 
     def reset(self) -> None:
         """End the run (the pipeline calls this via `_reset_stateful_cache`); its stats stay readable."""
+        self.bytes_at_last_reset = self.cache_bytes()
         self.contexts.reset()
         self.run.current_step = None
         self.run.last_t = None
@@ -532,7 +534,7 @@ def run_stats(sessions: list[HetCacheSession]) -> dict[str, Any]:
         "flops_uncached": uncached,
         "flops_fraction": flops / uncached if uncached else math.nan,
         "selection_flops": sum(c.selection_flops for c in calls),
-        "cache_bytes": sum(s.cache_bytes() for s in sessions),
+        "cache_bytes": sum(max(s.cache_bytes(), s.bytes_at_last_reset) for s in sessions),
         "tokens": lead.tokens,
         "token_classes": lead.classes.counts() if lead.classes is not None else {},
         "phase_seconds": phases,
