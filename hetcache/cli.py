@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -108,12 +109,6 @@ def command_policies(args: argparse.Namespace) -> int:
     return 0
 
 
-def command_reference_train(args: argparse.Namespace) -> int:
-    from .reference import train
-
-    return train.main(args.rest)
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hetcache", description=__doc__.split("\n\n")[0])
     parser.add_argument("--version", action="version", version=f"hetcache {__version__}")
@@ -122,24 +117,25 @@ def build_parser() -> argparse.ArgumentParser:
     pol = sub.add_parser("policies", help="list, show or validate policies")
     pol.add_argument("action", choices=("list", "show", "validate"))
     pol.add_argument("target", nargs="?", help="policy name or file (show / validate)")
-    train = sub.add_parser("reference-train", help="train the reference model (python -m hetcache.reference.train)")
-    train.add_argument("rest", nargs=argparse.REMAINDER)
+    # listed for --help only: _main hands `reference-train` and every flag after it to the training script's parser
+    sub.add_parser("reference-train", help="train the reference model (see `hetcache reference-train --help`)")
     return parser
 
 
 def _main(argv: Sequence[str] | None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["reference-train"]:  # its own parser takes every flag after the word (argparse REMAINDER cannot)
+        from .reference import train
+
+        return train.main(argv[1:])
     args = build_parser().parse_args(argv)
     if args.command == "run":
         return command_run(args)
-    if args.command == "policies":
-        if args.action != "list" and not args.target:
-            from .errors import InputError
+    if args.action != "list" and not args.target:
+        from .errors import InputError
 
-            raise InputError(
-                f"`hetcache policies {args.action}` needs a policy name or file.", "add it after the action."
-            )
-        return command_policies(args)
-    return command_reference_train(args)
+        raise InputError(f"`hetcache policies {args.action}` needs a policy name or file.", "add it after the action.")
+    return command_policies(args)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

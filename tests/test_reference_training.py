@@ -73,6 +73,21 @@ def test_training_is_deterministic_for_a_fixed_seed_and_step_count(trained_folde
     assert again["checksums"] == record["checksums"]
 
 
+def test_a_stopped_run_resumes_to_the_same_weights(trained_folder, tmp_path):
+    _, record = trained_folder
+    small = dict(steps=3, batch=2, pool_size=6, seed=0, progress=False, frames=(9,), sides=(64,), calibration_clips=4)
+    out = tmp_path / "split"
+    assert train.train(out, **small, checkpoint_every=1, stop_after=2) is None
+    assert train.checkpoint_path(out).is_file() and not out.exists()
+    with pytest.raises(InputError, match=r"other settings \(batch 2 vs 4\)"):
+        train.train(out, **{**small, "batch": 4}, resume=True)
+    resumed = train.train(out, **small, resume=True)
+    assert resumed["checksums"] == record["checksums"]
+    assert not train.checkpoint_path(out).exists()
+    with pytest.raises(InputError, match="no checkpoint"):
+        train.train(out, **small, resume=True)
+
+
 def test_verify_catches_modified_weights_and_unknown_config_keys(trained_folder, tmp_path):
     out, _ = trained_folder
     copy = tmp_path / "copy"
@@ -97,3 +112,11 @@ def test_verify_catches_modified_weights_and_unknown_config_keys(trained_folder,
         reference.verify(copy)
     with pytest.raises(InputError, match="is missing"):
         reference.verify(tmp_path / "nothing")
+
+
+def test_the_hetcache_command_hands_every_flag_to_the_training_script(tmp_path, capsys):
+    from hetcache.cli import main
+
+    assert main(["reference-train", "--out", str(tmp_path / "m"), "--steps", "5", "--resume"]) == 2
+    assert "--resume: no checkpoint at" in capsys.readouterr().err
+    assert not (tmp_path / "m").exists()

@@ -25,7 +25,8 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from .. import reference
-from ..atomic import atomic_dir, write_json, write_text
+from ..atomic import atomic_dir, atomic_path, write_json, write_text
+from ..errors import InputError
 from ..tokens import pool_frames_to_latent
 from ..workloads.clips import MASK_KINDS, synthetic_clip
 from ..workloads.execute import pipeline_inputs
@@ -164,11 +165,22 @@ def train(
     frames: tuple[int, ...] = FRAME_CHOICES,
     sides: tuple[int, ...] = SIZE_CHOICES,
     calibration_clips: int = 32,
-) -> dict:
-    """Train and save the reference pipeline folder to `out`; returns the training record."""
+    checkpoint_every: int = 100,
+    stop_after: int | None = None,
+    resume: bool = False,
+) -> dict | None:
+    """Train and save the reference pipeline folder to `out`; returns the training record.
+
+    Every `checkpoint_every` steps the optimiser state goes to `<out>.checkpoint.pt`; `stop_after` ends the run there
+    (returns None) and `resume=True` continues from it with the same result as an uninterrupted run.
+    """
     if threads:
         torch.set_num_threads(threads)
     started = time.time()
+    checkpoint = checkpoint_path(out)
+    recipe = {"clips": pool_size, "frames": list(frames), "sizes": list(sides), "latent_stats_clips": calibration_clips}
+    settings = {"steps": steps, "batch": batch, "lr": lr, "seed": seed, **recipe}
+    saved = load_checkpoint(checkpoint, settings) if resume else None
     pipe = untrained_pipeline(seed, calibration_clips)
     pool = build_pool(pipe, pool_size, seed + 1, progress, frames=frames, sides=sides)
     shapes = sorted(pool)
@@ -180,8 +192,15 @@ def train(
     optimiser = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.99), weight_decay=0.01)
     gen = torch.Generator().manual_seed(seed + 2)
     rng = np.random.default_rng(seed + 3)
-    log, window = [], {"loss": 0.0, "in": 0.0, "out": 0.0, "n": 0}
-    bar = tqdm(range(steps), desc="training", disable=not progress, file=sys.stdout)
+    log, window, first = [], {"loss": 0.0, "in": 0.0, "out": 0.0, "n": 0}, 0
+    if saved is not None:
+        model.load_state_dict(saved["model"])
+        optimiser.load_state_dict(saved["optimiser"])
+        gen.set_state(saved["generator"])
+        rng.bit_generator.state = saved["numpy"]
+        log, window, first = saved["log"], saved["window"], saved["step"]
+        started -= saved["seconds"]
+    bar = tqdm(range(first, steps), desc="training", disable=not progress, file=sys.stdout)
     for step in bar:
         for group in optimiser.param_groups:
             group["lr"] = learning_rate(step, steps, lr)
@@ -225,9 +244,49 @@ def train(
             log.append(record)
             bar.set_postfix(loss=f"{record['loss']:.3f}", inside=f"{record['loss_in_mask']:.3f}")
             window = {"loss": 0.0, "in": 0.0, "out": 0.0, "n": 0}
+        done = step + 1
+        if done < steps and (done % checkpoint_every == 0 or done == stop_after):
+            state = {
+                "settings": settings,
+                "step": done,
+                "model": model.state_dict(),
+                "optimiser": optimiser.state_dict(),
+                "generator": gen.get_state(),
+                "numpy": rng.bit_generator.state,
+                "log": log,
+                "window": window,
+                "seconds": time.time() - started,
+            }
+            with atomic_path(checkpoint) as tmp:
+                torch.save(state, tmp)
+        if done == stop_after and done < steps:
+            bar.close()
+            return None
     model.eval()
-    recipe = {"clips": pool_size, "frames": list(frames), "sizes": list(sides), "latent_stats_clips": calibration_clips}
-    return save(pipe, out, prompt, negative, log, steps, batch, recipe, lr, seed, started)
+    record = save(pipe, out, prompt, negative, log, steps, batch, recipe, lr, seed, started)
+    checkpoint.unlink(missing_ok=True)
+    return record
+
+
+def checkpoint_path(out: Path) -> Path:
+    """Where a run writing `out` keeps its checkpoint (beside the output folder)."""
+    return Path(out).with_name(Path(out).name + ".checkpoint.pt")
+
+
+def load_checkpoint(path: Path, settings: dict) -> dict:
+    """The checkpoint at `path`, refused when it belongs to a run with other settings."""
+    if not path.is_file():
+        raise InputError(f"--resume: no checkpoint at '{path}'.", "start the run without --resume.")
+    saved = torch.load(path, weights_only=False)
+    differ = [
+        f"{k} {saved['settings'].get(k)!r} vs {v!r}" for k, v in settings.items() if saved["settings"].get(k) != v
+    ]
+    if differ:
+        raise InputError(
+            f"--resume: checkpoint '{path}' was made with other settings ({'; '.join(differ)}).",
+            "resume with the settings of the interrupted run, or start again without --resume.",
+        )
+    return saved
 
 
 def _half_precision_except_fp32_modules(model: torch.nn.Module) -> None:
@@ -330,6 +389,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--frames", default=",".join(map(str, FRAME_CHOICES)), help="clip lengths to train on")
     parser.add_argument("--sizes", default=",".join(map(str, SIZE_CHOICES)), help="clip heights/widths to train on")
+    parser.add_argument(
+        "--checkpoint-every", type=int, default=100, help="steps between checkpoints (<out>.checkpoint.pt)"
+    )
+    parser.add_argument("--stop-after", type=int, help="stop after this many steps, leaving a checkpoint")
+    parser.add_argument("--resume", action="store_true", help="continue from the checkpoint (same result)")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
     record = train(
@@ -344,10 +408,18 @@ def main(argv: list[str] | None = None) -> int:
         not args.no_progress,
         tuple(int(v) for v in args.frames.split(",")),
         tuple(int(v) for v in args.sizes.split(",")),
+        checkpoint_every=args.checkpoint_every,
+        stop_after=args.stop_after,
+        resume=args.resume,
     )
+    if record is None:
+        print(f"stopped after {args.stop_after} steps; continue with the same flags and --resume")
+        return 0
     print(json.dumps({k: record[k] for k in ("steps", "minutes", "final_loss")}, indent=2))
     return 0
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from ..cli_common import run_cli
+
+    raise SystemExit(run_cli(main, None, "hetcache reference-train"))
