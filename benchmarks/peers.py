@@ -133,7 +133,7 @@ def build_session(args: argparse.Namespace, scratch: Path) -> Session:
     save_file(embeds, str(path))
     pipe = WanVACEPipeline(
         vae=reference.random_vae(),
-        transformer=pm.cast_like_from_pretrained(
+        transformer=reference.cast_like_from_pretrained(
             reference.random_transformer(**FULL_TRANSFORMER), getattr(torch, args.dtype)
         ),
         scheduler=reference.scheduler(),

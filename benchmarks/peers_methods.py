@@ -84,15 +84,6 @@ class Point:
         return f"{self.method} [{self.setting}]"
 
 
-def cast_like_from_pretrained(model: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
-    """Cast to `dtype` except the modules diffusers keeps in float32 when loading with `torch_dtype`."""
-    keep = set(getattr(model, "_keep_in_fp32_modules", None) or ())
-    for name, param in model.named_parameters():
-        if not keep.intersection(name.split(".")):
-            param.data = param.data.to(dtype)
-    return model
-
-
 # ---------------------------------------------------------------------------------------------------------
 # FLOPs of rows without an engine: executed modules x analytic cost
 

@@ -18,8 +18,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from peers_methods import FlopCounter, Point, cachedit_twin, cast_like_from_pretrained, quiet
+from peers_methods import FlopCounter, Point, cachedit_twin, quiet
 
+from hetcache import reference
 from hetcache.engine import apply_hetcache, remove_hetcache
 from hetcache.workloads.execute import Session
 
@@ -168,7 +169,7 @@ def plain_wan_copy(model: torch.nn.Module) -> torch.nn.Module:
     config = {k: v for k, v in model.config.items() if not k.startswith("_") and not k.startswith("vace")}
     plain = WanTransformer3DModel(**config)
     plain.load_state_dict(model.state_dict(), strict=False)
-    return cast_like_from_pretrained(plain.to(device=model.device), model.dtype).eval()
+    return reference.cast_like_from_pretrained(plain.to(device=model.device), model.dtype).eval()
 
 
 def check(point: Point, session: Session, cond: dict[str, Any], uncond: dict[str, Any]) -> ReplayResult:

@@ -53,6 +53,15 @@ SCHEDULER_SHIFT = 3.0
 TEXT_LEN = 16
 
 
+def cast_like_from_pretrained(model: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
+    """Cast to `dtype` except the modules diffusers keeps in float32 when loading with `torch_dtype`."""
+    keep = set(getattr(model, "_keep_in_fp32_modules", None) or ())
+    for name, param in model.named_parameters():
+        if not keep.intersection(name.split(".")):
+            param.data = param.data.to(dtype)
+    return model
+
+
 def random_transformer(seed: int = 0, **overrides):
     """A WanVACETransformer3DModel with the reference architecture and seeded random weights."""
     from diffusers import WanVACETransformer3DModel

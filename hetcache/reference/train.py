@@ -289,20 +289,13 @@ def load_checkpoint(path: Path, settings: dict) -> dict:
     return saved
 
 
-def _half_precision_except_fp32_modules(model: torch.nn.Module) -> None:
-    keep = tuple(model._keep_in_fp32_modules or ())
-    for name, param in model.named_parameters():
-        if not any(part in keep for part in name.split(".")):
-            param.data = param.data.to(torch.float16)
-
-
 def save(pipe, out: Path, prompt, negative, log, steps, batch, recipe, lr, seed, started) -> dict:
     """Write the pipeline folder (fp16 transformer, fp32 kept modules), prompt embeddings and the record."""
     import diffusers
     from safetensors.torch import save_file
 
     pipe.transformer.to("cpu")
-    _half_precision_except_fp32_modules(pipe.transformer)
+    reference.cast_like_from_pretrained(pipe.transformer, torch.float16)
     with atomic_dir(out, overwrite=True) as tmp:
         pipe.save_pretrained(tmp, safe_serialization=True)
         save_file(
