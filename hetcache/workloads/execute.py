@@ -79,9 +79,8 @@ class Session:
     def summary(self) -> dict:
         """The workload's summary for policy files, with the size of the clips actually run."""
         summary = self.workload.summary()
-        frames, height, width = self.clips[0].frames.shape[:3]
-        summary.update(num_frames=summary["num_frames"] or frames, height=summary["height"] or height)
-        summary["width"] = summary["width"] or width
+        for key, size in zip(("num_frames", "height", "width"), self.clips[0].frames.shape[:3], strict=True):
+            summary[key] = summary[key] or size
         return summary
 
     def timesteps(self) -> torch.Tensor:
