@@ -120,3 +120,41 @@ def test_the_hetcache_command_hands_every_flag_to_the_training_script(tmp_path, 
     assert main(["reference-train", "--out", str(tmp_path / "m"), "--steps", "5", "--resume"]) == 2
     assert "--resume: no checkpoint at" in capsys.readouterr().err
     assert not (tmp_path / "m").exists()
+
+
+def _latent_change_by_distance(vae) -> tuple[float, dict[int, float]]:
+    """Latent change from painting a clip's hole grey: inside the hole and at each cell distance outside it.
+
+    Both relative to the latents' variance over the clip.
+    """
+    import torch.nn.functional as F
+
+    from hetcache.tokens import pool_frames_to_latent
+    from hetcache.workloads.clips import synthetic_clip
+
+    clip = synthetic_clip("band", 1, 13, 128, 128)  # a band of two latent rows: distances up to 9 cells
+    as_input = lambda frames: torch.from_numpy(frames).permute(3, 0, 1, 2)[None].float() / 127.5 - 1  # noqa: E731
+    with torch.no_grad():
+        original = vae.encode(as_input(clip.frames)).latent_dist.mode()
+        painted = vae.encode(as_input(clip.painted())).latent_dist.mode()
+    change = ((original - painted) ** 2).mean(1)[0] / original.var(dim=(0, 2, 3, 4)).mean()
+    hole = F.max_pool2d(pool_frames_to_latent(torch.from_numpy(clip.mask).float()[None]), 8)[0] > 0.5
+    by_distance, reached = {}, hole
+    for distance in range(1, 7):
+        grown = F.max_pool2d(hole.float(), 2 * distance + 1, 1, distance) > 0.5
+        by_distance[distance] = float(change[grown & ~reached].mean())
+        reached = grown
+    return float(change[hole].mean()), by_distance
+
+
+def test_reference_vae_encodes_local_pixel_content():
+    # Random init hides the grey hole from the latents; the localised VAE shows it there and only near it.
+    from diffusers import AutoencoderKLWan
+
+    torch.manual_seed(0)
+    inside_raw, _ = _latent_change_by_distance(AutoencoderKLWan(**reference.VAE_CONFIG).eval())
+    inside, outside = _latent_change_by_distance(reference.random_vae())
+    assert inside_raw < 0.01
+    assert inside > 0.5
+    assert inside > outside[1] > outside[2]
+    assert outside[3] == outside[4] == outside[5] == outside[6] == 0.0

@@ -1,7 +1,7 @@
 """The embedded reference model: a tiny Wan2.1-VACE-architecture pipeline that runs on CPU in seconds.
 
 Its transformer is trained in-repo (`python -m hetcache.reference.train`) and shipped in `model/` as a diffusers
-`save_pretrained` folder (fp16 transformer, fp32 random-init VAE whose latent statistics are calibrated on the
+`save_pretrained` folder (fp16 transformer, fp32 random-init VAE made local, with latent statistics calibrated on the
 synthetic clips, scheduler, and the fixed prompt embeddings it was trained with). Random weights stay available
 for exactness tests, where no behaviour needs to be learnt.
 """
@@ -71,14 +71,36 @@ def random_transformer(seed: int = 0, **overrides):
 
 
 def random_vae(seed: int = 0, latents_mean: list[float] | None = None, latents_std: list[float] | None = None):
-    """The reference AutoencoderKLWan with seeded random weights (and given latent statistics)."""
+    """The reference AutoencoderKLWan: seeded random weights made local (`localise_vae`), given latent statistics."""
     from diffusers import AutoencoderKLWan
 
     torch.manual_seed(seed)
     extra = {}
     if latents_mean is not None:
         extra = {"latents_mean": list(latents_mean), "latents_std": list(latents_std)}
-    return AutoencoderKLWan(**VAE_CONFIG, **extra).eval()
+    return localise_vae(AutoencoderKLWan(**VAE_CONFIG, **extra)).eval()
+
+
+@torch.no_grad()
+def localise_vae(vae):
+    """Make a random-init Wan VAE encode local pixel content, as a trained one does, without training it.
+
+    At random init the residual and attention branches and the biases swamp the input: painting a hole grey moves
+    its latents by ~1e-3 of their variance, so the masked clip's latents still show the hole. With every residual
+    and attention branch zeroed (blocks become the identity) and no biases, each latent cell is a fixed random
+    function of the pixels around it: the grey hole moves its latents by about their variance, and latents more than
+    two cells from a static hole do not move at all (tests/test_reference_training.py).
+    """
+    from diffusers.models.autoencoders.autoencoder_kl_wan import WanAttentionBlock, WanResidualBlock
+
+    for module in vae.modules():
+        if isinstance(module, WanResidualBlock):
+            module.conv2.weight.zero_()
+        elif isinstance(module, WanAttentionBlock):
+            module.proj.weight.zero_()
+        if isinstance(module, torch.nn.Conv2d | torch.nn.Conv3d) and module.bias is not None:
+            module.bias.zero_()
+    return vae
 
 
 def random_prompt_embeds(seed: int = 1234, text_dim: int = 32) -> tuple[torch.Tensor, torch.Tensor]:

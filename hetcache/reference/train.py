@@ -34,6 +34,10 @@ from ..workloads.execute import pipeline_inputs
 FRAME_CHOICES = (9, 13, 17)
 SIZE_CHOICES = (128, 160, 192, 224, 256)
 NEGATIVE_PROMPT_RATE = 0.1
+VAE_RECIPE = (
+    "AutoencoderKLWan with seeded random weights made local (hetcache.reference.localise_vae: residual and attention "
+    "branches and biases zeroed), latent statistics calibrated on the synthetic clips"
+)
 MASK_LOSS_WEIGHT = 2.0
 
 
@@ -315,6 +319,7 @@ def save(pipe, out: Path, prompt, negative, log, steps, batch, recipe, lr, seed,
             "data": {
                 **recipe,
                 "mask_kinds": list(MASK_KINDS),
+                "vae": VAE_RECIPE,
                 "preprocessing": "WanVACEPipeline.preprocess_conditions / prepare_video_latents / prepare_masks on the "
                 "clip with its mask painted grey; target = normalised VAE latents of the original clip",
                 "negative_prompt_rate": NEGATIVE_PROMPT_RATE,
@@ -347,9 +352,9 @@ def model_card_text(record: dict) -> str:
 
 A tiny `WanVACETransformer3DModel` (the real diffusers class: 6 blocks, 2 VACE blocks, width 128) trained in-repo with
 `python -m hetcache.reference.train`, for measuring caching behaviour on CPU. It is **not** an inpainting model: it is
-synthetic, tiny and under-trained; use it to compare caching policies, never to judge editing quality. The VAE is
-the seeded random-init `AutoencoderKLWan` of the reference pipeline, with latent statistics calibrated on the
-synthetic clips.
+synthetic, tiny and under-trained; use it to compare caching policies, never to judge editing quality.
+
+- VAE: {data.get("vae", "the seeded random-init AutoencoderKLWan of the reference pipeline")}
 
 - seed {record.get("seed")}, {record.get("steps")} optimiser steps, batch {record.get("batch")}, learning rate
   {record.get("learning_rate")}, {record.get("threads")} CPU thread(s), {record.get("minutes")} minutes
