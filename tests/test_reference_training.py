@@ -122,39 +122,36 @@ def test_the_hetcache_command_hands_every_flag_to_the_training_script(tmp_path, 
     assert not (tmp_path / "m").exists()
 
 
-def _latent_change_by_distance(vae) -> tuple[float, dict[int, float]]:
-    """Latent change from painting a clip's hole grey: inside the hole and at each cell distance outside it.
-
-    Both relative to the latents' variance over the clip.
-    """
-    import torch.nn.functional as F
-
-    from hetcache.tokens import pool_frames_to_latent
-    from hetcache.workloads.clips import synthetic_clip
-
-    clip = synthetic_clip("band", 1, 13, 128, 128)  # a band of two latent rows: distances up to 9 cells
+def _latent_change(vae, clip) -> torch.Tensor:
+    """Per-cell latent change [T', h, w] from painting the clip's hole grey, relative to the latents' variance."""
     as_input = lambda frames: torch.from_numpy(frames).permute(3, 0, 1, 2)[None].float() / 127.5 - 1  # noqa: E731
     with torch.no_grad():
         original = vae.encode(as_input(clip.frames)).latent_dist.mode()
         painted = vae.encode(as_input(clip.painted())).latent_dist.mode()
-    change = ((original - painted) ** 2).mean(1)[0] / original.var(dim=(0, 2, 3, 4)).mean()
-    hole = F.max_pool2d(pool_frames_to_latent(torch.from_numpy(clip.mask).float()[None]), 8)[0] > 0.5
-    by_distance, reached = {}, hole
-    for distance in range(1, 7):
-        grown = F.max_pool2d(hole.float(), 2 * distance + 1, 1, distance) > 0.5
-        by_distance[distance] = float(change[grown & ~reached].mean())
-        reached = grown
-    return float(change[hole].mean()), by_distance
+    return ((original - painted) ** 2).mean(1)[0] / original.var(dim=(0, 2, 3, 4)).mean()
 
 
-def test_reference_vae_encodes_local_pixel_content():
-    # Random init hides the grey hole from the latents; the localised VAE shows it there and only near it.
+def test_reference_vae_encodes_local_pixel_content(monkeypatch):
+    # Random init hides the grey hole from the latents; the localised VAE shows it there and only within VAE_REACH.
     from diffusers import AutoencoderKLWan
 
+    from hetcache.reference import evaluate
+    from hetcache.workloads.clips import MASK_KINDS, synthetic_clip
+
     torch.manual_seed(0)
-    inside_raw, _ = _latent_change_by_distance(AutoencoderKLWan(**reference.VAE_CONFIG).eval())
-    inside, outside = _latent_change_by_distance(reference.random_vae())
-    assert inside_raw < 0.01
-    assert inside > 0.5
-    assert inside > outside[1] > outside[2]
-    assert outside[3] == outside[4] == outside[5] == outside[6] == 0.0
+    raw, vae = AutoencoderKLWan(**reference.VAE_CONFIG).eval(), reference.random_vae()
+    missed_by_a_smaller_reach = 0
+    for kind in MASK_KINDS:
+        clip = synthetic_clip(kind, 3, 13, 128, 128)
+        change = _latent_change(vae, clip)
+        regions = {k: v[0, 0] for k, v in evaluate.latent_regions(clip, (1, 16, *change.shape)).items()}
+        inside = float(change[regions["inside"]].mean())
+        assert inside > 0.5 and float(_latent_change(raw, clip)[regions["inside"]].mean()) < 0.1 * inside
+        assert 0 < float(change[regions["near"]].mean()) < inside
+        assert float(change[regions["outside"]].abs().max()) == 0.0
+        for smaller in ((0, 2), (1, 1)):
+            monkeypatch.setattr(evaluate, "VAE_REACH", smaller)
+            outside = evaluate.latent_regions(clip, (1, 16, *change.shape))["outside"][0, 0]
+            missed_by_a_smaller_reach += int((change[outside] > 0).sum())
+        monkeypatch.undo()
+    assert missed_by_a_smaller_reach > 0

@@ -49,6 +49,9 @@ WAN21_VACE_1_3B = dict(
 VAE_CONFIG = dict(
     base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1, temperal_downsample=[False, True, True]
 )
+# How far a grey hole reaches into the reference VAE's latents: (latent frames, latent cells). Cells beyond it encode
+# only unmasked pixels (tests/test_reference_training.py checks every mask kind).
+VAE_REACH = (1, 2)
 SCHEDULER_SHIFT = 3.0
 TEXT_LEN = 16
 

@@ -1,8 +1,9 @@
 """Does the reference model behave like a real one where caching is concerned? Measure it.
 
 (a) attention of in-mask queries: share of mass on the top 10 % of keys; (b) caching deviation from the uncached
-output of the same seed, inside vs outside the mask; (c) how the deviation moves with reused steps and with the
-share of refreshed context tokens. Scores are always against the uncached run, never against ground truth.
+output of the same seed, inside the mask, near it and beyond the VAE's reach; (c) how the deviation moves with reused
+steps and with the share of refreshed context tokens. Scores are always against the uncached run, never against
+ground truth.
 
     python -m hetcache.reference.evaluate [--weights trained|random] [--clips box,moving]
 """
@@ -23,25 +24,34 @@ from ..tokens import pixel_mask_to_token_mask, pool_frames_to_latent
 from ..workloads.clips import Clip
 from ..workloads.execute import Session
 from ..workloads.spec import ClipSource, Workload
+from . import VAE_REACH
 
 # PARTIAL steps recompute the generative tokens and half the margin; context tokens come from cache.
 TOKEN_REUSE = Policy(name="evaluation").replace(margin_width=2, margin_ratio=0.5, context_ratio=0.0, selection="stride")
 
 
-def latent_regions(clip: Clip, latent_shape: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Masks [1, 1, T', H/8, W/8] of the latent cells inside the edit mask and outside (conservative mapping)."""
+def token_reuse_plan(steps: int) -> str:
+    """PARTIAL on every other step from step 3 to 60 % of the run, FULL elsewhere: late steps stay FULL, as every
+    plan rule keeps them (a stale context at the last steps costs the whole frame, not the hole)."""
+    return "".join("P" if 3 <= i < 0.6 * steps and i % 2 else "F" for i in range(steps))
+
+
+def latent_regions(clip: Clip, latent_shape: Sequence[int]) -> dict[str, torch.Tensor]:
+    """Masks [1, 1, T', H/8, W/8] of the latent cells inside the edit mask (conservative mapping), near it (within
+    the reference VAE's reach, so their control latents show part of the grey hole) and outside (beyond it)."""
     inside = pool_frames_to_latent(torch.from_numpy(clip.mask).float().unsqueeze(0))
-    inside = F.max_pool2d(inside, 8).unsqueeze(1) > 0.5
+    inside = F.max_pool2d(inside, 8).unsqueeze(1)
     assert tuple(inside.shape[2:]) == tuple(latent_shape[2:])
-    return inside, ~inside
+    frames, cells = VAE_REACH
+    reach = F.max_pool3d(inside, (2 * frames + 1, 2 * cells + 1, 2 * cells + 1), 1, (frames, cells, cells)) > 0.5
+    inside = inside > 0.5
+    return {"inside": inside, "near": reach & ~inside, "outside": ~reach}
 
 
 def deviation(reference: torch.Tensor, cached: torch.Tensor, clip: Clip) -> dict[str, float]:
-    """Mean squared deviation of the final latents inside and outside the mask."""
-    inside, outside = latent_regions(clip, reference.shape)
+    """Mean squared deviation of the final latents in each region of `latent_regions` (NaN for an empty one)."""
     err = (cached - reference) ** 2
-    inside, outside = inside.expand_as(err), outside.expand_as(err)
-    return {"inside": float(err[inside].mean()), "outside": float(err[outside].mean())}
+    return {name: float(err[mask.expand_as(err)].mean()) for name, mask in latent_regions(clip, err.shape).items()}
 
 
 def caching_deviation(session: Session, clip: Clip, plan: str, policy: Policy = TOKEN_REUSE) -> dict[str, float]:
@@ -105,7 +115,7 @@ def evaluate(weights: str, clips: Sequence[str], steps: int = 20) -> dict:
             for i in range(reused):
                 plan[3 + 2 * i] = "R"
             reuse_plans[reused] = "".join(plan)
-        partial_plan = "FF" + "PF" * ((steps - 3) // 2) + "F" * ((steps - 3) % 2) + "F"
+        partial_plan = token_reuse_plan(steps)
         rows.append(
             {
                 "clip": clip.name,

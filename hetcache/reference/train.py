@@ -355,7 +355,6 @@ A tiny `WanVACETransformer3DModel` (the real diffusers class: 6 blocks, 2 VACE b
 synthetic, tiny and under-trained; use it to compare caching policies, never to judge editing quality.
 
 - VAE: {data.get("vae", "the seeded random-init AutoencoderKLWan of the reference pipeline")}
-
 - seed {record.get("seed")}, {record.get("steps")} optimiser steps, batch {record.get("batch")}, learning rate
   {record.get("learning_rate")}, {record.get("threads")} CPU thread(s), {record.get("minutes")} minutes
 - data: {data.get("clips")} synthetic clips ({", ".join(map(str, data.get("frames", [])))} frames;
