@@ -23,7 +23,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 DEMO_CLIPS ?= box,moving
-DEMO_BUDGET ?= psnr=50
+DEMO_BUDGET ?= psnr=35
 DEMO_TRIALS ?= 12
 
 demo: $(STAMP)

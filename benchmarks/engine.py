@@ -193,14 +193,16 @@ def main() -> None:
     parser.add_argument("--size", choices=tuple(SIZES), default="cpu")
     parser.add_argument("--dtype", default=None, help="float32 (CPU default) or bfloat16 (GPU default)")
     parser.add_argument("--reps", type=int, default=5)
-    parser.add_argument("--policy", default="reference-psnr50", help="policy for the whole-run measurement")
+    parser.add_argument("--policy", default="reference-psnr30", help="policy for the whole-run measurement")
     parser.add_argument("--clips", default="box,moving")
     parser.add_argument("--skip-run", action="store_true", help="only the PARTIAL forward measurement")
     parser.add_argument("--skip-forward", action="store_true", help="only the whole-run measurement")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/engine.json"))
     args = parser.parse_args()
     dtype = getattr(torch, args.dtype or ("bfloat16" if args.device.startswith("cuda") else "float32"))
-    result = {"device": args.device, "size": args.size, "dtype": str(dtype), "threads": torch.get_num_threads()}
+    # A run that skips one part keeps that part's previous result in --out.
+    kept = json.loads(args.out.read_text()) if (args.skip_forward or args.skip_run) and args.out.is_file() else {}
+    result = {**kept, "device": args.device, "size": args.size, "dtype": str(dtype), "threads": torch.get_num_threads()}
     if not args.skip_forward:
         result["partial_forward"] = partial_forward(args.size, args.device, dtype, args.reps)
         print(markdown(result["partial_forward"]))

@@ -71,7 +71,7 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=9)
     parser.add_argument("--steps", type=int, default=12)
     parser.add_argument("--clips", default="box,moving")
-    parser.add_argument("--budget", default="psnr=48")
+    parser.add_argument("--budget", default="psnr=35")
     parser.add_argument("--trials", type=int, default=24)
     parser.add_argument("--targets", default="1.5,2.0,2.5", help="speedups to reach (FLOPs)")
     parser.add_argument("--seed", type=int, default=0)

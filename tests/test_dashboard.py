@@ -308,7 +308,7 @@ def expected_shares(policy, plan: str, counts: dict[str, int]) -> list[float]:
 
 def test_policy_page_plans_and_active_tokens(dashboard, demo_runs):
     at = page(dashboard(demo_runs), "policy")
-    assert "`reference-psnr50` is a valid hetcache policy" in texts(at.success)
+    assert "`reference-psnr30` is a valid hetcache policy" in texts(at.success)
     at.selectbox(key="policy_pick_A").set_value("file: demo/tune/policy.json")
     rerun(at)
     policy = load_policy(demo_runs / "demo" / "tune" / "policy.json")
@@ -341,11 +341,11 @@ def test_policy_page_compares_two_policies(dashboard, demo_runs):
     at.selectbox(key="policy_pick_A").set_value("file: demo/tune/policy.json")
     at.toggle(key="policy_compare").set_value(True)
     rerun(at)
-    assert at.selectbox(key="policy_pick_B").value == "shipped: reference-psnr50"
+    assert at.selectbox(key="policy_pick_B").value == "shipped: reference-psnr30"
     plans = charts(at)["policy_compare_plans"]["data"][0]
     assert plans["y"] == [
         f"A: {load_policy(demo_runs / 'demo' / 'tune' / 'policy.json').name}",
-        "B: reference-psnr50",
+        "B: reference-psnr30",
     ]
     assert len(charts(at)["policy_active"]["data"]) == 2
     fields = set(at.dataframe[-1].value["field"])
@@ -356,8 +356,8 @@ def test_policy_page_compares_two_policies(dashboard, demo_runs):
 
 
 def test_uploaded_policies_are_parsed_and_validated():
-    data = policy_view.parse_upload("p.json", json.dumps(load_policy("reference-psnr50").to_dict()).encode())
-    assert policy_view.load_choice(data).name == "reference-psnr50"
+    data = policy_view.parse_upload("p.json", json.dumps(load_policy("reference-psnr35").to_dict()).encode())
+    assert policy_view.load_choice(data).name == "reference-psnr35"
     with pytest.raises(HetCacheError, match="not valid JSON"):
         policy_view.parse_upload("p.json", b"{")
     data["step_plan"]["reuse_threshold"] = "high"

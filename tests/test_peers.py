@@ -200,13 +200,13 @@ def test_magcache_ratios_come_from_calibration(session):
 def test_tuned_folder_takes_its_policies_only(tmp_path):
     from hetcache import policies
 
-    hand = policies.load("reference-psnr50").replace(name="ladder-1", provenance={"source": "hand"})
+    hand = policies.load("reference-psnr35").replace(name="ladder-1", provenance={"source": "hand"})
     hand.save(tmp_path / "01-1.50x.json")
     (tmp_path / "index.json").write_text(json.dumps({"study": "s", "ladder": []}))
     loaded = peers.tuned_policies([tmp_path])
     assert [(label, p.name) for label, p in loaded] == [("01-1.50x (hand-set, not tuned)", "ladder-1")]
     shipped = [label for label, _ in peers.tuned_policies(None)]
-    assert {"reference-psnr50", "reference-psnr60"} <= set(shipped) and all(s.startswith("reference-") for s in shipped)
+    assert {"reference-psnr35", "reference-psnr30"} <= set(shipped) and all(s.startswith("reference-") for s in shipped)
     empty = tmp_path / "empty"
     empty.mkdir()
     with pytest.raises(InputError, match="holds no policy file"):

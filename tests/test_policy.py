@@ -14,7 +14,7 @@ from hetcache.policy import SCHEMA, Policy, WorkloadSpec
 
 
 def test_round_trip_through_json(tmp_path):
-    policy = load_policy("reference-psnr50")
+    policy = load_policy("reference-psnr35")
     path = policy.save(tmp_path / "p.json")
     again = load_policy(path)
     assert again == policy
@@ -31,7 +31,7 @@ def test_fields_are_reachable_by_name_wherever_they_sit():
     assert data["tokens"]["margin_width"] == 3
     policy = policy.replace(margin_ratio=0.3, context_ratio=0.4, selection="kmeans")
     assert (policy.tokens.margin_ratio, policy.tokens.context_ratio, policy.tokens.selection) == (0.3, 0.4, "kmeans")
-    shipped = load_policy("reference-psnr50")
+    shipped = load_policy("reference-psnr35")
     retuned = shipped.replace(workload=WorkloadSpec(steps=4), plan=None, name="retuned", model=None)
     assert retuned.workload == WorkloadSpec(steps=4) and retuned.model is None and retuned.name == "retuned"
 
@@ -50,7 +50,7 @@ def test_fields_are_reachable_by_name_wherever_they_sit():
     ],
 )
 def test_invalid_fields_are_named(change, message):
-    data = load_policy("reference-psnr50").to_dict()
+    data = load_policy("reference-psnr35").to_dict()
     section, key, value = change
     data[section][key] = value
     if key == "plan":
@@ -72,7 +72,7 @@ def test_corrupt_future_and_unknown_policies(tmp_path):
         load_policy(future)
     with pytest.raises(PolicyError, match="not a hetcache policy"):
         load_policy({"schema": "something/v1", "name": "x"})
-    with pytest.raises(PolicyError, match=r"unknown policy 'no-such-policy'.*reference-psnr50"):
+    with pytest.raises(PolicyError, match=r"unknown policy 'no-such-policy'.*reference-psnr35"):
         load_policy("no-such-policy")
     with pytest.raises(PolicyError, match="does not exist"):
         load_policy(tmp_path / "missing.json")
@@ -128,4 +128,4 @@ def test_paper_policy_fingerprint_matches_the_real_1_3b_architecture():
 
 
 def test_schema_constant_is_what_files_carry():
-    assert load_policy("reference-psnr50").to_dict()["schema"] == SCHEMA == "hetcache.policy/v1"
+    assert load_policy("reference-psnr35").to_dict()["schema"] == SCHEMA == "hetcache.policy/v1"

@@ -117,7 +117,7 @@ def test_workload_files_are_validated(tmp_path):
 
 def test_run_command_writes_clips_and_report(tmp_path, capsys):
     out = tmp_path / "run"
-    code = main(["run", *SMALL_FLAGS, "--policy", "reference-psnr50", "--compare", "--out", str(out)])
+    code = main(["run", *SMALL_FLAGS, "--policy", "reference-psnr35", "--compare", "--out", str(out)])
     assert code == 0
     record = json.loads((out / "run.json").read_text())
     assert record["schema"] == "hetcache.run/v1"
@@ -157,7 +157,7 @@ def test_run_command_refuses_bad_input_without_writing(tmp_path, capsys):
 def test_policies_command(capsys, tmp_path):
     assert main(["policies", "list"]) == 0
     assert "wan21-vace-1.3b-paper" in capsys.readouterr().out
-    assert main(["policies", "validate", "reference-psnr50"]) == 0
+    assert main(["policies", "validate", "reference-psnr35"]) == 0
     broken = tmp_path / "broken.json"
     broken.write_text("{")
     assert main(["policies", "validate", str(broken)]) == 2
