@@ -37,6 +37,12 @@ def pool_frames_to_latent(mask: torch.Tensor, temporal_factor: int = WAN_TEMPORA
     return torch.cat([first, groups], dim=1)
 
 
+def pixel_mask_to_latent_mask(mask: torch.Tensor, spatial_factor: int = WAN_SPATIAL_FACTOR) -> torch.Tensor:
+    """Latent cells touched by the mask (conservative: any masked pixel): [F, H, W] → [1, 1, T', H/8, W/8] float."""
+    latent = pool_frames_to_latent(mask.float().unsqueeze(0))
+    return F.max_pool2d(latent, spatial_factor).unsqueeze(1)
+
+
 def pixel_mask_to_token_mask(
     mask: torch.Tensor,
     patch_size: tuple[int, int, int] = (1, 2, 2),

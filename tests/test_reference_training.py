@@ -124,10 +124,9 @@ def test_the_hetcache_command_hands_every_flag_to_the_training_script(tmp_path, 
 
 def _latent_change(vae, clip) -> torch.Tensor:
     """Per-cell latent change [T', h, w] from painting the clip's hole grey, relative to the latents' variance."""
-    as_input = lambda frames: torch.from_numpy(frames).permute(3, 0, 1, 2)[None].float() / 127.5 - 1  # noqa: E731
     with torch.no_grad():
-        original = vae.encode(as_input(clip.frames)).latent_dist.mode()
-        painted = vae.encode(as_input(clip.painted())).latent_dist.mode()
+        original = vae.encode(train.vae_input(clip.frames)).latent_dist.mode()
+        painted = vae.encode(train.vae_input(clip.painted())).latent_dist.mode()
     return ((original - painted) ** 2).mean(1)[0] / original.var(dim=(0, 2, 3, 4)).mean()
 
 

@@ -89,7 +89,7 @@ def localise_vae(vae):
     """Make a random-init Wan VAE encode local pixel content, as a trained one does, without training it.
 
     At random init the residual and attention branches and the biases swamp the input: painting a hole grey moves
-    its latents by ~1e-3 of their variance, so the masked clip's latents still show the hole. With every residual
+    its latents by 0.1–3 % of their variance, so the masked clip's latents still show the hole. With every residual
     and attention branch zeroed (blocks become the identity) and no biases, each latent cell is a fixed random
     function of the pixels around it: the grey hole moves its latents by about their variance, and latents more than
     two cells from a static hole do not move at all (tests/test_reference_training.py).

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from ..engine import apply_hetcache, remove_hetcache
 from ..engine.wan_blocks import _modulation, _self_qkv, apply_rope
 from ..policy import Policy
-from ..tokens import pixel_mask_to_token_mask, pool_frames_to_latent
+from ..tokens import pixel_mask_to_latent_mask, pixel_mask_to_token_mask
 from ..workloads.clips import Clip
 from ..workloads.execute import Session
 from ..workloads.spec import ClipSource, Workload
@@ -39,8 +39,7 @@ def token_reuse_plan(steps: int) -> str:
 def latent_regions(clip: Clip, latent_shape: Sequence[int]) -> dict[str, torch.Tensor]:
     """Masks [1, 1, T', H/8, W/8] of the latent cells inside the edit mask (conservative mapping), near it (within
     the reference VAE's reach, so their control latents show part of the grey hole) and outside (beyond it)."""
-    inside = pool_frames_to_latent(torch.from_numpy(clip.mask).float().unsqueeze(0))
-    inside = F.max_pool2d(inside, 8).unsqueeze(1)
+    inside = pixel_mask_to_latent_mask(torch.from_numpy(clip.mask))
     assert tuple(inside.shape[2:]) == tuple(latent_shape[2:])
     frames, cells = VAE_REACH
     reach = F.max_pool3d(inside, (2 * frames + 1, 2 * cells + 1, 2 * cells + 1), 1, (frames, cells, cells)) > 0.5

@@ -21,13 +21,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
 from .. import reference
 from ..atomic import atomic_dir, atomic_path, write_json, write_text
 from ..errors import InputError
-from ..tokens import pool_frames_to_latent
+from ..tokens import pixel_mask_to_latent_mask
 from ..workloads.clips import MASK_KINDS, synthetic_clip
 from ..workloads.execute import pipeline_inputs
 
@@ -50,6 +49,11 @@ class Example:
     latent_mask: torch.Tensor  # [1, 1, T', h, w], 1 = generated region (conservative mapping)
 
 
+def vae_input(frames: np.ndarray) -> torch.Tensor:
+    """RGB uint8 frames [F, H, W, 3] as the VAE takes them: [1, 3, F, H, W] in [-1, 1]."""
+    return torch.from_numpy(frames).permute(3, 0, 1, 2).unsqueeze(0).float() / 127.5 - 1.0
+
+
 def untrained_pipeline(seed: int, calibration_clips: int = 32):
     """The reference pipeline before training: random transformer, random VAE with calibrated latent statistics."""
     from diffusers import WanVACEPipeline
@@ -59,7 +63,7 @@ def untrained_pipeline(seed: int, calibration_clips: int = 32):
     with torch.no_grad():
         for i in range(calibration_clips):
             clip = synthetic_clip(MASK_KINDS[i % len(MASK_KINDS)], 10_000 + i, 17, 128, 128)
-            video = torch.from_numpy(clip.frames).permute(3, 0, 1, 2).unsqueeze(0).float() / 127.5 - 1.0
+            video = vae_input(clip.frames)
             latents.append(vae.encode(video).latent_dist.mode())
     stacked = torch.cat(latents).transpose(0, 1).flatten(1)
     vae.register_to_config(latents_mean=stacked.mean(1).tolist(), latents_std=stacked.std(1).tolist())
@@ -107,12 +111,11 @@ def conditioning_batch(pipe, clips: list) -> tuple[torch.Tensor, torch.Tensor]:
 def prepare_examples(pipe, clips: list) -> list[Example]:
     """Training examples for same-shape clips: pipeline conditioning plus target latents of the originals."""
     control, _ = conditioning_batch(pipe, clips)
-    originals = torch.stack([torch.from_numpy(c.frames).permute(3, 0, 1, 2) for c in clips]).float() / 127.5 - 1.0
+    originals = torch.cat([vae_input(c.frames) for c in clips])
     target = _normalise(pipe, pipe.vae.encode(originals).latent_dist.mode())
     examples = []
     for i, clip in enumerate(clips):
-        latent_mask = pool_frames_to_latent(torch.from_numpy(clip.mask).float().unsqueeze(0))
-        latent_mask = F.max_pool2d(latent_mask, 8).unsqueeze(1)
+        latent_mask = pixel_mask_to_latent_mask(torch.from_numpy(clip.mask))
         examples.append(Example(target=target[i : i + 1], control=control[i : i + 1], latent_mask=latent_mask))
     return examples
 
