@@ -12,9 +12,10 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from hetcache.plan import rescale
+from hetcache.steps import FULL, PARTIAL, REUSE, STEP_NAMES
 
-PLAN_CODES = {"F": 2, "P": 1, "R": 0}
-PLAN_NAMES = {"F": "FULL", "P": "PARTIAL", "R": "REUSE"}
+PLAN_CODES = {FULL: 2, PARTIAL: 1, REUSE: 0}
+PLAN_NAMES = STEP_NAMES
 PLAN_COLOURS = [(0.0, "#d9d9d9"), (0.33, "#d9d9d9"), (0.33, "#6baed6"), (0.66, "#6baed6"), (0.66, "#08306b")]
 PLAN_COLOURS.append((1.0, "#08306b"))
 CLASS_LINE = "#ff7f0e"

@@ -13,8 +13,9 @@ from typing import Any
 
 from hetcache import policies as shipped
 from hetcache.errors import HetCacheError
-from hetcache.plan import FULL, PARTIAL, REUSE, plan_from_changes
+from hetcache.plan import plan_from_changes
 from hetcache.policy import Policy, load_policy
+from hetcache.steps import FULL, PARTIAL, REUSE
 
 from .readers import DataError, ProfileView, RunView
 

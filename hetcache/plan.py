@@ -10,8 +10,7 @@ import numpy as np
 import torch
 
 from .policy import StepPlanSpec, check_plan_string
-
-FULL, PARTIAL, REUSE = "F", "P", "R"
+from .steps import FULL, PARTIAL, REUSE
 
 
 @torch.no_grad()
@@ -69,8 +68,3 @@ def resolve_plan(transformer: torch.nn.Module, timesteps: torch.Tensor, spec: St
         return check_plan_string(spec.plan or "", "step_plan.plan")
     changes = relative_l1_changes(timestep_modulation(transformer, timesteps))
     return plan_from_changes(changes, spec)
-
-
-def plan_counts(plan: str) -> dict[str, int]:
-    """Number of FULL, PARTIAL and REUSE steps."""
-    return {"full": plan.count(FULL), "partial": plan.count(PARTIAL), "reuse": plan.count(REUSE)}

@@ -14,16 +14,16 @@ from pathlib import Path
 from typing import Any
 
 from . import atomic
+from .dtypes import CACHE_DTYPES
 from .errors import FingerprintMismatchError, PolicyError
+from .steps import FULL, PLAN_LETTERS
 
 SCHEMA = "hetcache.policy/v1"
 SCHEMA_PREFIX = "hetcache.policy/v"
 SCHEMA_VERSION = 1
 
-PLAN_LETTERS = frozenset("FPR")
 SELECTIONS = ("stride", "kmeans", "attention", "kmeans_attention")
 SKIP_FILLS = ("residual", "output")
-CACHE_DTYPES = ("auto", "float32", "bfloat16", "float16")
 PLAN_RULES = ("accumulated_change", "explicit")
 
 
@@ -282,7 +282,7 @@ def check_plan_string(plan: str, what: str = "plan") -> str:
             f"{what} {plan!r} holds letters other than F, P, R ({''.join(bad)}).",
             "use F (full), P (partial) or R (reuse), one letter per denoising step.",
         )
-    if plan[0] != "F":
+    if plan[0] != FULL:
         raise PolicyError(
             f"{what} {plan!r} starts with {plan[0]!r}; the first step must be F (nothing is cached before it).",
             "start the plan with F.",

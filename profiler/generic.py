@@ -9,8 +9,9 @@ from pathlib import Path
 
 import torch
 
+from hetcache.dtypes import torch_dtype
 from hetcache.errors import InputError
-from hetcache.workloads.pipelines import SUPPORTED_PIPELINES, torch_dtype
+from hetcache.workloads.pipelines import SUPPORTED_PIPELINES
 from hetcache.workloads.pipelines import read_prompt_embeds as read_embeddings_file
 from hetcache.workloads.spec import Workload
 

@@ -8,6 +8,7 @@ from hetcache.dashboard import figures, policy_view, ui
 
 from hetcache.errors import HetCacheError
 from hetcache.policy import Policy
+from hetcache.steps import FULL, PARTIAL, REUSE
 
 UPLOAD = "upload a file…"
 MANUAL = "enter shares by hand"
@@ -97,7 +98,7 @@ if not plans:
 st.plotly_chart(figures.plan_timeline(plans), key="policy_plan")
 plan_source = ui.persisted_selectbox("Plan used below", list(plans), key=f"policy_plan_source_{policy.name}")
 plan = plans[plan_source]
-counts = {"full": plan.count("F"), "partial": plan.count("P"), "reuse": plan.count("R")}
+counts = {"full": plan.count(FULL), "partial": plan.count(PARTIAL), "reuse": plan.count(REUSE)}
 st.caption(f"{len(plan)} steps: {counts['full']} full, {counts['partial']} partial, {counts['reuse']} reuse")
 
 # -- active tokens per block -------------------------------------------------------------------------------------------

@@ -17,16 +17,17 @@ import torch
 from diffusers.hooks.hooks import CacheContext, StateManager
 
 from ..cost import CostModel
+from ..dtypes import TORCH_DTYPES
 from ..errors import InputError
-from ..plan import FULL, PARTIAL, REUSE, rescale, resolve_plan, timestep_modulation
+from ..plan import rescale, resolve_plan, timestep_modulation
 from ..policy import Policy
 from ..selection import active_tokens, select_context
+from ..steps import FULL, PARTIAL, REUSE
 from ..tokens import classify_tokens, pixel_mask_to_token_mask, token_mask_from_control
 from .state import CallRecord, ContextState, RunState
 from .storage import CacheStorage
 from .wan_blocks import Rows, block_body, text_kv
 
-CACHE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 DEFAULT_CONTEXT = "default"
 
 
@@ -78,7 +79,7 @@ class HetCacheSession:
             and policy.tokens.context_ratio > 0,
         )
         self.model_dtype = model.dtype
-        self.storage = CacheStorage(CACHE_DTYPES.get(policy.cache.dtype, model.dtype), policy.cache.offload)
+        self.storage = CacheStorage(TORCH_DTYPES.get(policy.cache.dtype, model.dtype), policy.cache.offload)
         self.contexts = StateManager(ContextState)
         self.run = RunState()
         self.phase_seconds: dict[str, float] = {

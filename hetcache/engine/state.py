@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 import torch
 from diffusers.hooks.hooks import BaseState
 
+from ..steps import FULL
 from ..tokens import TokenClasses
 from .wan_blocks import Capture, LayerCache, Rows
 
@@ -35,7 +36,7 @@ class ContextState(BaseState):
     def reset(self, *args, **kwargs) -> None:
         self.run_id = -1
         self.last_step = -1
-        self.decision = "F"
+        self.decision = FULL
         self.ready = False  # a computed step of this run filled the caches
         self.x_in: torch.Tensor | None = None
         self.residual: torch.Tensor | None = None

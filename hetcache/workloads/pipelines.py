@@ -8,16 +8,13 @@ from pathlib import Path
 import torch
 
 from .. import reference
+from ..dtypes import torch_dtype
 from ..errors import InputError, UnsupportedModelError
 from ..video import Constraints, load_clip, reconcile
 from .clips import Clip, synthetic_clip
 from .spec import Workload
 
 SUPPORTED_PIPELINES = ("WanVACEPipeline",)
-
-
-def torch_dtype(name: str) -> torch.dtype:
-    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
 
 
 def _pipeline_class_name(source: str) -> str | None:
