@@ -23,9 +23,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from hetcache import plan as step_plan
 from hetcache.cost import CostModel
 from hetcache.engine import apply_hetcache, remove_hetcache
-from hetcache.plan import plan_from_changes, relative_l1_changes, rescale, timestep_modulation
+from hetcache.plan import plan_from_changes, rescale
 from hetcache.policy import LayerSpec, Policy, StepPlanSpec, TokenSpec, load_policy
 from hetcache.workloads.execute import Session
 
@@ -242,8 +243,7 @@ def attached(point: Point, session: Session, steps_sessions: dict[int, Session])
 
 def step_changes(session: Session, polynomial: tuple[float, ...] | None = None) -> list[float]:
     """The rescaled timestep-modulation change into each step (what hetcache's step plan accumulates)."""
-    changes = relative_l1_changes(timestep_modulation(session.transformer, session.timesteps()))
-    return rescale(changes, polynomial)
+    return rescale(step_plan.step_changes(session.transformer, session.timesteps()), polynomial)
 
 
 def timestep_only_spec(threshold: float, warmup: int = 2, final: int = 1) -> StepPlanSpec:

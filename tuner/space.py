@@ -16,7 +16,7 @@ from typing import Any
 
 import optuna
 
-from hetcache.plan import relative_l1_changes, rescale, timestep_modulation
+from hetcache.plan import rescale, step_changes
 from hetcache.policy import (
     CacheSpec,
     LayerSpec,
@@ -64,7 +64,7 @@ class SearchSpace:
         config = transformer.config
         steps = session.workload.steps
         polynomial = hints.polynomial if hints is not None else None
-        changes = rescale(relative_l1_changes(timestep_modulation(transformer, session.timesteps())), polynomial)
+        changes = rescale(step_changes(transformer, session.timesteps()), polynomial)
         positive = [c for c in changes if c > 0] or [1e-3]
         low = max(1e-4, 0.5 * min(positive))
         high = max(2.0 * low, 3.0 * statistics.median(positive))
