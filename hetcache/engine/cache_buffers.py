@@ -22,6 +22,17 @@ def _buffer(
     return torch.empty(shape, dtype=dtype, device=device, pin_memory=pin)
 
 
+def _index_copy(buffer: torch.Tensor, rows: torch.Tensor, values: torch.Tensor) -> None:
+    """buffer[:, rows] = values, cast to the buffer's dtype and device.
+
+    One-byte float buffers (float8) are written through a uint8 view: index_copy_ has no float8 kernel on CPU.
+    """
+    values = values.to(buffer.device, buffer.dtype)
+    if buffer.dtype.is_floating_point and buffer.element_size() == 1:
+        buffer, values = buffer.view(torch.uint8), values.view(torch.uint8)
+    buffer.index_copy_(1, rows, values)
+
+
 class CacheBuffers:
     """Allocation and every write of one transformer's caches."""
 
@@ -128,11 +139,11 @@ class CacheBuffers:
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Write the active tokens' fresh keys/values into the cache; return the keys/values of all tokens."""
         keys, values = self._on_device(layer.key, "key"), self._on_device(layer.value, "value")
-        keys.index_copy_(1, rows.active, key.to(keys.dtype))
-        values.index_copy_(1, rows.active, value.to(values.dtype))
+        _index_copy(keys, rows.active, key)
+        _index_copy(values, rows.active, value)
         if self.config.offload:
-            layer.key.index_copy_(1, rows.active_stored, key.to(layer.key.device, layer.key.dtype))
-            layer.value.index_copy_(1, rows.active_stored, value.to(layer.value.device, layer.value.dtype))
+            _index_copy(layer.key, rows.active_stored, key)
+            _index_copy(layer.value, rows.active_stored, value)
         return keys, values
 
     def refresh_skip(self, layer: LayerCache, rows: Rows, computed: torch.Tensor, base: torch.Tensor) -> None:
@@ -140,7 +151,7 @@ class CacheBuffers:
         fresh = computed[:, : rows.n_refresh]
         if self.config.residual_fill:
             fresh = fresh - base[:, : rows.n_refresh]
-        layer.skip.index_copy_(1, rows.slots_stored, fresh.to(layer.skip.device, layer.skip.dtype))
+        _index_copy(layer.skip, rows.slots_stored, fresh)
 
     def fill_skipped(self, layer: LayerCache, out: torch.Tensor, rows: Rows) -> None:
         """Skipped tokens of `out` (in place): input + cached residual, or the cached output."""

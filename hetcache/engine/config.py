@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 
 from ..cost import CostModel
-from ..dtypes import TORCH_DTYPES
+from ..dtypes import CACHE_ONLY_DTYPES, TORCH_DTYPES
 from ..policy import Policy, StepPlanSpec
 
 CONTEXT_SELECTIONS_WITH_FEATURES = ("kmeans", "kmeans_attention")
@@ -120,7 +120,7 @@ def resolve_config(
         selection=tokens.selection,
         clusters=tokens.clusters,
         seed=tokens.seed,
-        cache_dtype=TORCH_DTYPES.get(policy.cache.dtype, model.dtype),
+        cache_dtype={**TORCH_DTYPES, **CACHE_ONLY_DTYPES}.get(policy.cache.dtype, model.dtype),
         offload=policy.cache.offload,
         model_dtype=model.dtype,
         patch_size=tuple(config.patch_size),
