@@ -70,10 +70,14 @@ def test_float8_cache_is_stored_in_one_byte_and_stays_close():
 def test_offloaded_caches_give_the_resident_result():
     inputs = model_inputs(box_token_mask(1, 3, 8, 8))
     model = tiny_vace_model()
-    outs = {}
+    outs, cache_bytes = {}, {}
     for offload in (False, True):
         handle = apply_hetcache(model, _with_cache(SOME, offload=offload), strict=False, plan="FPPRP")
         outs[offload] = _run(model, inputs, (500.0, 499.0, 498.0, 497.0, 496.0))
         assert handle.stats()["decisions"] == "FPPRP"
+        cache_bytes[offload] = handle.stats()["cache_bytes"]
         remove_hetcache(model)
     assert all(torch.equal(a, b) for a, b in zip(outs[False], outs[True], strict=True))
+    # two device slots (one computing, one prefetching the next layer), each a layer's keys, values and skip rows
+    tokens, skippable, dim = 192, 192 - 48, 32
+    assert cache_bytes[True] - cache_bytes[False] == 2 * 4 * (2 * tokens * dim + skippable * dim)

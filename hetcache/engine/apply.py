@@ -171,7 +171,11 @@ def _attach(
     config = resolve_config(transformer, policy, plan, expected_steps)
     state = TransformerState(config, None if mask is None else torch.as_tensor(mask))
     layout = transformer_adapter(type(transformer))
-    buffers = CacheBuffers(config, layout.head_input_dtype)
+    # the forward runs the VACE blocks (computing the hints) before the main blocks
+    order = tuple(vace_layer(i) for i in sorted(config.partial_vace)) + tuple(
+        main_layer(i) for i in sorted(config.partial_blocks)
+    )
+    buffers = CacheBuffers(config, layout.head_input_dtype, order)
 
     def hook(module: torch.nn.Module, made: ModelHook, name: str) -> None:
         HookRegistry.check_if_exists_or_initialize(module).register_hook(made, name)

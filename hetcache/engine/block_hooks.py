@@ -24,7 +24,7 @@ class _BlockHook(ModelHook):
         super().__init__()
         self.state, self.buffers, self.adapter, self.name = state, buffers, adapter, name
 
-    def _partial_body(self, module, layer: LayerCache, rows: Rows, stream_rows, temb, rope) -> torch.Tensor:
+    def _partial_body(self, module, layer: LayerCache, staged, rows: Rows, stream_rows, temb, rope) -> torch.Tensor:
         if rows.cos is None:  # RoPE tables at the active rows, once per call
             rows.cos, rows.sin = rope[0].index_select(1, rows.active), rope[1].index_select(1, rows.active)
         out, _, _, _ = self.adapter.body(
@@ -34,7 +34,7 @@ class _BlockHook(ModelHook):
             (rows.cos, rows.sin),
             layer.text,
             active=rows.active,
-            merge_kv=lambda key, value: self.buffers.merge_kv(layer, rows, key, value),
+            merge_kv=lambda key, value: self.buffers.merge_kv(layer, staged, rows, key, value),
         )
         return out
 
@@ -82,12 +82,12 @@ class MainBlockHook(_BlockHook):
 
     def partial(self, ctx: ContextState, module, hidden: torch.Tensor, args: tuple, kwargs: dict) -> torch.Tensor:
         layer, rows, get = ctx.layers[self.name], ctx.rows, self.adapter.argument
+        staged = self.buffers.device_caches(ctx, self.name)
         rows_in = self.buffers.gather(ctx, hidden, rows)
-        computed = self._partial_body(
-            module, layer, rows, rows_in, get("temb", args, kwargs), get("rope", args, kwargs)
-        )
+        temb, rope = get("temb", args, kwargs), get("rope", args, kwargs)
+        computed = self._partial_body(module, layer, staged, rows, rows_in, temb, rope)
         self.buffers.refresh_skip(layer, rows, computed, rows_in)
-        self.buffers.fill_skipped(layer, hidden, rows)
+        self.buffers.fill_skipped(staged, hidden, rows)
         hidden.index_copy_(1, rows.active, computed)
         return hidden
 
@@ -125,6 +125,7 @@ class VaceBlockHook(_BlockHook):
     def partial(self, ctx: ContextState, module, args: tuple, kwargs: dict) -> tuple[torch.Tensor, torch.Tensor]:
         layer, rows, get, adapter = ctx.layers[self.name], ctx.rows, self.adapter.argument, self.adapter
         hidden, control = get("hidden", args, kwargs), get("control", args, kwargs)
+        staged = self.buffers.device_caches(ctx, self.name)
         control_rows = self.buffers.gather(ctx, control, rows)
         if self.first:
             base_rows = hidden.index_select(1, rows.active)
@@ -132,14 +133,14 @@ class VaceBlockHook(_BlockHook):
         else:
             base_rows = stream_rows = control_rows
         computed = self._partial_body(
-            module, layer, rows, stream_rows, get("temb", args, kwargs), get("rope", args, kwargs)
+            module, layer, staged, rows, stream_rows, get("temb", args, kwargs), get("rope", args, kwargs)
         )
         self.buffers.refresh_skip(layer, rows, computed, base_rows)
         hint = self.buffers.update_hint(layer, rows, adapter.project_out(module, computed))
         out = control
         if self.first:
             out.copy_(hidden)
-        self.buffers.fill_skipped(layer, out, rows)
+        self.buffers.fill_skipped(staged, out, rows)
         out.index_copy_(1, rows.active, computed)
         return hint, out
 

@@ -1,15 +1,19 @@
 """The one place that allocates, places and writes the engine's caches (offload and staging included).
 
 Buffers are allocated when a run starts (or when PARTIAL rows are chosen) and written in place afterwards, so a
-denoising step allocates nothing per layer. Offloaded caches (keys, values, skip rows) live in host memory and are
-copied into one persistent device buffer per kind when a layer needs them; fresh rows are written back.
+denoising step allocates nothing per layer. Offloaded caches (keys, values, skip rows) live in host memory; on
+PARTIAL steps each layer reads them from one of two persistent device slots, and while it computes the next cached
+layer's caches are copied into the other slot (on a side CUDA stream; plain copies on CPU). Fresh rows are written
+back to the host buffers.
 """
 
 from __future__ import annotations
 
+import itertools
+
 import torch
 
-from .config import EngineConfig, main_layer, vace_layer
+from .config import EngineConfig
 from .state import ContextState, LayerCache, Rows, RunState
 
 
@@ -33,13 +37,23 @@ def _index_copy(buffer: torch.Tensor, rows: torch.Tensor, values: torch.Tensor) 
     buffer.index_copy_(1, rows, values)
 
 
+def _kinds(layer: LayerCache) -> dict[str, torch.Tensor]:
+    return {"key": layer.key, "value": layer.value, "skip": layer.skip}
+
+
 class CacheBuffers:
     """Allocation and every write of one transformer's caches."""
 
-    def __init__(self, config: EngineConfig, head_dtype: torch.dtype | None) -> None:
+    def __init__(self, config: EngineConfig, head_dtype: torch.dtype | None, order: tuple[str, ...]) -> None:
         self.config = config
         self.head_dtype = head_dtype or config.model_dtype
-        self.staging: dict[str, torch.Tensor] = {}
+        self.order = order  # cached layers in the order a forward runs them
+        self.next_of = dict(itertools.pairwise(order))
+        self.slot_of = {name: i % 2 for i, name in enumerate(order)}
+        self.staging: list[dict[str, torch.Tensor]] = []  # offloaded: per slot, device copies of one layer's caches
+        self._holds: list[str | None] = []  # the layer each slot holds in this call
+        self._events: list[torch.cuda.Event | None] = []
+        self._stream: torch.cuda.Stream | None = None
 
     # -- allocation (outside the denoising step's hot path) -------------------------------------------------
     def _storage_device(self, device: torch.device) -> torch.device:
@@ -62,8 +76,7 @@ class CacheBuffers:
         skip = (batch, run.clip.skippable.numel(), dim)
         store = self._storage_device(device)
         pin = cfg.offload and device.type == "cuda"
-        cached = [main_layer(i) for i in sorted(cfg.partial_blocks)] + [vace_layer(i) for i in sorted(cfg.partial_vace)]
-        for name in cached:
+        for name in self.order:
             layer = ctx.layer(name)
             layer.key = _buffer(layer.key, kv, cfg.cache_dtype, store, pin)
             layer.value = _buffer(layer.value, kv, cfg.cache_dtype, store, pin)
@@ -77,22 +90,59 @@ class CacheBuffers:
         ctx.scratch = _buffer(
             ctx.scratch, (ctx.x_in.shape[0], rows.active.numel(), cfg.geometry.dim), cfg.model_dtype, device
         )
-        if not cfg.offload:
+        if not cfg.offload or not self.order:
             return
-        layer = next(iter(ctx.layers.values()), None)
-        for kind in ("key", "value", "skip"):
-            source = getattr(layer, kind, None) if layer is not None else None
-            if source is not None:
-                self.staging[kind] = _buffer(self.staging.get(kind), tuple(source.shape), source.dtype, device)
+        layer = ctx.layers[self.order[0]]
+        slots = min(2, len(self.order))  # two when there is a next layer to prefetch while one computes
+        old = self.staging + [{}] * (slots - len(self.staging))
+        self.staging = [
+            {kind: _buffer(old[slot].get(kind), tuple(t.shape), t.dtype, device) for kind, t in _kinds(layer).items()}
+            for slot in range(slots)
+        ]
+        self._holds, self._events = [None] * slots, [None] * slots
+        if device.type == "cuda" and self._stream is None:
+            self._stream = torch.cuda.Stream(device)
 
     def staging_bytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in self.staging.values())
+        return sum(t.numel() * t.element_size() for slot in self.staging for t in slot.values())
 
-    def _on_device(self, buffer: torch.Tensor, kind: str) -> torch.Tensor:
-        """The buffer itself, or (offloaded) its staged device copy in the shared buffer of its kind."""
+    # -- where a PARTIAL layer reads its caches ---------------------------------------------------------------
+    def device_caches(self, ctx: ContextState, name: str) -> dict[str, torch.Tensor]:
+        """Keys, values and skip rows of layer `name` on the compute device (offloaded: staged, next one prefetched)."""
         if not self.config.offload:
-            return buffer
-        return self.staging[kind].copy_(buffer, non_blocking=True)
+            return _kinds(ctx.layers[name])
+        return self._stage(ctx, name)
+
+    def new_call(self) -> None:
+        """Host caches may have changed since the last call: no slot holds a valid copy."""
+        self._holds = [None] * len(self._holds)
+
+    @torch.compiler.disable
+    def _stage(self, ctx: ContextState, name: str) -> dict[str, torch.Tensor]:
+        slot = self.slot_of[name]
+        if self._holds[slot] != name:  # not prefetched (the first cached layer of a call)
+            self._copy(ctx, name, slot)
+        if self._events[slot] is not None:
+            torch.cuda.current_stream().wait_event(self._events[slot])
+        following = self.next_of.get(name)
+        if following is not None:
+            self._copy(ctx, following, self.slot_of[following])
+        return self.staging[slot]
+
+    def _copy(self, ctx: ContextState, name: str, slot: int) -> None:
+        """Copy layer `name`'s host caches into `slot`: on a side stream on CUDA (overlapping compute), else now."""
+        sources, targets = _kinds(ctx.layers[name]), self.staging[slot]
+        if self._stream is None:
+            for kind, source in sources.items():
+                targets[kind].copy_(source)
+        else:
+            self._stream.wait_stream(torch.cuda.current_stream())  # the slot's previous reader is done
+            with torch.cuda.stream(self._stream):
+                for kind, source in sources.items():
+                    targets[kind].copy_(source, non_blocking=True)
+                self._events[slot] = torch.cuda.Event()
+                self._events[slot].record(self._stream)
+        self._holds[slot] = name
 
     # -- FULL steps -----------------------------------------------------------------------------------------
     def keep_input(self, ctx: ContextState, hidden: torch.Tensor) -> None:
@@ -135,10 +185,10 @@ class CacheBuffers:
         return torch.index_select(tensor, 1, rows.active, out=ctx.scratch)
 
     def merge_kv(
-        self, layer: LayerCache, rows: Rows, key: torch.Tensor, value: torch.Tensor
+        self, layer: LayerCache, staged: dict[str, torch.Tensor], rows: Rows, key: torch.Tensor, value: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Write the active tokens' fresh keys/values into the cache; return the keys/values of all tokens."""
-        keys, values = self._on_device(layer.key, "key"), self._on_device(layer.value, "value")
+        keys, values = staged["key"], staged["value"]
         _index_copy(keys, rows.active, key)
         _index_copy(values, rows.active, value)
         if self.config.offload:
@@ -153,9 +203,9 @@ class CacheBuffers:
             fresh = fresh - base[:, : rows.n_refresh]
         _index_copy(layer.skip, rows.slots_stored, fresh)
 
-    def fill_skipped(self, layer: LayerCache, out: torch.Tensor, rows: Rows) -> None:
+    def fill_skipped(self, staged: dict[str, torch.Tensor], out: torch.Tensor, rows: Rows) -> None:
         """Skipped tokens of `out` (in place): input + cached residual, or the cached output."""
-        skip = self._on_device(layer.skip, "skip").to(out.dtype)
+        skip = staged["skip"].to(out.dtype)
         if self.config.residual_fill:
             out.index_add_(1, rows.skippable, skip)
         else:

@@ -72,6 +72,7 @@ class RootHook(ModelHook):
         state = self.state
         inputs = self._signature.bind(*args, **kwargs).arguments
         ctx = state.enter_context()
+        self.buffers.new_call()
         if self._is_follower(ctx):
             step = state.run.current_step
             decision = state.run.decisions[step]
