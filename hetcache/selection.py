@@ -1,4 +1,4 @@
-"""Which margin and context tokens a PARTIAL step recomputes (DESIGN.md, engine semantics 5).
+"""Which margin and context tokens a PARTIAL step recomputes.
 
 All selection runs on the device with tensor ops (no Python loop over tokens). Margin tokens are evenly spaced per
 latent frame; context tokens by `stride`, `kmeans` (nearest to their cluster centre), `attention` (largest
