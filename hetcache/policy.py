@@ -545,6 +545,15 @@ def policy_with(policy: Policy, **changes: Any) -> Policy:
     return policy_from_dict(data, origin=f"policy '{policy.name}'")
 
 
+def field_value(policy: Policy, name: str) -> Any:
+    """The value of a field by name, wherever it sits in the nesting (the names `Policy.replace` takes)."""
+    for section in SECTIONS:
+        value = getattr(policy, section.name)
+        if value is not None and name in {f.name for f in dataclasses.fields(section.cls)}:
+            return getattr(value, name)
+    raise PolicyError(f"unknown policy field {name!r}.", f"see {FORMAT_DOC} for the field names.")
+
+
 def section_to_dict(value: Any) -> dict[str, Any]:
     """The JSON form of a section dataclass (JSON names, tuples as lists; unset optional fields left out)."""
     out = {}

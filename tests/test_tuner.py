@@ -276,6 +276,82 @@ def test_identical_behaviour_shares_a_key():
     assert behaviour_key(policy(0.1, 0.0, 4), "FPRF") == behaviour_key(policy(0.1, 0.0, 8), "FPRF")
 
 
+# -- the search space --------------------------------------------------------------------------------------
+
+
+def small_space(**changes):
+    from hetcache.tuner.space import SearchSpace
+
+    values = dict(
+        steps=8,
+        reuse_threshold=(0.01, 0.3),
+        warmup_steps=(1, 2),
+        final_full_steps=(0, 2),
+        margin_width=(0, 4),
+        main_order=(3, 1, 5, 4, 2, 0),
+        vace_order=(0, 1),
+        polynomial=None,
+        layer_order_source="prefix",
+        step_changes=(0.1, 0.05, 0.2, 0.02, 0.3, 0.04, 0.15),
+    )
+    return SearchSpace(**{**values, **changes})
+
+
+def test_the_search_space_is_one_table_of_parameters():
+    from hetcache.tuner.space import PARAM_NAMES, PARAMS, paper_params
+
+    from hetcache.policy import WorkloadSpec, field_value
+
+    space = small_space()
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    sampled = space.suggest(study.ask())
+    assert tuple(sampled) == PARAM_NAMES
+    assert tuple(space.clamp(sampled)) == PARAM_NAMES and tuple(paper_params(6)) != ()
+    assert set(paper_params(6)) == set(PARAM_NAMES)
+    for label, point in space.warm_starts():
+        assert tuple(point) == PARAM_NAMES, label
+        policy = space.policy(point, label, None, WorkloadSpec(steps=8))
+        for param in PARAMS:
+            if param.field is not None:
+                assert field_value(policy, param.field) == point[param.name], (label, param.name)
+    far = space.clamp({**sampled, "reuse_threshold": 9.0, "margin_width": 99, "selection": "nope", "clusters": 1})
+    assert (far["reuse_threshold"], far["margin_width"], far["selection"], far["clusters"]) == (0.3, 4, "stride", 2)
+    assert not small_space(vace_order=()).clamp({**sampled, "partial_vace": True})["partial_vace"]
+
+
+def test_a_trial_whose_policy_has_no_partial_block_never_has_p_in_its_plan():
+    from hetcache.plan import plan_from_changes
+    from hetcache.policy import WorkloadSpec
+
+    space = small_space()
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=1))
+    seen = {"none": 0, "some": 0}
+    for number in range(300):
+        params = space.suggest(study.ask())
+        if number % 2:  # half the points without a partial block, whatever the other values
+            params = {**params, "partial_blocks": 0, "partial_vace": False}
+        policy = space.policy(params, "t", None, WorkloadSpec(steps=8))
+        plan = plan_from_changes(list(space.step_changes), policy.step_plan)
+        if policy.layers.has_partial_block:
+            seen["some"] += "P" in plan
+        else:
+            seen["none"] += 1
+            assert "P" not in plan, (params, plan)
+            assert policy.step_plan.full_threshold == policy.step_plan.reuse_threshold
+    assert seen["none"] >= 150 and seen["some"] > 0  # P steps do occur where a block runs partial
+
+
+def test_tuned_trials_without_a_partial_block_plan_no_partial_step(tuned):
+    out, code, _, stderr = tuned
+    assert code == 0, stderr
+    trials = [t for t in load_study(out, "reference-psnr30").trials if "policy" in t.user_attrs]
+    assert trials
+    for trial in trials:
+        layers = trial.user_attrs["policy"]["layers"]
+        if not layers["partial_blocks"] and not layers["partial_vace_blocks"]:
+            assert all("P" not in plan for plan in trial.user_attrs["decisions"].values()), trial.number
+
+
 # -- profiles ----------------------------------------------------------------------------------------------
 
 
