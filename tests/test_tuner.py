@@ -97,7 +97,7 @@ def test_bad_budget_is_a_clear_error(tmp_path, text, message):
 
 
 def test_storage_files_under_the_working_directory_are_shown_relative(tmp_path, monkeypatch):
-    from hetcache.tuner.storage import display_url, resolve_url
+    from hetcache.tuner.study_storage import display_url, resolve_url
 
     monkeypatch.chdir(tmp_path)
     assert display_url(resolve_url(None, Path("runs/tune"))) == "sqlite:///runs/tune/study.db"
@@ -202,7 +202,14 @@ def test_export_command_and_pareto_ladder(tuned, tmp_path):
     assert fastest_feasible["trial"] == best["trial"]
     for rung in ladder:
         assert load_policy(tmp_path / "ladder" / rung["file"]).provenance["trial"] == rung["trial"]
-    # another budget, read from the same study
+    # the front is at least as good as step reuse alone at every cost: it holds or beats every timestep-only trial
+    study = load_study(out, name)
+    steps_only = [t for t in study.trials if str(t.user_attrs.get("warm_start", "")).startswith("timestep-only")]
+    assert len(steps_only) == 4
+    for trial in steps_only:
+        speed, psnr = trial.value, trial.user_attrs["quality"]["psnr"]
+        assert any(rung["speedup"] >= speed and rung["psnr"] >= psnr for rung in ladder), trial.number
+        # another budget, read from the same study
     code, _, _ = run_tune("export", "--storage", str(out / "study.db"), "--study-name", name, "--budget", "psnr=99")
     assert code == 3
 
@@ -216,7 +223,7 @@ def test_impossible_budget_fails_cleanly_with_the_closest_trial(tmp_path):
     assert not (out / "policy.json").exists()
     assert not list(out.glob("*.json"))
     trials = load_study(out, "reference-psnr100").trials
-    assert len(trials) == 3  # every enqueued warm start runs, even past --trials
+    assert len(trials) == 2  # --trials is the total: only the first warm starts are enqueued
     stopped = [t for t in trials if "pruned_at_clip" in t.user_attrs]
     assert stopped and all(t.user_attrs["pruned_at_clip"] == "box" for t in stopped)
     assert all(set(t.user_attrs["quality_per_clip"]) == {"box"} for t in stopped)
@@ -356,7 +363,7 @@ def test_tuned_trials_without_a_partial_block_plan_no_partial_step(tuned):
 
 
 def write_profile(folder: Path, fingerprint: str, context_drift: list[float], polynomial: list[float]) -> Path:
-    """A profile.json with the fields the tuner reads (format: CONTRACTS.md)."""
+    """A profile.json with the fields the tuner reads (format: docs/files.md)."""
     layers = [
         {"name": f"blocks.{i}", "kind": "main", "index": i, "drift": {"context": d, "generative": 1.0}}
         for i, d in enumerate(context_drift)
@@ -392,7 +399,9 @@ def test_profile_orders_layers_and_rescales_the_step_curve(tmp_path):
     assert profiled.polynomial == (2.0, 0.0) and plain.polynomial is None
     assert profiled.step_changes == pytest.approx([2 * c for c in plain.step_changes], rel=1e-4)
     starts = dict(profiled.warm_starts(hints))
-    assert set(starts) == {"paper", "timestep-only", "balanced", "profile-quiet-blocks", "profile-all-blocks-attention"}
+    ladder = {"timestep-only", "timestep-only@0.5x", "timestep-only@1x", "timestep-only@2.5x"}
+    assert set(starts) == {"paper", "balanced", "profile-quiet-blocks", "profile-all-blocks-attention"} | ladder
+    assert all(starts[label]["partial_blocks"] == 0 and not starts[label]["partial_vace"] for label in ladder)
     assert starts["paper"]["partial_blocks"] == 4  # blocks 0-19 of 30 → 4 of 6
     assert not starts["paper"]["partial_vace"]
     quiet = profiled.policy(

@@ -112,9 +112,13 @@ class WarmStart:
 
 
 TOKEN_LEVEL = {"margin_width": 2, "margin_ratio": 0.5, "context_ratio": 0.1, "selection": "kmeans_attention"}
+# timestep-only plans are a subset of the space: a ladder of them (every other value neutral: step reuse only)
+# seeds every study, so that its Pareto front is at least as good as step reuse at every cost
+TIMESTEP_LADDER = (1.5, 0.5, 1.0, 2.5)
 WARM_STARTS = (
-    WarmStart("timestep-only", 1.5),  # every other value neutral: step reuse only
+    WarmStart("timestep-only", TIMESTEP_LADDER[0]),
     WarmStart("balanced", 1.2, {**TOKEN_LEVEL, "full_ratio": 2.5, "partial_blocks": ALL, "partial_vace": True}),
+    *(WarmStart(f"timestep-only@{scale:g}x", scale) for scale in TIMESTEP_LADDER[1:]),
     WarmStart(
         "profile-quiet-blocks", 1.0, {**TOKEN_LEVEL, "full_ratio": 2.0, "partial_blocks": QUIET}, needs_profile=True
     ),
@@ -250,7 +254,8 @@ class SearchSpace:
 
     # -- warm start -----------------------------------------------------------------------------------------
     def warm_starts(self, hints: ProfileHints | None = None) -> list[tuple[str, dict[str, Any]]]:
-        """Named starting points: the paper's settings translated to this model, timestep-only caching, guesses."""
+        """Named starting points, most telling first: the paper's settings translated to this model, the
+        timestep-only ladder, token-level guesses (from the profile when there is one)."""
         points = [("paper", self.clamp(paper_params(len(self.main_order))))]
         quiet = self._quiet_blocks(hints)
         for start in WARM_STARTS:
