@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -223,3 +224,26 @@ def test_selection_needs_follow_the_schema_constants():
         assert tokens.needs_features == (selection in FEATURE_SELECTIONS)
         assert tokens.needs_scores == (selection in SCORE_SELECTIONS)
         assert not TokenSpec(selection=selection, context_ratio=0.0).needs_features
+
+
+def test_shipped_reference_policies_plan_what_they_compute():
+    """A stored plan is the rule's plan on the reference workload, and no policy without a partial block plans P."""
+    from hetcache.plan import resolve_plan
+    from hetcache.workloads.execute import Session
+    from hetcache.workloads.spec import ClipSource, Workload
+
+    session = Session(Workload(clips=(ClipSource("box", kind="box"),), height=64, width=64, num_frames=9, steps=20))
+    fingerprint = model_fingerprint(session.transformer)["fingerprint"]
+    checked = 0
+    for name in policies.names():
+        policy = load_policy(name)
+        if not policy.layers.has_partial_block:
+            assert "P" not in (policy.step_plan.plan or ""), name
+            assert policy.step_plan.full_threshold == policy.step_plan.reuse_threshold, name
+        if policy.model.fingerprint != fingerprint or policy.step_plan.plan is None:
+            continue
+        spec = policy.step_plan
+        by_rule = resolve_plan(session.transformer, session.timesteps(), dataclasses.replace(spec, plan=None))
+        assert by_rule == spec.plan == next(iter(policy.provenance["decisions"].values())), name
+        checked += 1
+    assert checked >= 2
