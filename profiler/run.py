@@ -16,9 +16,9 @@ from hetcache import __version__
 from hetcache.errors import InputError
 from hetcache.fingerprint import model_fingerprint
 
-from .cost import layer_flops
 from .curve import fit_polynomial, modulation_changes
 from .families import select_layers, transformer_of
+from .layer_cost import layer_flops
 from .masks import as_mask_tensor
 from .options import ProfileOptions
 from .recorder import Recorder
