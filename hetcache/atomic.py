@@ -96,8 +96,9 @@ def write_json(path: str | os.PathLike, data: Any) -> Path:
     return write_text(path, json.dumps(json_safe(data), indent=2, sort_keys=False, allow_nan=False) + "\n")
 
 
-def _is_empty_folder(path: Path) -> bool:
-    return path.is_dir() and not any(path.iterdir())
+def holds_only_marker(path: str | os.PathLike) -> bool:
+    """Whether folder `path` holds nothing but the marker (or one being written by a worker starting alongside)."""
+    return Path(path).is_dir() and all(MARKER in entry.name for entry in Path(path).iterdir())
 
 
 @contextlib.contextmanager
@@ -110,7 +111,7 @@ def atomic_dir(path: str | os.PathLike, overwrite: bool = False, kind: str = "ou
     from .errors import InputError
 
     path = Path(path).absolute()
-    if path.exists() and not (is_marked(path) or _is_empty_folder(path)):
+    if path.exists() and not (is_marked(path) or holds_only_marker(path)):
         raise InputError(
             f"'{path}' exists and was not written by hetcache (no {MARKER} marker); it is never replaced.",
             "choose another output folder, or move that folder away yourself.",
@@ -122,7 +123,7 @@ def atomic_dir(path: str | os.PathLike, overwrite: bool = False, kind: str = "ou
         write_marker(tmp, kind)
         _normalise_modes(tmp)
         if path.exists():
-            if not (overwrite or _is_empty_folder(path)):
+            if not (overwrite or holds_only_marker(path)):
                 raise FileExistsError(path)
             old = path.with_name(f".{path.name}.old")
             shutil.rmtree(old, ignore_errors=True)

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__, cli_types
-from .atomic import MARKER, is_marked
+from .atomic import MARKER, holds_only_marker, is_marked
 from .errors import HetCacheError, InputError
 from .workloads.clips import MASK_KINDS
 from .workloads.spec import ClipSource, Workload, load_workload
@@ -166,7 +166,7 @@ def check_output_folder(
     if resolved.exists():
         if not resolved.is_dir():
             raise InputError(f"{flag} '{path}' is a file, not a folder.", f"choose another {flag}.")
-        if any(resolved.iterdir()) and not is_marked(resolved):
+        if not (holds_only_marker(resolved) or is_marked(resolved)):
             raise InputError(
                 f"{flag} '{path}' is a non-empty folder hetcache did not write (no {MARKER} marker); it is never "
                 "replaced or written into, even with --overwrite.",

@@ -216,7 +216,7 @@ def test_impossible_budget_fails_cleanly_with_the_closest_trial(tmp_path):
     assert not (out / "policy.json").exists()
     assert not list(out.glob("*.json"))
     trials = load_study(out, "reference-psnr100").trials
-    assert len(trials) == 3  # every enqueued warm start runs, even past --trials
+    assert len(trials) == 2  # --trials is the total: the third warm start waits for a --resume
     stopped = [t for t in trials if "pruned_at_clip" in t.user_attrs]
     assert stopped and all(t.user_attrs["pruned_at_clip"] == "box" for t in stopped)
     assert all(set(t.user_attrs["quality_per_clip"]) == {"box"} for t in stopped)

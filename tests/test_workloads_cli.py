@@ -117,7 +117,7 @@ def test_workload_files_are_validated(tmp_path):
 
 def test_run_command_writes_clips_and_report(tmp_path, capsys):
     out = tmp_path / "run"
-    code = main(["run", *SMALL_FLAGS, "--policy", "reference-psnr35", "--compare", "--out", str(out)])
+    code = main(["run", *SMALL_FLAGS, "--policy", "reference-psnr35", "--compare", "--reps", "1", "--out", str(out)])
     assert code == 0
     record = json.loads((out / "run.json").read_text())
     assert record["schema"] == "hetcache.run/v1"
