@@ -16,10 +16,7 @@ import numpy as np
 from hetcache.profiler.store import PROFILE_FIX, Profile
 
 from hetcache.errors import HetCacheError
-
-from .sources import RUN_FILE
-
-RUN_SCHEMA = "hetcache.run/v1"
+from hetcache.run_record import RUN_FIX, read_run_record
 
 
 class DataError(HetCacheError):
@@ -142,8 +139,6 @@ class _LazyTensors(Mapping):
 # ---------------------------------------------------------------------------------------------------------------
 # run folders
 
-RUN_FIX = "re-create it with `hetcache run ... --compare --out DIR` (make demo writes runs/demo/apply)."
-
 
 @dataclass
 class RunView:
@@ -181,17 +176,11 @@ class RunView:
 
 
 def load_run(folder: Path) -> RunView:
-    """Load a run folder's run.json and check its shape."""
-    folder = Path(folder)
-    path = folder / RUN_FILE
-    record = read_json(path, "run file", RUN_FIX)
-    if not isinstance(record, dict) or record.get("schema") != RUN_SCHEMA:
-        schema = record.get("schema") if isinstance(record, dict) else None
-        raise DataError(f"'{path}' is not a hetcache run record (schema {schema!r}, expected {RUN_SCHEMA!r}).", RUN_FIX)
-    clips = record.get("clips")
-    if not isinstance(clips, list) or not clips or not all(isinstance(c, dict) and "clip" in c for c in clips):
-        raise DataError(f"run file '{path}': field 'clips' must be a non-empty list of clip records.", RUN_FIX)
-    return RunView(folder, record)
+    """Load a run folder's run.json with hetcache's one reader of it (hetcache.run_record)."""
+    try:
+        return RunView(Path(folder), read_run_record(folder))
+    except HetCacheError as exc:
+        raise DataError(exc.what, exc.fix) from None
 
 
 def read_frames(path: Path, what: str) -> np.ndarray:

@@ -49,10 +49,10 @@ def build_demo(base: Path) -> Path:
     from hetcache.tuner.cli import main as tune_main
 
     from hetcache.runner import run
-    from hetcache.workloads.execute import Session
+    from hetcache.workloads.execute import LoadedWorkload
 
     demo = base / "runs" / "demo"
-    profile_session(Session(tiny_workload()), margin_width=1, attention_every=1).save(demo / "profile")
+    profile_session(LoadedWorkload(tiny_workload()), margin_width=1, attention_every=1).save(demo / "profile")
     code = tune_main(
         [
             *WORKLOAD_FLAGS,

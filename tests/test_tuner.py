@@ -123,7 +123,7 @@ def test_unreachable_storage_is_a_clear_error(tmp_path):
 
 def test_exported_policy_meets_its_budget_when_run_again(tuned):
     from hetcache.runner import run_clips, summarise
-    from hetcache.workloads.execute import Session
+    from hetcache.workloads.execute import LoadedWorkload
     from hetcache.workloads.spec import workload_from_dict
 
     out, code, stdout, stderr = tuned
@@ -149,7 +149,7 @@ def test_exported_policy_meets_its_budget_when_run_again(tuned):
     assert any(t.constraints["psnr"] > 0 for t in study.trials if t.constraints), "the budget never bound"
 
     # run it again on the calibration clips: same speedup, budget met
-    session = Session(workload_from_dict(study.user_attrs["workload"]))
+    session = LoadedWorkload(workload_from_dict(study.user_attrs["workload"]))
     assert [clip.name for clip in session.clips] == ["box", "moving"]
     summary = summarise(run_clips(session, policy, compare=True))
     assert summary["speedup_flops"] == pytest.approx(prov["speedup_flops"], rel=1e-9)
@@ -386,10 +386,10 @@ def test_profile_orders_layers_and_rescales_the_step_curve(tmp_path):
 
     from hetcache.fingerprint import model_fingerprint
     from hetcache.policy import WorkloadSpec, model_spec_from_fingerprint
-    from hetcache.workloads.execute import Session
+    from hetcache.workloads.execute import LoadedWorkload
     from hetcache.workloads.spec import ClipSource, Workload
 
-    session = Session(
+    session = LoadedWorkload(
         Workload(weights="random", height=64, width=64, num_frames=9, steps=6, clips=(ClipSource("box", "box"),))
     )
     fp = model_fingerprint(session.transformer)["fingerprint"]

@@ -244,10 +244,10 @@ def run_worker(study: optuna.Study, objective: Objective, config: TuneConfig, he
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                     optuna.storages.fail_stale_trials(study)
-            done, waiting, running = _counts(study)
+            done, _, running = _counts(study)
             bar.n = min(done, config.trials)
             bar.refresh()
-            if done >= config.trials and not waiting:
+            if done >= config.trials:  # warm starts still queued wait for a later --resume with more --trials
                 if not (heartbeat and running):
                     break
                 time.sleep(min(1.0, config.heartbeat.interval))
@@ -262,7 +262,7 @@ def run_worker(study: optuna.Study, objective: Objective, config: TuneConfig, he
 
 def tune(config: TuneConfig, session: Any = None) -> TuneResult:
     """Create or join the study, compute the references, and run this worker's trials."""
-    from hetcache.workloads.execute import Session
+    from hetcache.workloads.execute import LoadedWorkload
 
     if config.objective not in OBJECTIVES:
         raise InputError(f"--objective {config.objective!r} is unknown.", f"use one of {', '.join(OBJECTIVES)}.")
@@ -278,7 +278,7 @@ def tune(config: TuneConfig, session: Any = None) -> TuneResult:
     started = time.monotonic()
     url = resolve_url(config.storage, config.out)
     storage = open_storage(url, config.heartbeat)  # fail fast, before loading the model
-    session = session if session is not None else Session(config.workload)
+    session = session if session is not None else LoadedWorkload(config.workload)
     _check_budget_regions(config.budget, session)
     hints = read_profile(config.profile) if config.profile else None
     fp = model_fingerprint(session.transformer)
