@@ -229,10 +229,12 @@ def test_selection_needs_follow_the_schema_constants():
 def test_shipped_reference_policies_plan_what_they_compute():
     """A stored plan is the rule's plan on the reference workload, and no policy without a partial block plans P."""
     from hetcache.plan import resolve_plan
-    from hetcache.workloads.execute import Session
+    from hetcache.workloads.execute import LoadedWorkload
     from hetcache.workloads.spec import ClipSource, Workload
 
-    session = Session(Workload(clips=(ClipSource("box", kind="box"),), height=64, width=64, num_frames=9, steps=20))
+    session = LoadedWorkload(
+        Workload(clips=(ClipSource("box", kind="box"),), height=64, width=64, num_frames=9, steps=20)
+    )
     fingerprint = model_fingerprint(session.transformer)["fingerprint"]
     checked = 0
     for name in policies.names():
