@@ -149,9 +149,9 @@ def partial_forward(size: str, device: str, dtype: torch.dtype, reps: int) -> li
 def whole_run(policy: str, clips: str, reps: int) -> dict:
     """Reference workload: uncached vs policy, interleaved; wall-clock vs FLOPs speedup and engine overhead."""
     from hetcache.workloads import reference_workload
-    from hetcache.workloads.execute import Session
+    from hetcache.workloads.execute import LoadedWorkload
 
-    session = Session(reference_workload(clips=tuple(), weights="trained"))
+    session = LoadedWorkload(reference_workload(clips=tuple(), weights="trained"))
     chosen = [c for c in session.clips if c.name in clips.split(",")]
     plain_times, cached_times, overhead, flops, flops_uncached, cache_bytes = [], [], [], 0.0, 0.0, 0
     session.generate(chosen[0])

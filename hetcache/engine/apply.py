@@ -144,8 +144,7 @@ def apply_hetcache(
         scheduler = getattr(transformer, "scheduler", None)
     for target in targets:
         _check_model(target)
-        if strict:
-            policy.check_model(model_fingerprint(target))
+        policy.check_model(model_fingerprint(target), strict=strict)
     if plan is not None:
         check_plan_string(plan, "plan")
     states = [_attach(t, policy, mask, plan, scheduler, num_inference_steps) for t in targets]
