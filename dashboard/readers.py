@@ -6,7 +6,6 @@ the mp4s next to it. Nothing here computes what the writers computed.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,24 +20,6 @@ from hetcache.run_record import RUN_FIX, read_run_record
 
 class DataError(HetCacheError):
     """A profile, run folder, study or policy the dashboard cannot show; the message names it and the fix."""
-
-
-def read_json(path: Path, what: str, fix: str) -> Any:
-    """Parse a JSON file, or raise DataError naming the file, the problem and `fix`."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise DataError(f"{what} '{path}' does not exist.", fix) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise DataError(f"{what} '{path}' cannot be read ({exc}).", fix) from None
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise DataError(
-            f"{what} '{path}' is not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg}); "
-            "it is probably truncated or was written by something else.",
-            fix,
-        ) from None
 
 
 # ---------------------------------------------------------------------------------------------------------------

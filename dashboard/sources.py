@@ -15,12 +15,12 @@ from hetcache.profiler.store import JSON_FILE as PROFILE_FILE
 from hetcache.tuner.study_storage import JOURNAL_SUFFIXES, SQLITE_SUFFIXES, url_for_file
 
 from hetcache.policy import SCHEMA_PREFIX
+from hetcache.run_record import RUN_FILE
 
 RUNS_ENV = "HETCACHE_DASHBOARD_RUNS"
 STORAGE_ENV = "HETCACHE_DASHBOARD_STORAGE"
 DEFAULT_RUNS = "runs"
 
-RUN_FILE = "run.json"
 POLICY_MARK = f'"{SCHEMA_PREFIX}'.encode()
 MAX_DEPTH = 6
 PEEK_BYTES = 512

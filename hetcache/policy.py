@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from . import atomic
-from .dtypes import CACHE_DTYPES
+from .dtypes import CACHE_DTYPES, CACHE_ONLY_DTYPES
 from .errors import FingerprintMismatchError, PolicyError
 from .steps import FULL, PLAN_LETTERS
 
@@ -33,6 +33,7 @@ FEATURE_SELECTIONS = frozenset({"kmeans", "kmeans_attention"})  # cluster hidden
 SCORE_SELECTIONS = frozenset({"attention", "kmeans_attention"})  # rank by the generative queries' attention mass
 SKIP_FILLS = ("residual", "output")
 PLAN_RULES = ("accumulated_change", "explicit")
+CACHE_DTYPE_CHOICES = (*CACHE_DTYPES, *CACHE_ONLY_DTYPES)  # float8: stored in one byte, computed in the model dtype
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -140,7 +141,7 @@ class LayerSpec:
 class CacheSpec:
     """Storage of the per-layer caches."""
 
-    dtype: str = spec("auto", kind="choice", choices=CACHE_DTYPES, doc='cache dtype ("auto": the model\'s own)')
+    dtype: str = spec("auto", kind="choice", choices=CACHE_DTYPE_CHOICES, doc='cache dtype ("auto": the model\'s own)')
     offload: bool = spec(False, kind="bool", doc="keep caches in host memory between steps")
 
 

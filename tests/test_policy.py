@@ -249,3 +249,13 @@ def test_shipped_reference_policies_plan_what_they_compute():
         assert by_rule == spec.plan == next(iter(policy.provenance["decisions"].values())), name
         checked += 1
     assert checked >= 2
+
+
+def test_the_cache_only_float8_dtype_is_a_valid_cache_dtype():
+    from hetcache.dtypes import CACHE_ONLY_DTYPES
+
+    policy = load_policy("reference-psnr35").replace(dtype="float8_e4m3fn")
+    assert policy.cache.dtype == "float8_e4m3fn" and "float8_e4m3fn" in CACHE_ONLY_DTYPES
+    assert load_policy(policy.to_dict()) == policy
+    with pytest.raises(PolicyError, match=r"cache\.dtype must be one of auto, .*, float8_e4m3fn, got"):
+        policy.replace(dtype="float8")

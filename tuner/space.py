@@ -38,7 +38,8 @@ from hetcache.steps import PARTIAL
 from .profile_input import ProfileHints
 
 PAPER_POLICY = "wan21-vace-1.3b-paper"
-# float32 caches are never smaller than "auto" and on a float32 model they are "auto": not worth a trial
+# float32 caches are never smaller than "auto" and on a float32 model they are "auto": not worth a trial; the
+# cache-only float8 (policy field cache.dtype) saves memory, never FLOPs or time, so the objective cannot want it
 TUNED_CACHE_DTYPES = tuple(d for d in CACHE_DTYPES if d != "float32")
 
 
