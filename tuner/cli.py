@@ -344,10 +344,14 @@ def check_study_mode(args: argparse.Namespace, name: str, url: str, heartbeat) -
 
 @contextlib.contextmanager
 def quiet_interrupts() -> Iterator[None]:
-    """Drop Optuna's log record (with its traceback) of a trial failed by Ctrl+C: the CLI prints one line instead."""
+    """Drop Optuna's log records of a trial failed by Ctrl+C (its traceback and what follows it): the CLI prints
+    one line instead."""
+    interrupted = []
 
     def keep(record: logging.LogRecord) -> bool:
-        return not (record.exc_info and record.exc_info[0] is KeyboardInterrupt)
+        if record.exc_info and record.exc_info[0] is KeyboardInterrupt:
+            interrupted.append(record)
+        return not interrupted
 
     handlers = logging.getLogger("optuna").handlers
     for handler in handlers:
