@@ -35,6 +35,7 @@ import peers_replay
 import peers_report
 
 from hetcache import __version__, reference
+from hetcache.atomic import json_safe
 from hetcache.errors import InputError
 from hetcache.metrics import clip_quality, latent_rel_l2, mean_quality
 from hetcache.policy import load_policy
@@ -280,7 +281,7 @@ def render(path: Path, out: Path, figure_wanted: bool) -> int:
         raise InputError(f"--render file '{path}' cannot be read ({exc}).", "pass a JSON file peers.py wrote.") from exc
     if not isinstance(report, dict) or "rows" not in report:
         raise InputError(f"--render file '{path}' is not a peers report (no rows).", "pass a JSON file peers.py wrote.")
-    report["goal"] = peers_report.json_ready(peers_report.goal_check(report["rows"]))
+    report["goal"] = json_safe(peers_report.goal_check(report["rows"]))
     peers_report.write(out, report, figure_wanted=figure_wanted)
     print(peers_report.markdown(report))
     return 0
@@ -334,7 +335,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     goal = peers_report.goal_check(rows)
     report = {**context, "rows": rows, "goal": goal}
-    peers_report.write(args.out, peers_report.json_ready(report), figure_wanted=not args.no_figure)
+    peers_report.write(args.out, json_safe(report), figure_wanted=not args.no_figure)
     print(peers_report.markdown(report))
     return 0
 

@@ -291,7 +291,7 @@ def test_study_in_a_journal_file_is_found_and_shown(dashboard, demo_runs, tmp_pa
 
 
 def expected_shares(policy, plan: str, counts: dict[str, int]) -> list[float]:
-    """Mean share of tokens per block over the plan, by the rules of DESIGN.md (engine semantics 3 and 5)."""
+    """Mean share of tokens per block over the plan, by the rules of docs/method.md (PARTIAL steps)."""
     t, layers = policy.tokens, policy.layers
     partial = (
         counts["generative"] + round(t.margin_ratio * counts["margin"]) + round(t.context_ratio * counts["context"])

@@ -164,7 +164,7 @@ def build_reference_parser() -> argparse.ArgumentParser:
 def _heartbeat(args: argparse.Namespace):
     from hetcache.errors import InputError
 
-    from .storage import Heartbeat
+    from .study_storage import Heartbeat
 
     if args.heartbeat < 1 or args.grace <= args.heartbeat:
         raise InputError(
