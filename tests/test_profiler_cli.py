@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import stat
+
 import numpy as np
 import pytest
 import torch
@@ -11,6 +14,7 @@ from hetcache.profiler.cli import main
 from safetensors.torch import save_file
 
 from hetcache import reference
+from hetcache.atomic import MARKER
 from hetcache.video import write_mask, write_video
 
 SMALL = ["--weights", "random", "--steps", "4", "--clips", "box", "--height", "64", "--width", "64", "--frames", "9"]
@@ -18,7 +22,15 @@ SMALL = ["--weights", "random", "--steps", "4", "--clips", "box", "--height", "6
 
 def test_reference_workload_end_to_end(tmp_path, capsys):
     out = tmp_path / "profile"
-    assert main([*SMALL, "--attention-every", "2", "--degree", "2", "--out", str(out)]) == 0
+    umask = os.umask(0o022)
+    try:
+        assert main([*SMALL, "--attention-every", "2", "--degree", "2", "--out", str(out)]) == 0
+    finally:
+        os.umask(umask)
+    # every file gets the umask's mode (safetensors alone creates 0600), and the folder is marked as hetcache's
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in out.iterdir()}
+    assert modes == {"profile.json": 0o644, "tensors.safetensors": 0o644, MARKER: 0o644}
+    assert stat.S_IMODE(out.stat().st_mode) == 0o755
     printed = capsys.readouterr().out
     assert "drift G" in printed and "blocks.5" in printed and "vace_blocks.1" in printed
     assert "step curve (timestep_proj): polynomial [" in printed and "headroom:" in printed

@@ -99,3 +99,27 @@ def test_a_busy_round_produces_the_warning_not_a_silent_slowdown():
     assert summary["speedup_time"] > summary["speedup_time_min"]  # the median is not the busy round's figure
     assert any("varied by" in w for w in summary["warnings"]) and summary["headline"] == "flops"
     assert json.dumps(summary)  # the record stays JSON
+
+
+def test_time_objective_re_times_the_uncached_reference_every_few_trials(tmp_path):
+    from hetcache.tuner.budget import parse_budget
+    from hetcache.tuner.objective import RETIME_EVERY, Evaluator
+    from hetcache.tuner.references import ReferenceStore
+
+    from hetcache.policy import load_policy
+    from hetcache.workloads.execute import LoadedWorkload
+
+    session = LoadedWorkload(Workload(**SMALL))
+    (clip,) = session.clips
+    references = ReferenceStore(tmp_path, session)
+    references.get(clip)
+    evaluator = Evaluator(session, references, parse_budget("psnr=20"), "time")
+    policy = load_policy("reference-psnr35")
+    counts, outcomes = [], []
+    for _ in range(RETIME_EVERY + 1):
+        outcomes.append(evaluator.evaluate(policy, prune=False))
+        counts.append(len(references.timings(clip)))
+    assert counts == [1] * RETIME_EVERY + [2]  # timed once at the start, again before trial RETIME_EVERY + 1
+    last = outcomes[-1]
+    assert last.attrs()["timing"]["uncached_denoise_s"] == pytest.approx(references.local_seconds(clip))
+    assert last.speedup_time == pytest.approx(last.seconds["uncached_denoise_s"] / last.seconds["cached_denoise_s"])

@@ -106,7 +106,7 @@ def test_trim_notes_name_the_frames_asked_for_and_the_workload_file_checks_count
     assert reconcile(clip, Constraints(num_frames=9)).notes == ["trimmed from 12 to the requested 9 frames"]
     path = tmp_path / "w.json"
     for field, value, message in (
-        ("num_frames", 10, "num_frames must be 4k+1 .* use 9 or 13"),
+        ("num_frames", 10, r"num_frames must be 4k\+1 .* use 9 or 13"),
         ("width", 0, "width must be a multiple of 16 pixels ≥ 16, got 0"),
         ("mask_threshold", 1.5, r"mask_threshold must be a number in \(0, 1\), got 1.5"),
         ("steps", 1, "steps must be at least 2"),

@@ -313,17 +313,17 @@ def _study_names(url: str, heartbeat) -> list[str] | None:
     """The studies in a storage (None when its file does not exist yet, so nothing is created by looking)."""
     import optuna
 
-    from .storage import open_storage
+    from .study_storage import file_of, open_storage
 
-    for scheme in ("sqlite:///", "journal:///"):
-        if url.startswith(scheme) and not Path(url[len(scheme) - (scheme == "journal:///") :]).exists():
-            return None
+    path = file_of(url)
+    if path is not None and not path.exists():
+        return None
     return optuna.get_all_study_names(open_storage(url, heartbeat))
 
 
 def check_study_mode(args: argparse.Namespace, name: str, url: str, heartbeat) -> None:
     """--resume needs the study, a plain run needs it absent, --join takes either (checked before any compute)."""
-    from .storage import display_url
+    from .study_storage import display_url
 
     if args.join:
         return
@@ -344,10 +344,14 @@ def check_study_mode(args: argparse.Namespace, name: str, url: str, heartbeat) -
 
 @contextlib.contextmanager
 def quiet_interrupts() -> Iterator[None]:
-    """Drop Optuna's log record (with its traceback) of a trial failed by Ctrl+C: the CLI prints one line instead."""
+    """Drop Optuna's log records of a trial failed by Ctrl+C (its traceback and what follows it): the CLI prints
+    one line instead."""
+    interrupted = []
 
     def keep(record: logging.LogRecord) -> bool:
-        return not (record.exc_info and record.exc_info[0] is KeyboardInterrupt)
+        if record.exc_info and record.exc_info[0] is KeyboardInterrupt:
+            interrupted.append(record)
+        return not interrupted
 
     handlers = logging.getLogger("optuna").handlers
     for handler in handlers:
@@ -363,8 +367,8 @@ def command_tune(argv: Sequence[str]) -> int:
     import optuna
 
     from .budget import parse_budget
-    from .storage import resolve_url
     from .study import tune
+    from .study_storage import file_of, resolve_url
 
     args = build_parser().parse_args(argv)
     budget = parse_budget(args.budget, args.worst, args.min_speedup)
@@ -373,8 +377,8 @@ def command_tune(argv: Sequence[str]) -> int:
     config = _config(args, budget, workload)
     check_output_folder(args.out, reuse=True, what="tuning folder")
     url = resolve_url(config.storage, config.out)
-    if config.storage is not None and url.split(":///")[0] in ("sqlite", "journal"):
-        check_output_file(Path(url.split(":///", 1)[1]), "--storage")
+    if config.storage is not None and file_of(url) is not None:
+        check_output_file(file_of(url), "--storage")
     export = args.export or args.out / "policy.json"
     foreign = check_export_targets(export, args.export_pareto, config.name(), args.overwrite)
     check_study_mode(args, config.name(), url, config.heartbeat)

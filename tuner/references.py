@@ -91,6 +91,10 @@ class ReferenceStore:
             self.retime(clip)
         return statistics.median(self._local_seconds[clip.name])
 
+    def timings(self, clip: Clip) -> list[float]:
+        """This worker's recent uncached denoising times of `clip` (empty before the first)."""
+        return list(self._local_seconds.get(clip.name, []))
+
     def retime(self, clip: Clip) -> float:
         """Time one more uncached run of `clip` on this worker (decoding skipped); keeps the last RETIME_WINDOW."""
         seconds = self.session.generate(clip, decode=False).denoise_seconds
