@@ -2,6 +2,7 @@
 
 hetcache run --policy reference-psnr30 --compare --out runs/apply
 hetcache policies list | show NAME | validate FILE
+hetcache plan-memory --model wan2.1-vace-14b --height 720 --width 1280 --frames 81
 hetcache reference-train --out runs/reference-model
 """
 
@@ -13,7 +14,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from . import __version__
+from . import __version__, memory_cli
 from .cli_common import (
     add_workload_arguments,
     format_table,
@@ -117,6 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
     pol = sub.add_parser("policies", help="list, show or validate policies")
     pol.add_argument("action", choices=("list", "show", "validate"))
     pol.add_argument("target", nargs="?", help="policy name or file (show / validate)")
+    memory_cli.add_parser(sub)
     # listed for --help only: _main hands `reference-train` and every flag after it to the training script's parser
     sub.add_parser("reference-train", help="train the reference model (see `hetcache reference-train --help`)")
     return parser
@@ -131,6 +133,8 @@ def _main(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "run":
         return command_run(args)
+    if args.command == "plan-memory":
+        return memory_cli.command(args)
     if args.action != "list" and not args.target:
         from .errors import InputError
 

@@ -11,6 +11,7 @@ when offloaded: one device staging buffer per offloaded kind.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 from dataclasses import dataclass, field
@@ -219,8 +220,18 @@ def count_tokens(policy: Policy, token_mask: torch.Tensor) -> Tokens:
     return Tokens(classes.grid, classes.num_tokens, n_gen, classes.num_tokens - n_gen, active)
 
 
+_WEIGHTS: dict[tuple[str, str], int] = {}
+
+
 def _weights_bytes(arch: Architecture, model_dtype: torch.dtype) -> int:
     """Bytes of one transformer's weights cast like diffusers' from_pretrained(torch_dtype=...)."""
+    key = (json.dumps(arch.config, sort_keys=True, default=str), str(model_dtype))
+    if key not in _WEIGHTS:
+        _WEIGHTS[key] = _count_weights(arch, model_dtype)
+    return _WEIGHTS[key]
+
+
+def _count_weights(arch: Architecture, model_dtype: torch.dtype) -> int:
     with torch.device("meta"):
         model = arch.build()
     total = 0

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from conftest import box_token_mask, model_inputs, small_clip, tiny_pipeline, tiny_vace_model, tiny_wan_model
@@ -183,3 +185,24 @@ def test_bad_inputs_name_the_input():
         plan_memory("wan2.1-vace-1.3b", height=480, width=832, num_frames=33, cache_dtype="int3")
     with pytest.raises(InputError, match="partial blocks"):
         plan_memory("wan2.1-vace-1.3b", height=480, width=832, num_frames=33, partial_blocks=(30,))
+
+
+def test_plan_memory_command(capsys):
+    from hetcache.cli import main
+
+    argv = ["plan-memory", "--model", "wan2.1-vace-14b", "--height", "720", "--width", "1280", "--frames", "81"]
+    assert main([*argv, "--cache-dtype", "float8_e4m3fn", "--offload", "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    plan = plan_memory(
+        "wan2.1-vace-14b", height=720, width=1280, num_frames=81, cache_dtype="float8_e4m3fn", offload=True
+    )
+    assert summary["device_bytes"] == plan.device_bytes and summary["host_bytes"] == plan.host_bytes
+    assert (
+        main([*argv, "--cache-dtype", "float8_e4m3fn", "--partial-blocks", "0-9", "--partial-vace-blocks", "none"]) == 0
+    )
+    out = capsys.readouterr().out
+    assert "10 main and 0 VACE blocks cached" in out and "fits in 80 GiB" in out
+    assert main([*argv, "--cache-dtype", "int3"]) == 2
+    assert "cache dtype 'int3'" in capsys.readouterr().err
+    assert main([*argv, "--partial-blocks", "a-b"]) == 2
+    assert "--partial-blocks 'a-b' is not a block list" in capsys.readouterr().err
