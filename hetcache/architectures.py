@@ -129,6 +129,18 @@ def size_overrides(name: str) -> dict[str, Any]:
     return {k: config[k] for k in keys if k in config}
 
 
+def _vae_spatial(config: dict[str, Any]) -> int:
+    """Pixels per latent cell: 16 for the Wan2.2 VAE (48 latent channels), else 8."""
+    return 16 if config.get("in_channels") == 48 else 8
+
+
+def architecture_of(model: torch.nn.Module) -> Architecture:
+    """The Architecture of a built transformer (its own config; one expert)."""
+    config = {k: v for k, v in dict(model.config).items() if not k.startswith("_")}
+    name = type(model).__name__
+    return Architecture(name=f"{name} (module)", class_name=name, config=config, vae_spatial=_vae_spatial(config))
+
+
 def load_architecture(source: str | os.PathLike) -> Architecture:
     """A shipped architecture by name, or one read from a diffusers transformer `config.json` (file or folder)."""
     text = os.fspath(source)
@@ -156,5 +168,5 @@ def load_architecture(source: str | os.PathLike) -> Architecture:
     missing = [k for k in ("num_attention_heads", "attention_head_dim", "num_layers", "patch_size") if k not in config]
     if missing:
         raise InputError(f"model config '{path}' lacks {', '.join(missing)}.", "pass a complete config.json.")
-    spatial = 16 if config.get("in_channels") == 48 else 8
-    return Architecture(name=path.parent.name or str(path), class_name=class_name, config=config, vae_spatial=spatial)
+    name = path.parent.name or str(path)
+    return Architecture(name=name, class_name=class_name, config=config, vae_spatial=_vae_spatial(config))

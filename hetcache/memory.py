@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from .architectures import Architecture, load_architecture
+from .architectures import Architecture, architecture_of, load_architecture
 from .dtypes import TORCH_DTYPES
 from .errors import InputError
 from .policy import Policy, load_policy
@@ -274,7 +274,7 @@ def plan_memory(
     """
     policy = EVERY_BLOCK if policy is None else load_policy(policy)
     if isinstance(model, torch.nn.Module):
-        arch = Architecture(type(model).__name__ + " (module)", type(model).__name__, dict(model.config))
+        arch = architecture_of(model)
         model_dtype = model.dtype
         weights = sum(p.numel() * p.element_size() for p in model.parameters())
     else:
