@@ -110,6 +110,16 @@ class MemoryPlan:
     def host_bytes(self) -> int:
         return self.total(HOST)
 
+    def offload_transfer_bytes(self) -> int:
+        """Host↔device bytes of one PARTIAL step when offloaded: every offloaded buffer staged to the device once,
+        then the computed rows (keys, values; refreshed skip rows) written back."""
+        if not self.offload:
+            return 0
+        t = self.tokens
+        rows = {"key": t.active, "value": t.active, "skip": t.active - t.generative}
+        back = sum(b.nbytes // b.shape[1] * rows[b.kind] for b in self.buffers if b.place == HOST and b.shape[1])
+        return self.host_bytes + back
+
     def device_total(self) -> int:
         """Weights + hetcache's device bytes + the activation estimate: what the GPU must hold at the peak."""
         return self.weights_bytes + self.device_bytes + self.activation_bytes
@@ -159,6 +169,7 @@ class MemoryPlan:
             "host_gib": gib(self.host_bytes),
             "weights_gib": gib(self.weights_bytes),
             "device_total_gib": gib(self.device_total()),
+            "offload_transfer_gib_per_partial_step": gib(self.offload_transfer_bytes()),
         }
 
 

@@ -112,6 +112,19 @@ def grid_rows(args: argparse.Namespace) -> list[dict]:
     return rows
 
 
+def pivot(rows: list[dict], gpu_gib: float) -> list[dict]:
+    """One row per model, size and CFG; one column per cache setting: GPU GiB (weights included) and whether it fits."""
+    out: dict[tuple, dict] = {}
+    for r in rows:
+        key = (r["model"], r["size"], r["CFG"])
+        row = out.setdefault(key, {"model": r["model"], "size": r["size"], "tokens": r["tokens"], "CFG": r["CFG"]})
+        mark = "fits" if r[f"fits {gpu_gib:g}"] == "yes" else "no"
+        row[f"{r['cache']}{' + offload' if r['offload'] == 'yes' else ''}"] = f"{r['total GiB']:.1f} {mark}"
+        if r["offload"] == "yes":
+            row[f"{r['cache']} host"] = f"{r['host GiB']:.1f}"
+    return list(out.values())
+
+
 def markdown(rows: list[dict]) -> str:
     """A markdown table of `rows` (floats to one decimal)."""
     columns = list(rows[0])
@@ -126,7 +139,8 @@ def command(args: argparse.Namespace) -> int:
     from .memory import GIB
 
     if args.grid:
-        print(markdown(grid_rows(args)))
+        rows = grid_rows(args)
+        print(json.dumps(rows, indent=2) if args.json else markdown(pivot(rows, args.gpu_gib)))
         return 0
     plan = _plan(args)
     if args.json:
@@ -155,4 +169,6 @@ def command(args: argparse.Namespace) -> int:
         f"{plan.device_total() / GIB:.2f} GiB on the GPU: "
         f"{'fits' if plan.fits(args.gpu_gib) else 'does not fit'} in {args.gpu_gib:g} GiB"
     )
+    if plan.offload:
+        print(f"offload moves {plan.offload_transfer_bytes() / GIB:.1f} GiB host<->device per PARTIAL step")
     return 0
