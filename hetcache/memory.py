@@ -25,7 +25,7 @@ from .errors import InputError
 from .policy import Policy, load_policy
 from .selection import evenly_spaced
 from .steps import FULL, PARTIAL, REUSE
-from .tokens import classify_tokens, latent_frame_count
+from .tokens import classify_tokens, latent_frame_count, pixel_mask_to_token_mask
 
 GIB = 1024**3
 EVERY_BLOCK = Policy(name="every-block", description="default settings, every block and VACE block cached")
@@ -417,7 +417,27 @@ def _activation_estimate(plan: MemoryPlan, arch: Architecture) -> int:
     return stream + hints + block
 
 
+def session_plans(policy: str | os.PathLike | dict | Policy, session: Any) -> list[MemoryPlan]:
+    """The plan of each clip of a workload session (hetcache.workloads.execute.Session): its transformer, clip size,
+    mask, prompt length and CFG setting."""
+    policy = load_policy(policy)
+    transformer = session.transformer
+    patch = tuple(transformer.config.patch_size)
+    common = dict(policy=policy, cfg=session.workload.guidance_scale > 1.0, text_len=session.prompt_embeds.shape[1])
+    plans = []
+    for clip in session.clips:
+        frames, height, width = clip.frames.shape[:3]
+        mask = pixel_mask_to_token_mask(torch.as_tensor(clip.mask), patch, policy.tokens.mask_threshold)
+        plans.append(plan_memory(transformer, height=height, width=width, num_frames=frames, mask=mask, **common))
+    return plans
+
+
+def session_cache_gib(policy: str | os.PathLike | dict | Policy, session: Any) -> float:
+    """Device GiB hetcache holds for `policy` on a workload session (its largest clip): what a tuner's
+    `--max-cache-gib` bound constrains (feasible when `session_cache_gib(...) - max_gib <= 0`)."""
+    return max(plan.device_bytes for plan in session_plans(policy, session)) / GIB
+
+
 def cache_gib_of(policy: str | os.PathLike | dict | Policy, model: Any, **workload: Any) -> float:
-    """GiB of device memory hetcache holds for `policy` on `model` at a workload (`plan_memory` keywords); the
-    quantity a tuner's `--max-cache-gib` bound constrains."""
+    """GiB of device memory hetcache holds for `policy` on `model` at a workload given as `plan_memory` keywords."""
     return plan_memory(model, policy=policy, **workload).device_bytes / GIB

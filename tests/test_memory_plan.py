@@ -206,3 +206,17 @@ def test_plan_memory_command(capsys):
     assert "cache dtype 'int3'" in capsys.readouterr().err
     assert main([*argv, "--partial-blocks", "a-b"]) == 2
     assert "--partial-blocks 'a-b' is not a block list" in capsys.readouterr().err
+
+
+def test_session_plans_match_the_engine_on_the_reference_workload():
+    from hetcache.memory import session_cache_gib, session_plans
+    from hetcache.workloads.execute import Session
+    from hetcache.workloads.spec import ClipSource, Workload
+
+    session = Session(Workload(steps=4, clips=(ClipSource(name="box", kind="box"),), height=64, width=64, num_frames=9))
+    policy = SOME.replace(partial_blocks=[0, 2])
+    handle = apply_hetcache(session.transformer, policy, strict=False, plan="FPRP")
+    session.generate(session.clips[0], decode=False)
+    (plan,) = session_plans(policy, session)
+    assert handle.stats()["cache_bytes"] == plan.cache_bytes
+    assert session_cache_gib(policy, session) == plan.device_bytes / GIB
