@@ -206,7 +206,7 @@ def markdown(results: list[dict[str, Any]]) -> str:
                 f"| {r['architecture']} ({r['overrides'].get('num_layers')} blocks) | {r['width']} | {r['tokens']} "
                 f"| {r['exactness']['max_abs_diff']:.2g} | {row['mask_fraction']:.0%} | {row['active_fraction']:.1%} "
                 f"| {row['speedup']:.2f}x ({lo:.2f}-{hi:.2f}) | {row['flops_speedup']:.2f}x "
-                f"| {row['wall_over_flops']:.2f} | {row['engine_share']['median']:.1%} "
+                f"| {row['wall_over_flops']:.2f} | {100 * row['engine_share']['median']:.3f} % "
                 f"| {'yes' if row['cache_bytes'] == row['plan_cache_bytes'] else 'NO'} |"
             )
     return "\n".join(lines)
