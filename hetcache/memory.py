@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from .architectures import Architecture, architecture_of, load_architecture
-from .dtypes import TORCH_DTYPES
+from .dtypes import CACHE_ONLY_DTYPES, TORCH_DTYPES
 from .errors import InputError
 from .policy import Policy, load_policy
 from .selection import evenly_spaced
@@ -30,8 +30,8 @@ from .tokens import classify_tokens, latent_frame_count, pixel_mask_to_token_mas
 GIB = 1024**3
 EVERY_BLOCK = Policy(name="every-block", description="default settings, every block and VACE block cached")
 DEVICE, HOST = "device", "host"
-# Cache dtypes the plan can size: the policy names plus 1-byte float8 (a cache dtype the engine is gaining).
-PLAN_DTYPES: dict[str, torch.dtype] = {**TORCH_DTYPES, "float8_e4m3fn": torch.float8_e4m3fn}
+# Dtypes the plan can size: the model dtypes and the cache-only ones (1-byte float8).
+PLAN_DTYPES: dict[str, torch.dtype] = {**TORCH_DTYPES, **CACHE_ONLY_DTYPES}
 STORAGE_KINDS = ("key", "value", "skip")  # what CacheStorage allocates (cache dtype, host when offloaded)
 FP32_MODULES = ("rope", "time_embedder", "scale_shift_table", "norm1", "norm2", "norm3")  # kept fp32 by diffusers
 
@@ -394,8 +394,8 @@ def _buffers(plan: MemoryPlan, arch: Architecture, policy: Policy, letters: set[
                 add("scores", "context", (b, n), torch.float32)
             if partial:
                 add("scratch", "context", (b, nu, d), model, counted=False, step=PARTIAL)
-            if REUSE in letters and arch.is_vace:
-                add("zero_hint", "context", (b, n, d), model, counted=False, step=REUSE)
+            if arch.is_vace:  # what REUSE steps hand the main stream as hints
+                add("zero_hint", "context", (b, n, d), model, counted=False)
         if plan.offload and partial:
             kv = (b, n, heads, head_dim)
             for kind, shape in (("key", kv), ("value", kv), ("skip", (b, nk, d))):

@@ -35,24 +35,36 @@ def parse_blocks(text: str | None, flag: str) -> tuple[int, ...] | None:
     return tuple(out)
 
 
-def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    """Register `plan-memory` (no torch import: `hetcache --help` stays fast; the plan validates dtypes)."""
-    parser = sub.add_parser("plan-memory", help="bytes of every hetcache cache for a model, size, CFG and policy")
+HELP = "bytes of every hetcache cache for a model, size, CFG and policy, and whether it fits a GPU"
+EXAMPLES = (
+    "hetcache plan-memory --model wan2.1-vace-14b --height 720 --width 1280 --frames 81 \\",
+    "    --cache-dtype float8_e4m3fn --offload",
+    "hetcache plan-memory --model path/to/transformer/config.json --policy my-policy.json --json",
+    "hetcache plan-memory --grid",
+)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The flags of `plan-memory` (no torch import: `hetcache --help` stays fast; the plan validates dtypes)."""
+    from . import cli_types
+
     parser.add_argument("--model", default="wan2.1-vace-1.3b", help="architecture name or config.json (default 1.3B)")
     parser.add_argument("--policy", help="policy file or shipped name (default: every block cached)")
-    parser.add_argument("--height", type=int, default=480)
-    parser.add_argument("--width", type=int, default=832)
-    parser.add_argument("--frames", type=int, default=81, help="pixel frames (4k+1)")
-    parser.add_argument("--batch", type=int, default=1, help="clips per call")
+    parser.add_argument("--height", type=cli_types.size, default=480)
+    parser.add_argument("--width", type=cli_types.size, default=832)
+    parser.add_argument("--frames", type=cli_types.frames, default=81, help="pixel frames (4k+1, default 81)")
+    parser.add_argument("--batch", type=cli_types.integer(1), default=1, help="clips per call")
     parser.add_argument("--no-cfg", action="store_true", help="one cache context (guidance scale 1)")
-    parser.add_argument("--mask-fraction", type=float, default=0.25, help="share of each frame in the edit mask")
+    parser.add_argument(
+        "--mask-fraction", type=cli_types.number(0.0, 1.0), default=0.25, help="share of each frame in the edit mask"
+    )
     parser.add_argument("--model-dtype", default="bfloat16", help="weights and activations (default bfloat16)")
     parser.add_argument("--cache-dtype", help="auto, bfloat16, float8_e4m3fn, … (default: the policy's)")
     parser.add_argument("--offload", action=argparse.BooleanOptionalAction, help="default: the policy's")
     parser.add_argument("--partial-blocks", help='main blocks with caches: "0-19", "none" (default: the policy\'s)')
     parser.add_argument("--partial-vace-blocks", help="VACE blocks with caches (default: the policy's)")
-    parser.add_argument("--text-len", type=int, help="prompt tokens (default 512)")
-    parser.add_argument("--gpu-gib", type=float, default=80.0, help="GPU memory to fit in (default 80)")
+    parser.add_argument("--text-len", type=cli_types.integer(1), help="prompt tokens (default 512)")
+    parser.add_argument("--gpu-gib", type=cli_types.number(0.0, low_open=True), default=80.0, help="GPU GiB (80)")
     parser.add_argument("--json", action="store_true", help="print the plan as JSON")
     parser.add_argument("--per-block", action="store_true", help="also list the bytes of every layer")
     parser.add_argument("--grid", action="store_true", help="print the fit table of the shipped VACE models")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -9,10 +10,10 @@ import torch
 from conftest import box_token_mask, model_inputs, small_clip, tiny_pipeline, tiny_vace_model, tiny_wan_model
 
 from hetcache import apply_hetcache
-from hetcache.dtypes import CACHE_DTYPES
+from hetcache.dtypes import CACHE_DTYPES, CACHE_ONLY_DTYPES
 from hetcache.errors import InputError
 from hetcache.memory import DEVICE, GIB, HOST, STORAGE_KINDS, cache_gib_of, plan_memory
-from hetcache.policy import Policy
+from hetcache.policy import CacheSpec, Policy
 from hetcache.tokens import pixel_mask_to_token_mask
 from hetcache.workloads.execute import pipeline_inputs
 
@@ -31,15 +32,15 @@ def _nbytes(t: torch.Tensor | None) -> int:
     return 0 if t is None else t.numel() * t.element_size()
 
 
-def engine_bytes_by_kind(session) -> dict[str, int]:
-    """Bytes of every buffer the engine holds, by the plan's kind names."""
+def engine_bytes_by_kind(state) -> dict[str, int]:
+    """Bytes of every buffer the engine holds for one transformer, by the plan's kind names (staging as one sum)."""
     out: dict[str, int] = {}
 
     def add(kind: str, nbytes: int) -> None:
         if nbytes:
             out[kind] = out.get(kind, 0) + nbytes
 
-    for ctx in session.contexts._state_cache.values():
+    for ctx in state.contexts.values():
         for layer in ctx.layers.values():
             for kind in ("key", "value", "skip", "hint"):
                 add(kind, _nbytes(getattr(layer, kind)))
@@ -53,8 +54,16 @@ def engine_bytes_by_kind(session) -> dict[str, int]:
             ("zero_hint", ctx.zero_hint),
         ):
             add(kind, _nbytes(tensor))
-    for kind, tensor in session.storage._staging.items():
-        add(f"staging.{kind}", _nbytes(tensor))
+    add("staging", state.staging_bytes)
+    return out
+
+
+def plan_bytes_by_kind(memory) -> dict[str, int]:
+    """The plan's bytes per kind, its staging buffers as one sum (as the engine reports them)."""
+    out: dict[str, int] = {}
+    for kind, nbytes in memory.by_kind().items():
+        kind = "staging" if kind.startswith("staging.") else kind
+        out[kind] = out.get(kind, 0) + nbytes
     return out
 
 
@@ -76,7 +85,7 @@ CASES = {
     ),
     "offload, bf16 cache": (SOME.replace(offload=True, dtype="bfloat16"), "FPPRF", 1, True),
     "no VACE partial, no CFG": (SOME.replace(partial_vace_blocks=[]), "FPPPF", 1, False),
-    "FULL-only blocks": (SOME.replace(partial_blocks=[], partial_vace_blocks=[]), "FPRPF", 1, True),
+    "FULL-only blocks": (SOME.replace(partial_blocks=[], partial_vace_blocks=[]), "FRFRF", 1, True),
     "batch of two, attention": (SOME.replace(selection="attention", context_ratio=0.0), "FPP", 2, True),
 }
 
@@ -95,7 +104,7 @@ def test_plan_equals_engine_buffers(case):
     size = dict(height=128, width=128, num_frames=9, text_len=8)
     memory = plan_memory(model, **size, policy=policy, mask=mask, batch=batch, cfg=cfg, steps=plan)
     assert handle.stats()["cache_bytes"] == memory.cache_bytes
-    assert engine_bytes_by_kind(handle.session) == memory.by_kind()
+    assert engine_bytes_by_kind(handle.state) == plan_bytes_by_kind(memory)
     storage_place = HOST if policy.cache.offload else DEVICE
     for buffer in memory.buffers:
         kind = buffer.kind
@@ -134,19 +143,19 @@ def test_plan_equals_engine_after_a_cfg_pipeline_run_and_without_cfg():
         assert stats["cache_bytes"] == memory.cache_bytes
 
 
-@pytest.mark.parametrize("dtype", [d for d in CACHE_DTYPES if d != "auto"])
+@pytest.mark.parametrize("dtype", [d for d in (*CACHE_DTYPES, *CACHE_ONLY_DTYPES) if d != "auto"])
 def test_plan_follows_the_cache_dtype_of_a_bf16_wan_model(dtype):
     model = tiny_wan_model().to(torch.bfloat16)
     mask = box_token_mask(1, 3, 8, 8)
     inputs = {k: v for k, v in model_inputs(mask).items() if k != "control_hidden_states"}
     inputs = {k: v.to(torch.bfloat16) for k, v in inputs.items()}
-    policy = SOME.replace(dtype=dtype, offload=True)
+    policy = dataclasses.replace(SOME, cache=CacheSpec(dtype=dtype, offload=True))  # fp8: not a policy choice yet
     handle = apply_hetcache(model, policy, strict=False, plan="FPP", mask=mask)
     _run_contexts(model, {"cond": inputs}, "FPP")
     memory = plan_memory(model, height=128, width=128, num_frames=9, policy=policy, mask=mask, cfg=False, text_len=8)
     assert memory.cache_dtype == getattr(torch, dtype)
     assert handle.stats()["cache_bytes"] == memory.cache_bytes
-    assert engine_bytes_by_kind(handle.session) == memory.by_kind()
+    assert engine_bytes_by_kind(handle.state) == plan_bytes_by_kind(memory)
 
 
 def test_fp8_and_offload_shrink_exactly_what_they_should():
