@@ -2,6 +2,7 @@
 
 hetcache run --policy reference-psnr30 --compare --out runs/apply
 hetcache policies list | show NAME | validate FILE
+hetcache plan-memory --model wan2.1-vace-14b --height 720 --width 1280 --frames 81
 hetcache reference-train --out runs/reference-model
 """
 
@@ -15,7 +16,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from . import cli_types, timing
+from . import cli_types, memory_cli, timing
 from .cli_common import (
     add_workload_arguments,
     check_output_folder,
@@ -174,6 +175,7 @@ SUBCOMMANDS: dict[str, tuple[str, Sequence[str], Callable, Callable[[argparse.Na
         command_run,
     ),
     "policies": ("list, show or validate policies", POLICIES_EXAMPLES, _policies_parser, command_policies),
+    "plan-memory": (memory_cli.HELP, memory_cli.EXAMPLES, memory_cli.add_arguments, memory_cli.command),
 }
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from ..architectures import size_overrides
 from ..errors import InputError
 
 MODEL_DIR = Path(__file__).parent / "model"
@@ -37,15 +38,7 @@ TRANSFORMER_CONFIG = dict(
     vace_in_channels=96,
 )
 # Overrides that turn TRANSFORMER_CONFIG into the Wan2.1-VACE-1.3B architecture (speed benchmarks, random weights).
-WAN21_VACE_1_3B = dict(
-    num_attention_heads=12,
-    attention_head_dim=128,
-    ffn_dim=8960,
-    num_layers=30,
-    vace_layers=list(range(0, 30, 2)),
-    text_dim=4096,
-    rope_max_seq_len=1024,
-)
+WAN21_VACE_1_3B = size_overrides("wan2.1-vace-1.3b")
 VAE_CONFIG = dict(
     base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1, temperal_downsample=[False, True, True]
 )
