@@ -25,8 +25,9 @@ from typing import Any
 import torch
 
 from .atomic import write_json
+from .errors import InputError
 from .reference import VAE_REACH
-from .reference.evaluate import mask_regions
+from .reference.evaluate import mask_regions, reach_regions
 
 # Steps whose position k/(N-1) falls in this range make up the "mid-run" ratio.
 MID_RUN = (0.35, 0.65)
@@ -65,6 +66,11 @@ class Stationarity:
     @property
     def last_step_ratio(self) -> float:
         return self.ratio[-1]
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Stationarity:
+        """The inverse of `to_dict` (profile files, result files)."""
+        return cls(tuple(data["hole"]), tuple(data["context"]), tuple(data.get("mid_run", MID_RUN)))
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -127,11 +133,19 @@ class VelocityRecorder:
         return Stationarity(tuple(self.changes["hole"]), tuple(self.changes["context"]), mid_run)
 
 
-def hole_and_context(mask: torch.Tensor, reach: tuple[int, int] = VAE_REACH):
-    """Region function for `VelocityRecorder`: latent cells inside the pixel mask [F, H, W] and beyond the reach."""
+def hole_and_context(mask: torch.Tensor, reach: tuple[int, int] = VAE_REACH, patch: tuple[int, int] = (2, 2)):
+    """Region function for `VelocityRecorder`: latent cells inside the edit mask and beyond the VAE's `reach` from it.
+
+    `mask`: the pixel mask [F, H, W], or a token mask [T', h, w] of a transformer with spatial patch `patch`.
+    """
 
     def regions(latent_shape: Sequence[int]) -> dict[str, torch.Tensor]:
-        split = mask_regions(mask, latent_shape, reach)
+        frames, height, width = latent_shape[2:]
+        if tuple(mask.shape) == (frames, height // patch[0], width // patch[1]):
+            cells = mask.bool().repeat_interleave(patch[0], 1).repeat_interleave(patch[1], 2)
+            split = reach_regions(cells[None, None], reach)
+        else:
+            split = mask_regions(mask, latent_shape, reach)
         return {"hole": split["inside"], "context": split["outside"]}
 
     return regions
@@ -213,13 +227,27 @@ def stationarity_figure(results: dict[str, Stationarity]):
 HELD_OUT = (("box", 7001), ("ellipse", 7002), ("moving", 7003))  # clips no policy or training run has seen
 
 
-def measure(weights: str, size: int, steps: int = 20, clips: Sequence[tuple[str, int]] = HELD_OUT) -> dict[str, Any]:
-    """Stationarity of the reference model (`weights` trained or random) on held-out clips of side `size`."""
+def measure(
+    weights: str,
+    size: int,
+    steps: int = 20,
+    clips: Sequence[tuple[str, int]] = HELD_OUT,
+    checkpoint: Path | None = None,
+) -> dict[str, Any]:
+    """Stationarity of the reference model (`weights` trained or random) on held-out clips of side `size`; with
+    `checkpoint`, of the transformer weights in a training checkpoint (`hetcache.reference.train`), cast to fp16 as a
+    finished run saves them."""
+    from . import reference
     from .workloads import ClipSource, Workload
     from .workloads.execute import Session
 
     sources = tuple(ClipSource(f"{kind}-{seed}", kind=kind, seed=seed) for kind, seed in clips)
     session = Session(Workload(weights=weights, height=size, width=size, num_frames=17, steps=steps, clips=sources))
+    if checkpoint is not None:
+        saved = torch.load(checkpoint, weights_only=False)
+        session.transformer.load_state_dict(saved["model"])
+        reference.cast_like_from_pretrained(session.transformer, torch.float16).float()
+        weights = f"checkpoint at step {saved['step']}"
     rows = {clip.name: session_stationarity(session, clip).to_dict() for clip in session.clips}
     mid = [row["mid_run_ratio"] for row in rows.values()]
     last = [row["last_step_ratio"] for row in rows.values()]
@@ -238,10 +266,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--weights", default="trained,random", help="reference weights, comma-separated")
     parser.add_argument("--sizes", default="128,256", help="clip sides, comma-separated")
     parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--checkpoint", type=Path, help="measure the weights of this training checkpoint instead")
     parser.add_argument("--out", type=Path, help="also write the results to this JSON file")
     args = parser.parse_args(argv)
+    if args.checkpoint is not None and not args.checkpoint.is_file():
+        raise InputError(f"--checkpoint '{args.checkpoint}' does not exist.", "pass a <out>.checkpoint.pt file.")
+    weights = ["trained"] if args.checkpoint is not None else args.weights.split(",")
     results = [
-        measure(weights, int(size), args.steps) for weights in args.weights.split(",") for size in args.sizes.split(",")
+        measure(w, int(size), args.steps, checkpoint=args.checkpoint) for w in weights for size in args.sizes.split(",")
     ]
     if args.out is not None:
         write_json(args.out, {"what": "context stationarity of the reference model", "results": results})
@@ -256,4 +288,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from .cli_common import run_cli
+
+    raise SystemExit(run_cli(main, None, "python -m hetcache.stationarity"))

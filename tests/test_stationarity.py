@@ -52,6 +52,7 @@ def test_mid_run_steps_and_ratios_follow_their_definitions():
     assert result.mid_run_ratio == pytest.approx(2.0 / 6.0)
     assert result.last_step_ratio == pytest.approx(2.0)
     assert result.to_dict()["ratio"] == pytest.approx([1.0, 0.5, 0.25, 2.0])
+    assert Stationarity.from_dict(result.to_dict()) == result
 
 
 def test_recorder_regions_split_the_latent_grid_by_the_pixel_mask():
@@ -61,3 +62,7 @@ def test_recorder_regions_split_the_latent_grid_by_the_pixel_mask():
     assert regions["hole"].sum() == 3 * 4 * 4  # latent cells 4..7 in each of 3 latent frames
     assert not (regions["hole"] & regions["context"]).any()
     assert regions["context"][0, 0, :, 0, 0].all() and not regions["context"][0, 0, :, 5, 5].any()
+    tokens = torch.zeros(3, 8, 8, dtype=torch.bool)
+    tokens[:, 2:4, 2:4] = True  # the same hole as a token mask (2x2 latent cells per token)
+    from_tokens = hole_and_context(tokens)((1, 16, 3, 16, 16))
+    assert all(torch.equal(from_tokens[name], regions[name]) for name in regions)

@@ -44,6 +44,12 @@ def mask_regions(
     hole) and outside (beyond it)."""
     inside = pixel_mask_to_latent_mask(mask)
     assert tuple(inside.shape[2:]) == tuple(latent_shape[2:])
+    return reach_regions(inside, reach)
+
+
+def reach_regions(inside: torch.Tensor, reach: tuple[int, int] = VAE_REACH) -> dict[str, torch.Tensor]:
+    """Inside / near / outside masks from the latent cells inside the edit mask [1, 1, T', H', W']."""
+    inside = inside.float()
     frames, cells = reach
     near = F.max_pool3d(inside, (2 * frames + 1, 2 * cells + 1, 2 * cells + 1), 1, (frames, cells, cells)) > 0.5
     inside = inside > 0.5
