@@ -25,12 +25,14 @@ install: $(STAMP)
 DEMO_CLIPS ?= box,moving
 DEMO_BUDGET ?= psnr=35
 DEMO_TRIALS ?= 12
+DEMO_REPS ?= 3
 
 demo: $(STAMP)
 	$(BIN)/hetcache-profile --clips $(DEMO_CLIPS) --out $(DEMO)/profile --overwrite
 	$(BIN)/hetcache-tune --budget $(DEMO_BUDGET) --trials $(DEMO_TRIALS) --clips $(DEMO_CLIPS) --profile $(DEMO)/profile \
-		--out $(DEMO)/tune --resume --export-pareto $(DEMO)/tune/pareto
-	$(BIN)/hetcache run --policy $(DEMO)/tune/policy.json --compare --clips $(DEMO_CLIPS) --out $(DEMO)/apply --overwrite
+		--out $(DEMO)/tune --join --export-pareto $(DEMO)/tune/pareto
+	$(BIN)/hetcache run --policy $(DEMO)/tune/policy.json --compare --reps $(DEMO_REPS) --clips $(DEMO_CLIPS) \
+		--out $(DEMO)/apply --overwrite
 	@echo "explore it: $(BIN)/hetcache-dashboard --runs $(DEMO)"
 
 lint: $(STAMP)

@@ -1,7 +1,8 @@
-"""Engine benchmark: PARTIAL forward speedup vs its FLOPs ratio, whole-run speedup, overhead, cache memory.
+"""Engine benchmark: PARTIAL forward speedup vs its FLOPs ratio, whole-run speedup, overhead, cache memory, compile.
 
     python benchmarks/engine.py                      # CPU: 5,070 tokens, width 512 + reference workload run
     python benchmarks/engine.py --device cuda --size full   # Wan2.1-VACE-1.3B architecture, 480x832x33, bf16
+    python benchmarks/engine.py --skip-forward --skip-run --compiled small   # eager vs torch.compile only
 
 Runs are interleaved and medians reported (shared machines are noisy). Random weights: speed only.
 """
@@ -148,9 +149,9 @@ def partial_forward(size: str, device: str, dtype: torch.dtype, reps: int) -> li
 def whole_run(policy: str, clips: str, reps: int) -> dict:
     """Reference workload: uncached vs policy, interleaved; wall-clock vs FLOPs speedup and engine overhead."""
     from hetcache.workloads import reference_workload
-    from hetcache.workloads.execute import Session
+    from hetcache.workloads.execute import LoadedWorkload
 
-    session = Session(reference_workload(clips=tuple(), weights="trained"))
+    session = LoadedWorkload(reference_workload(clips=tuple(), weights="trained"))
     chosen = [c for c in session.clips if c.name in clips.split(",")]
     plain_times, cached_times, overhead, flops, flops_uncached, cache_bytes = [], [], [], 0.0, 0.0, 0
     session.generate(chosen[0])
@@ -179,6 +180,49 @@ def whole_run(policy: str, clips: str, reps: int) -> dict:
     }
 
 
+COMPILED_PLAN = "FPRPFPRF"
+
+
+@torch.no_grad()
+def compiled_run(size: str, device: str, dtype: torch.dtype, reps: int, backend: str) -> list[dict]:
+    """Eager vs torch.compile, uncached vs hetcache: whole short runs (one context), interleaved rounds."""
+    only_generative = Policy(name="bench").replace(margin_width=0, context_ratio=0.0, selection="stride")
+    timesteps = [900.0 - 100.0 * i for i in range(len(COMPILED_PLAN))]
+    runners = {}
+    for cached in (False, True):
+        for compiled in (False, True):
+            model, inputs, grid = build(size, device, dtype)
+            if cached:
+                apply_hetcache(model, only_generative, mask=token_mask(grid, 0.25), strict=False, plan=COMPILED_PLAN)
+            runners[(cached, compiled)] = torch.compile(model, backend=backend) if compiled else model
+
+    def denoise(runner) -> None:
+        with runner.cache_context("cond"):
+            for t in timesteps:
+                runner(timestep=torch.tensor([t], device=device), return_dict=False, **inputs)
+
+    warmup = {}
+    for key, runner in runners.items():  # the first run compiles every step type
+        warmup[key] = timed(lambda runner=runner: denoise(runner), device)
+    times: dict[tuple[bool, bool], list[float]] = {key: [] for key in runners}
+    for _ in range(reps):
+        for key, runner in runners.items():
+            times[key].append(timed(lambda runner=runner: denoise(runner), device))
+    base = statistics.median(times[(False, False)])
+    return [
+        {
+            "engine": "hetcache" if cached else "uncached",
+            "mode": f"compiled ({backend})" if compiled else "eager",
+            "run_ms": 1000 * statistics.median(values),
+            "min_ms": 1000 * min(values),
+            "max_ms": 1000 * max(values),
+            "speedup_vs_eager_uncached": base / statistics.median(values),
+            "first_run_s": warmup[(cached, compiled)],
+        }
+        for (cached, compiled), values in times.items()
+    ]
+
+
 def markdown(rows: list[dict]) -> str:
     head = list(rows[0])
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -197,6 +241,10 @@ def main() -> None:
     parser.add_argument("--clips", default="box,moving")
     parser.add_argument("--skip-run", action="store_true", help="only the PARTIAL forward measurement")
     parser.add_argument("--skip-forward", action="store_true", help="only the whole-run measurement")
+    parser.add_argument(
+        "--compiled", choices=tuple(SIZES), default=None, help="also eager vs torch.compile at this size"
+    )
+    parser.add_argument("--backend", default="inductor", help="torch.compile backend of the compiled measurement")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/engine.json"))
     args = parser.parse_args()
     dtype = getattr(torch, args.dtype or ("bfloat16" if args.device.startswith("cuda") else "float32"))
@@ -210,6 +258,10 @@ def main() -> None:
         result["whole_run"] = whole_run(args.policy, args.clips, max(1, args.reps // 2))
         print()
         print(markdown([result["whole_run"]]))
+    if args.compiled:
+        result["compiled"] = compiled_run(args.compiled, args.device, dtype, args.reps, args.backend)
+        print()
+        print(markdown(result["compiled"]))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
 

@@ -35,10 +35,11 @@ import peers_replay
 import peers_report
 
 from hetcache import __version__, reference
+from hetcache.atomic import json_safe
 from hetcache.errors import InputError
 from hetcache.metrics import clip_quality, latent_rel_l2, mean_quality
 from hetcache.policy import load_policy
-from hetcache.workloads.execute import Session
+from hetcache.workloads.execute import LoadedWorkload
 from hetcache.workloads.spec import ClipSource, Workload
 
 QUICK = dict(height=128, width=128, num_frames=17, steps=20, clips="box,moving", reps=3)
@@ -98,7 +99,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
-def build_session(args: argparse.Namespace, scratch: Path) -> Session:
+def build_session(args: argparse.Namespace, scratch: Path) -> LoadedWorkload:
     """The reference workload at the chosen size; `full` swaps in a random Wan2.1-VACE-1.3B-architecture model."""
     sources = {s.kind: s for s in Workload().clip_sources()}
     kinds = [k.strip() for k in args.clips.split(",") if k.strip()]
@@ -120,7 +121,7 @@ def build_session(args: argparse.Namespace, scratch: Path) -> Session:
         name = Path(args.pipeline).name or args.pipeline
         workload = workload.replace(pipeline=args.pipeline, name=name, prompt_embeds=args.prompt_embeds)
     if args.size != "full":
-        return Session(workload)
+        return LoadedWorkload(workload)
     from diffusers import WanVACEPipeline
     from safetensors.torch import save_file
 
@@ -142,7 +143,7 @@ def build_session(args: argparse.Namespace, scratch: Path) -> Session:
     )
     pipe.to(args.device)
     pipe.set_progress_bar_config(disable=True)
-    return Session(workload.replace(prompt_embeds=str(path), name="wan21-vace-1.3b-architecture"), pipe=pipe)
+    return LoadedWorkload(workload.replace(prompt_embeds=str(path), name="wan21-vace-1.3b-architecture"), pipe=pipe)
 
 
 def _policy_files(folder: Path) -> list[Path]:
@@ -173,7 +174,7 @@ def tuned_policies(paths: list[Path] | None) -> list[tuple[str, Any]]:
     return [(name + hand if p.provenance.get("source") == "hand" else name, p) for name, p in loaded]
 
 
-def _generate(point: pm.Point, session: Session, clip, steps_sessions: dict, decode: bool) -> dict[str, Any]:
+def _generate(point: pm.Point, session: LoadedWorkload, clip, steps_sessions: dict, decode: bool) -> dict[str, Any]:
     cuda = session.workload.device.startswith("cuda")
     if cuda:
         torch.cuda.reset_peak_memory_stats()
@@ -184,10 +185,10 @@ def _generate(point: pm.Point, session: Session, clip, steps_sessions: dict, dec
     return record
 
 
-def measure(session: Session, points: list[pm.Point], reps: int, log) -> dict[str, dict[str, Any]]:
+def measure(session: LoadedWorkload, points: list[pm.Point], reps: int, log) -> dict[str, dict[str, Any]]:
     """Every runnable point on every clip, `reps` interleaved rounds; quality and FLOPs from the first round."""
     runnable = [p for p in points if not p.unavailable]
-    steps_sessions: dict[int, Session] = {}
+    steps_sessions: dict[int, LoadedWorkload] = {}
     results: dict[str, dict[str, Any]] = {p.key: {"seconds": [], "clips": {}} for p in runnable}
     references: dict[str, Any] = {}
     baseline_drift = [0.0]
@@ -258,7 +259,7 @@ def summarise(points: list[pm.Point], results: dict, checks: dict[str, dict]) ->
     return rows
 
 
-def correctness(session: Session, points: list[pm.Point], log) -> dict[str, dict]:
+def correctness(session: LoadedWorkload, points: list[pm.Point], log) -> dict[str, dict]:
     """Replay and branch checks per method (per point for hetcache rows, whose policies differ)."""
     clip = session.clips[0]
     cond, uncond = peers_replay.capture_step_inputs(session, clip, session.workload.steps // 2)
@@ -280,7 +281,7 @@ def render(path: Path, out: Path, figure_wanted: bool) -> int:
         raise InputError(f"--render file '{path}' cannot be read ({exc}).", "pass a JSON file peers.py wrote.") from exc
     if not isinstance(report, dict) or "rows" not in report:
         raise InputError(f"--render file '{path}' is not a peers report (no rows).", "pass a JSON file peers.py wrote.")
-    report["goal"] = peers_report.json_ready(peers_report.goal_check(report["rows"]))
+    report["goal"] = json_safe(peers_report.goal_check(report["rows"]))
     peers_report.write(out, report, figure_wanted=figure_wanted)
     print(peers_report.markdown(report))
     return 0
@@ -334,7 +335,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     goal = peers_report.goal_check(rows)
     report = {**context, "rows": rows, "goal": goal}
-    peers_report.write(args.out, peers_report.json_ready(report), figure_wanted=not args.no_figure)
+    peers_report.write(args.out, json_safe(report), figure_wanted=not args.no_figure)
     print(peers_report.markdown(report))
     return 0
 

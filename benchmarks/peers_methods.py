@@ -23,11 +23,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from hetcache import plan as step_plan
 from hetcache.cost import CostModel
 from hetcache.engine import apply_hetcache, remove_hetcache
-from hetcache.plan import plan_from_changes, relative_l1_changes, rescale, timestep_modulation
+from hetcache.plan import plan_from_changes, rescale
 from hetcache.policy import LayerSpec, Policy, StepPlanSpec, TokenSpec, load_policy
-from hetcache.workloads.execute import Session
+from hetcache.workloads.execute import LoadedWorkload
 
 UNCACHED = "uncached"
 FEWER_STEPS = "fewer steps"
@@ -148,7 +149,7 @@ def quiet() -> Iterator[None]:
 class Probe:
     """What a generation under a point reads afterwards: the session to generate with, and its FLOPs."""
 
-    session: Session
+    session: LoadedWorkload
     counter: FlopCounter | None = None
     handle: Any = None
 
@@ -193,7 +194,7 @@ def cachedit_twin(transformer: torch.nn.Module) -> torch.nn.Module:
 
 
 @contextlib.contextmanager
-def attached(point: Point, session: Session, steps_sessions: dict[int, Session]) -> Iterator[Probe]:
+def attached(point: Point, session: LoadedWorkload, steps_sessions: dict[int, LoadedWorkload]) -> Iterator[Probe]:
     """Hook `point` onto the session's pipeline for the duration of the block; always unhooked after."""
     transformer = session.transformer
     if point.kind == "hetcache":
@@ -206,7 +207,7 @@ def attached(point: Point, session: Session, steps_sessions: dict[int, Session])
     target = session
     if point.kind == "steps":
         if point.steps not in steps_sessions:
-            steps_sessions[point.steps] = Session(session.workload.replace(steps=point.steps), pipe=session.pipe)
+            steps_sessions[point.steps] = LoadedWorkload(session.workload.replace(steps=point.steps), pipe=session.pipe)
         target = steps_sessions[point.steps]
     counter = FlopCounter(transformer)
     try:
@@ -240,10 +241,9 @@ def attached(point: Point, session: Session, steps_sessions: dict[int, Session])
 # operating points
 
 
-def step_changes(session: Session, polynomial: tuple[float, ...] | None = None) -> list[float]:
+def step_changes(session: LoadedWorkload, polynomial: tuple[float, ...] | None = None) -> list[float]:
     """The rescaled timestep-modulation change into each step (what hetcache's step plan accumulates)."""
-    changes = relative_l1_changes(timestep_modulation(session.transformer, session.timesteps()))
-    return rescale(changes, polynomial)
+    return rescale(step_plan.step_changes(session.transformer, session.timesteps()), polynomial)
 
 
 def timestep_only_spec(threshold: float, warmup: int = 2, final: int = 1) -> StepPlanSpec:
@@ -417,7 +417,7 @@ def _cachedit_points(steps: int) -> list[Point]:
     ]
 
 
-def magcache_ratios(session: Session, clip, steps: int) -> list[float]:
+def magcache_ratios(session: LoadedWorkload, clip, steps: int) -> list[float]:
     """Calibrate MagCache the way diffusers documents it: one run with `calibrate=True`, read the printed ratios.
 
     diffusers keeps one state per CFG branch and prints one list per branch; the config takes one list, so the
@@ -458,7 +458,9 @@ def with_magcache_ratios(points: list[Point], ratios: list[float], steps: int) -
     return out
 
 
-def build_points(session: Session, tuned: list[tuple[str, Policy]], methods: set[str] | None = None) -> list[Point]:
+def build_points(
+    session: LoadedWorkload, tuned: list[tuple[str, Policy]], methods: set[str] | None = None
+) -> list[Point]:
     """Every row at its operating points (MagCache still without ratios: see `with_magcache_ratios`)."""
     steps = session.workload.steps
     transformer = session.transformer

@@ -22,7 +22,7 @@ from peers_methods import FlopCounter, Point, cachedit_twin, quiet
 
 from hetcache import reference
 from hetcache.engine import apply_hetcache, remove_hetcache
-from hetcache.workloads.execute import Session
+from hetcache.workloads.execute import LoadedWorkload
 
 EXACT = 1e-4  # relative error below which a replay counts as exact (float32 reassociation stays far below)
 WRONG = 1e-2  # above this a replay error is a defect of the method, not rounding of a reduced-precision cache
@@ -84,7 +84,7 @@ def _clone(kwargs: dict[str, Any]) -> dict[str, Any]:
     return {k: v.detach().clone() if torch.is_tensor(v) else v for k, v in kwargs.items()}
 
 
-def capture_step_inputs(session: Session, clip, step: int) -> tuple[dict[str, Any], dict[str, Any]]:
+def capture_step_inputs(session: LoadedWorkload, clip, step: int) -> tuple[dict[str, Any], dict[str, Any]]:
     """The transformer kwargs of the cond and the uncond call at `step` of an uncached run of `clip`."""
     calls: list[dict[str, Any]] = []
     wanted = (2 * step, 2 * step + 1)
@@ -172,7 +172,7 @@ def plain_wan_copy(model: torch.nn.Module) -> torch.nn.Module:
     return reference.cast_like_from_pretrained(plain.to(device=model.device), model.dtype).eval()
 
 
-def check(point: Point, session: Session, cond: dict[str, Any], uncond: dict[str, Any]) -> ReplayResult:
+def check(point: Point, session: LoadedWorkload, cond: dict[str, Any], uncond: dict[str, Any]) -> ReplayResult:
     """Replay and branch checks of one point on the captured inputs."""
     if point.unavailable:
         return ReplayResult(None, None, None, skipped=point.unavailable)

@@ -34,17 +34,6 @@ SKIP_IN_GOAL = ("uncached", TUNED)
 NO_SAVINGS = 0.999  # rows at this FLOPs fraction or above cached nothing: they are the uncached run
 
 
-def json_ready(value: Any) -> Any:
-    """A copy that JSON can hold: NaN / inf become None, tuples become lists."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: json_ready(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_ready(v) for v in value]
-    return value
-
-
 def _fmt(value: Any, digits: int = 2) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "—"

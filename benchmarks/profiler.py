@@ -86,9 +86,9 @@ def _run(session, config: str, chunk: int) -> tuple[float, float, dict | None]:
 
 
 def timing(args) -> dict:
-    from hetcache.workloads.execute import Session
+    from hetcache.workloads.execute import LoadedWorkload
 
-    session = Session(_workload(args))
+    session = LoadedWorkload(_workload(args))
     _run(session, "plain", args.chunk)  # warm-up (also memoises the clip's VAE conditioning)
     times = {name: {"denoise": [], "wall": []} for name in CONFIGS}
     names = list(CONFIGS)
@@ -107,9 +107,9 @@ def timing(args) -> dict:
 
 def memory_probe(args) -> dict:
     """Child process: peak memory of one run in `args.probe` configuration above the loaded state."""
-    from hetcache.workloads.execute import Session
+    from hetcache.workloads.execute import LoadedWorkload
 
-    session = Session(_workload(args))
+    session = LoadedWorkload(_workload(args))
     _run(session, "plain", args.chunk)  # warm-up: the clip's VAE conditioning is memoised, so only denoising remains
     base = _reset_peak(args.device)
     _, _, data = _run(session, args.probe, args.chunk)

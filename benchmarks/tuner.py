@@ -31,7 +31,7 @@ from hetcache import reference
 from hetcache.atomic import write_json
 from hetcache.fingerprint import model_fingerprint
 from hetcache.policy import WorkloadSpec, model_spec_from_fingerprint
-from hetcache.workloads.execute import Session
+from hetcache.workloads.execute import LoadedWorkload
 from hetcache.workloads.spec import ClipSource, Workload
 
 
@@ -94,7 +94,7 @@ def main() -> None:
     budget = parse_budget(args.budget)
     targets = [float(t) for t in args.targets.split(",")]
     work = args.work
-    session = Session(workload)
+    session = LoadedWorkload(workload)
 
     from hetcache.profiler.cli import main as profile_main
 

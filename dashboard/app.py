@@ -9,7 +9,7 @@ from pathlib import Path
 
 import streamlit as st
 
-HERE = Path(__file__).parent
+HERE = Path(__file__).resolve().parent  # absolute: `streamlit run dashboard/app.py` gives a relative __file__
 PAGES = (
     ("overview.py", "Overview", "", ":material/home:"),  # the default page, served at /
     ("profile.py", "Profile", "profile", ":material/insights:"),

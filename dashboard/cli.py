@@ -12,7 +12,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from hetcache.cli_common import run_cli
+from hetcache import cli_types
+from hetcache.cli_common import command_parser, run_cli
 from hetcache.errors import InputError
 
 from .sources import DEFAULT_RUNS, RUNS_ENV, STORAGE_ENV
@@ -20,13 +21,20 @@ from .sources import DEFAULT_RUNS, RUNS_ENV, STORAGE_ENV
 APP = Path(__file__).with_name("app.py")
 DEFAULT_PORT = 8501
 DEFAULT_ADDRESS = "127.0.0.1"
+EXAMPLES = (
+    "hetcache-dashboard                                    # serves ./runs at http://127.0.0.1:8501/",
+    "hetcache-dashboard --runs runs/demo --port 8502",
+    "hetcache-dashboard --storage postgresql+psycopg://user:pass@db:5432/hetcache",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The command-line interface of hetcache-dashboard."""
-    parser = argparse.ArgumentParser(
-        prog="hetcache-dashboard",
-        description="Explore hetcache profiles, tuning studies, policies and runs in a local Streamlit app.",
+    parser = command_parser(
+        argparse.ArgumentParser,
+        "hetcache-dashboard",
+        "Explore hetcache profiles, tuning studies, policies and runs in a local Streamlit app.",
+        EXAMPLES,
     )
     parser.add_argument(
         "--runs",
@@ -35,7 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"folder searched for profiles, studies, run folders and policies (default: ./{DEFAULT_RUNS})",
     )
     parser.add_argument("--storage", default="", help="an Optuna storage URL to open besides those under --runs")
-    parser.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port to serve on (default {DEFAULT_PORT})")
+    parser.add_argument(
+        "--port", type=cli_types.port, default=DEFAULT_PORT, help=f"port to serve on, 1–65535 (default {DEFAULT_PORT})"
+    )
     parser.add_argument(
         "--address", default=DEFAULT_ADDRESS, help=f"address to bind (default {DEFAULT_ADDRESS}: this machine only)"
     )
@@ -43,9 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _check_port(address: str, port: int) -> None:
-    """Refuse a port that is out of range or taken, before Streamlit would fail less clearly."""
-    if not 1 <= port <= 65535:
-        raise InputError(f"--port {port} is not a TCP port.", "pass a number between 1 and 65535.")
+    """Refuse a port that is taken, before Streamlit would fail less clearly (its range is checked at parse time)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server does: TIME_WAIT is no conflict
         try:

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import math
-import re
 from collections.abc import Mapping, Sequence
 
 import numpy as np
-import optuna
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
@@ -163,17 +162,29 @@ def layer_cost(layers: Sequence[Mapping]) -> go.Figure:
     return fig
 
 
-def pareto_front(front: optuna.Study, metric: str, speedup_label: str, bound: float | None) -> go.Figure:
-    """Optuna's Pareto-front plot of (metric, speedup), infeasible trials apart, with the budget bound drawn in."""
-    fig = optuna.visualization.plot_pareto_front(
-        front, targets=lambda t: (t.values[1], t.values[0]), target_names=[metric, speedup_label]
-    )
-    for trace in fig.data:  # optuna names its traces only in the hover box and colours by trial number
-        label = re.search(r"<extra>(.*)</extra>", trace.hovertemplate or "")
-        name = label.group(1) if label else trace.name
+def pareto_front(
+    points: Mapping[str, Sequence[tuple[int, float, float]]], metric: str, speedup_label: str, bound: float | None
+) -> go.Figure:
+    """Speedup vs a quality metric, one trace per group ("Best Trial": the tuner's front), the budget bound drawn in.
+
+    `points` maps a group name to (trial number, metric value, speedup) triples; the hover text names the trial.
+    """
+    fig = go.Figure()
+    for name, rows in points.items():
+        if not rows:
+            continue
         colour = FRONT_COLOURS.get(name)
-        marker = {"color": colour, "showscale": False, "size": 11 if name == "Best Trial" else 8} if colour else {}
-        trace.update(name=name, showlegend=True, marker=marker)
+        fig.add_trace(
+            go.Scatter(
+                x=[x for _, x, _ in rows],
+                y=[y for _, _, y in rows],
+                mode="markers",
+                name=name,
+                text=[json.dumps({"number": n, metric: x, speedup_label: y}) for n, x, y in rows],
+                hovertemplate="%{text}<extra>" + name + "</extra>",
+                marker={"color": colour, "size": 11 if name == "Best Trial" else 8} if colour else {},
+            )
+        )
     if bound is not None:
         fig.add_vline(
             x=bound,
@@ -184,6 +195,8 @@ def pareto_front(front: optuna.Study, metric: str, speedup_label: str, bound: fl
         )
     fig.update_layout(
         title=f"Pareto front: {speedup_label} vs {metric}",
+        xaxis={"title": {"text": metric}},
+        yaxis={"title": {"text": speedup_label}},
         height=460,
         legend={"orientation": "h", "y": -0.2, "x": 0},
     )

@@ -1,7 +1,7 @@
-"""Readers of the files the other parts write (formats: CONTRACTS.md), with one friendly error per bad input.
+"""Readers of the files the other parts write (docs/files.md), with one friendly error per bad input.
 
-Profiles load through `hetcache.profiler.Profile` when the profiler is installed, else through a minimal reader of
-the same contract. Runs are `run.json` plus the mp4s next to it. Nothing here computes what the writers computed.
+Profiles load through the profiler's own reader (`hetcache.profiler.store.Profile.load`). Runs are `run.json` plus
+the mp4s next to it. Nothing here computes what the writers computed.
 """
 
 from __future__ import annotations
@@ -13,15 +13,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from hetcache.profiler.store import PROFILE_FIX, Profile
 
 from hetcache.errors import HetCacheError
-
-from .sources import PROFILE_FILE, RUN_FILE
-
-PROFILE_SCHEMA_PREFIX = "hetcache.profile/v"
-PROFILE_SCHEMA_VERSION = 1
-RUN_SCHEMA = "hetcache.run/v1"
-TENSORS_FILE = "tensors.safetensors"
+from hetcache.run_record import RUN_FIX, read_run_record
 
 
 class DataError(HetCacheError):
@@ -53,16 +48,14 @@ def read_json(path: Path, what: str, fix: str) -> Any:
 class ProfileView:
     """A loaded profile folder: `data` is profile.json; arrays come from tensors.safetensors when first asked for."""
 
-    def __init__(self, folder: Path, data: dict[str, Any], source: Mapping[str, Any] | None = None):
+    def __init__(self, folder: Path, data: dict[str, Any], source: Mapping[str, Any]):
         self.folder = folder
         self.data = data
         self._source = source
         self._arrays: dict[str, np.ndarray] = {}
 
     def _tensors(self) -> Mapping[str, Any]:
-        """The tensor mapping, opened on first use."""
-        if self._source is None:
-            self._source = _read_tensors(self.folder, self.data)
+        """The tensor mapping (opened on first use by `_LazyTensors`)."""
         return self._source
 
     def array(self, name: str, clip: str | None = None) -> np.ndarray | None:
@@ -103,52 +96,14 @@ class ProfileView:
         return [str(layer.get("name", i)) for i, layer in enumerate(self.data.get("layers", []))]
 
 
-PROFILE_FIX = "re-create it with hetcache-profile (make demo writes runs/demo/profile)."
-
-
-def _check_profile(data: Any, path: Path) -> dict[str, Any]:
-    """The fields the pages rely on are there and of the right kind (schema, layers, step curve)."""
-    if not isinstance(data, dict):
-        raise DataError(f"profile '{path}' must hold a JSON object, got {type(data).__name__}.", PROFILE_FIX)
-    schema = data.get("schema")
-    if not isinstance(schema, str) or not schema.startswith(PROFILE_SCHEMA_PREFIX):
-        raise DataError(f"'{path}' is not a hetcache profile (schema {schema!r}).", PROFILE_FIX)
-    version = schema[len(PROFILE_SCHEMA_PREFIX) :]
-    if not version.isdigit() or int(version) > PROFILE_SCHEMA_VERSION:
-        raise DataError(
-            f"profile '{path}' uses schema {schema!r}, which this dashboard does not read.",
-            "upgrade hetcache, or re-create the profile with this version.",
-        )
-    if not isinstance(data.get("layers"), list) or not all(isinstance(x, dict) for x in data["layers"]):
-        raise DataError(f"profile '{path}': field 'layers' must be a list of objects.", PROFILE_FIX)
-    if not isinstance(data.get("step_curve", {}), dict):
-        raise DataError(f"profile '{path}': field 'step_curve' must be an object.", PROFILE_FIX)
-    return data
-
-
-def _profiler_class():
-    """`hetcache.profiler.Profile` when the profiler part is installed, else None."""
-    try:
-        from hetcache.profiler import Profile
-    except ImportError:
-        return None
-    return Profile if hasattr(Profile, "load") and hasattr(Profile, "tensors") else None
-
-
 def load_profile(folder: Path) -> ProfileView:
-    """Load a profile folder (profile.json + tensors.safetensors), through the profiler's loader when installed."""
+    """Load a profile folder (profile.json + tensors.safetensors) through the profiler's loader."""
     folder = Path(folder)
-    path = folder / PROFILE_FILE
-    profile_cls = _profiler_class()
-    if profile_cls is None:
-        return ProfileView(folder, _check_profile(read_json(path, "profile file", PROFILE_FIX), path))
     try:
-        loaded = profile_cls.load(folder)
+        loaded = Profile.load(folder)
     except HetCacheError as exc:
         raise DataError(exc.what, exc.fix or PROFILE_FIX) from None
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise DataError(f"profile '{folder}' cannot be loaded ({exc}).", PROFILE_FIX) from None
-    return ProfileView(folder, _check_profile(loaded.data, path), _LazyTensors(loaded))
+    return ProfileView(folder, loaded.data, _LazyTensors(loaded))
 
 
 class _LazyTensors(Mapping):
@@ -181,25 +136,8 @@ class _LazyTensors(Mapping):
         return len(self._open())
 
 
-def _read_tensors(folder: Path, data: dict[str, Any]) -> dict[str, np.ndarray]:
-    """The arrays of tensors.safetensors read with safetensors directly (when the profiler is not installed)."""
-    from safetensors import SafetensorError
-    from safetensors.numpy import load_file
-
-    meta = data.get("tensors") if isinstance(data.get("tensors"), dict) else {}
-    path = folder / str(meta.get("file") or TENSORS_FILE)
-    if not path.is_file():
-        raise DataError(f"profile tensor file '{path}' does not exist.", PROFILE_FIX)
-    try:
-        return load_file(str(path))
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise DataError(f"profile tensor file '{path}' cannot be read ({exc}).", PROFILE_FIX) from None
-
-
 # ---------------------------------------------------------------------------------------------------------------
 # run folders
-
-RUN_FIX = "re-create it with `hetcache run ... --compare --out DIR` (make demo writes runs/demo/apply)."
 
 
 @dataclass
@@ -238,17 +176,11 @@ class RunView:
 
 
 def load_run(folder: Path) -> RunView:
-    """Load a run folder's run.json and check its shape."""
-    folder = Path(folder)
-    path = folder / RUN_FILE
-    record = read_json(path, "run file", RUN_FIX)
-    if not isinstance(record, dict) or record.get("schema") != RUN_SCHEMA:
-        schema = record.get("schema") if isinstance(record, dict) else None
-        raise DataError(f"'{path}' is not a hetcache run record (schema {schema!r}, expected {RUN_SCHEMA!r}).", RUN_FIX)
-    clips = record.get("clips")
-    if not isinstance(clips, list) or not clips or not all(isinstance(c, dict) and "clip" in c for c in clips):
-        raise DataError(f"run file '{path}': field 'clips' must be a non-empty list of clip records.", RUN_FIX)
-    return RunView(folder, record)
+    """Load a run folder's run.json with hetcache's one reader of it (hetcache.run_record)."""
+    try:
+        return RunView(Path(folder), read_run_record(folder))
+    except HetCacheError as exc:
+        raise DataError(exc.what, exc.fix) from None
 
 
 def read_frames(path: Path, what: str) -> np.ndarray:

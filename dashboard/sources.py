@@ -11,15 +11,17 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from hetcache.profiler.store import JSON_FILE as PROFILE_FILE
+from hetcache.tuner.study_storage import JOURNAL_SUFFIXES, SQLITE_SUFFIXES, url_for_file
+
+from hetcache.policy import SCHEMA_PREFIX
+
 RUNS_ENV = "HETCACHE_DASHBOARD_RUNS"
 STORAGE_ENV = "HETCACHE_DASHBOARD_STORAGE"
 DEFAULT_RUNS = "runs"
 
-PROFILE_FILE = "profile.json"
 RUN_FILE = "run.json"
-SQLITE_SUFFIXES = (".db", ".sqlite", ".sqlite3")
-JOURNAL_SUFFIXES = (".journal", ".jsonl", ".log")
-POLICY_MARK = b'"hetcache.policy/v'
+POLICY_MARK = f'"{SCHEMA_PREFIX}'.encode()
 MAX_DEPTH = 6
 PEEK_BYTES = 512
 
@@ -59,11 +61,6 @@ def configured_runs() -> Path:
 def configured_storage() -> str:
     """The storage URL passed with --storage, or an empty string."""
     return os.environ.get(STORAGE_ENV, "").strip()
-
-
-def storage_url_for(path: Path) -> str:
-    """The storage URL of a study file, as hetcache-tune spells it: sqlite:///<path> or journal:///<path>."""
-    return f"{'sqlite' if path.suffix in SQLITE_SUFFIXES else 'journal'}:///{path}"
 
 
 def _peek(path: Path) -> bytes:
@@ -107,7 +104,7 @@ def discover(root: Path) -> Found:
             if name.startswith("."):
                 continue
             if path.suffix in SQLITE_SUFFIXES or _is_journal(path):
-                found.studies.append(storage_url_for(path))
+                found.studies.append(url_for_file(path))
             elif _is_policy(path):
                 found.policies.append(path)
     return found

@@ -10,6 +10,7 @@ from typing import Any
 import streamlit as st
 
 from hetcache.errors import HetCacheError
+from hetcache.run_record import RUN_FILE
 
 from . import readers
 from .sources import Found, configured_runs, configured_storage, discover
@@ -121,7 +122,7 @@ def _run(folder: str, stamp: float) -> readers.RunView:
 
 def load_run(folder: Path) -> readers.RunView:
     """A run folder's record, cached until its run.json changes."""
-    return _run(str(folder), _mtime(folder / "run.json"))
+    return _run(str(folder), _mtime(folder / RUN_FILE))
 
 
 @st.cache_resource(show_spinner=False, max_entries=16)

@@ -1,4 +1,8 @@
-"""Atomic file output: write to a temporary sibling, then rename, so no half-written file is ever left."""
+"""Atomic file output: write to a temporary sibling, then rename, so no half-written file is ever left.
+
+Files get the permissions the umask gives (0644 under the usual 022), whatever the library that wrote them chose.
+Every output folder carries a marker file (`MARKER`); only a marked folder may ever be replaced.
+"""
 
 from __future__ import annotations
 
@@ -12,11 +16,41 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+MARKER = ".hetcache-output"
+
 
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def file_mode() -> int:
+    """The mode a new file gets under the current umask (0o644 under 022)."""
+    return 0o666 & ~_umask()
+
+
+def write_marker(folder: str | os.PathLike, kind: str) -> Path:
+    """Mark `folder` as written by hetcache (the marker names the tool and what the folder holds)."""
+    from . import __version__
+
+    return write_text(Path(folder) / MARKER, json.dumps({"tool": f"hetcache {__version__}", "kind": kind}) + "\n")
+
+
+def is_marked(folder: str | os.PathLike) -> bool:
+    """Whether hetcache wrote `folder` (it holds the marker file)."""
+    return (Path(folder) / MARKER).is_file()
+
+
+def _normalise_modes(root: Path) -> None:
+    """Give every file under `root` the umask's file mode and every folder the umask's folder mode."""
+    files, folders = file_mode(), 0o777 & ~_umask()
+    root.chmod(folders)
+    for folder, dirs, names in os.walk(root):
+        for name in dirs:
+            (Path(folder) / name).chmod(folders)
+        for name in names:
+            (Path(folder) / name).chmod(files)
 
 
 @contextlib.contextmanager
@@ -28,9 +62,9 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
     fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f"{suffix}.part", dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
-    tmp_path.chmod(0o666 & ~_umask())
     try:
         yield tmp_path
+        tmp_path.chmod(file_mode())  # after writing: some writers (safetensors) re-create the file as 0600
         os.replace(tmp_path, path)
     finally:
         if tmp_path.exists():
@@ -62,20 +96,34 @@ def write_json(path: str | os.PathLike, data: Any) -> Path:
     return write_text(path, json.dumps(json_safe(data), indent=2, sort_keys=False, allow_nan=False) + "\n")
 
 
-@contextlib.contextmanager
-def atomic_dir(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
-    """Yield a temporary folder that becomes `path` on success; nothing is left behind on error.
+def holds_only_marker(path: str | os.PathLike) -> bool:
+    """Whether folder `path` holds nothing but the marker (or one being written by a worker starting alongside)."""
+    return Path(path).is_dir() and all(MARKER in entry.name for entry in Path(path).iterdir())
 
-    With `overwrite`, an existing `path` is replaced only once the new content is complete.
+
+@contextlib.contextmanager
+def atomic_dir(path: str | os.PathLike, overwrite: bool = False, kind: str = "output") -> Iterator[Path]:
+    """Yield a temporary folder that becomes `path` (marked as a hetcache `kind` folder) on success.
+
+    Nothing is left behind on error. With `overwrite`, an existing marked (or empty) `path` is replaced only once
+    the new content is complete; a non-empty folder hetcache did not write is never replaced.
     """
-    path = Path(path)
+    from .errors import InputError
+
+    path = Path(path).absolute()
+    if path.exists() and not (is_marked(path) or holds_only_marker(path)):
+        raise InputError(
+            f"'{path}' exists and was not written by hetcache (no {MARKER} marker); it is never replaced.",
+            "choose another output folder, or move that folder away yourself.",
+        )
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent))
-    tmp.chmod(0o777 & ~_umask())
     try:
         yield tmp
+        write_marker(tmp, kind)
+        _normalise_modes(tmp)
         if path.exists():
-            if not overwrite:
+            if not (overwrite or holds_only_marker(path)):
                 raise FileExistsError(path)
             old = path.with_name(f".{path.name}.old")
             shutil.rmtree(old, ignore_errors=True)

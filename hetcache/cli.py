@@ -10,29 +10,58 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from . import __version__
+from tqdm import tqdm
+
+from . import cli_types, timing
 from .cli_common import (
     add_workload_arguments,
+    check_output_folder,
+    command_parser,
     format_table,
-    prepare_output,
     progress_enabled,
     run_cli,
     workload_from_args,
 )
+from .errors import InputError
+
+RUN_EXAMPLES = (
+    "hetcache run --policy reference-psnr35 --compare --clips box,moving --out runs/apply",
+    "hetcache run --policy runs/tune/policy.json --compare --reps 5 --out runs/apply --overwrite",
+    "hetcache run --pipeline DIR --video in.mp4 --mask mask.mp4 --prompt-embeds embeds.safetensors \\",
+    "    --frames 33 --policy wan21-vace-1.3b-paper --compare --out runs/mine",
+)
+POLICIES_EXAMPLES = (
+    "hetcache policies list",
+    "hetcache policies show reference-psnr35",
+    "hetcache policies validate runs/tune/policy.json",
+)
 
 
-def _run_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+def add_run_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The flags of `hetcache run` / `hetcache-run`."""
     add_workload_arguments(parser)
     parser.add_argument("--policy", help="policy file or shipped policy name (see `hetcache policies list`)")
     parser.add_argument("--compare", action="store_true", help="also run uncached; report speedup and quality")
+    parser.add_argument(
+        "--reps",
+        type=cli_types.integer(1, 100),
+        default=timing.DEFAULT_REPS,
+        help="interleaved uncached/cached timing rounds after the warm-up, for the wall-clock speedup's median and "
+        f"min–max (default {timing.DEFAULT_REPS})",
+    )
     parser.add_argument("--no-strict", action="store_true", help="apply a policy tuned for another architecture")
     parser.add_argument("--lpips-weights", type=Path, help="folder with AlexNet + LPIPS head weights (optional)")
     parser.add_argument("--out", type=Path, default=Path("runs/run"), help="output folder (default runs/run)")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    parser.add_argument("--overwrite", action="store_true", help="replace an output folder hetcache wrote before")
     return parser
+
+
+def _speedup_text(row: dict) -> str:
+    """'1.31 (1.28–1.35)': the median time speedup with its min–max over rounds."""
+    return f"{row['speedup_time']:.2f} ({row['speedup_time_min']:.2f}–{row['speedup_time_max']:.2f})"
 
 
 def _print_run(record: dict) -> None:
@@ -44,7 +73,9 @@ def _print_run(record: dict) -> None:
         if "cached_denoise_s" in clip:
             row["cached s"] = clip["cached_denoise_s"]
             row["plan"] = clip["stats"]["decisions"]
-            row["FLOPs frac"] = clip["stats"]["flops_fraction"]
+            row["FLOPs x"] = clip["speedup_flops"] if "speedup_flops" in clip else 1 / clip["stats"]["flops_fraction"]
+        if "speedup_time" in clip:
+            row["time x (min–max)"] = _speedup_text(clip)
         if "quality" in clip:
             q = clip["quality"]
             row.update(
@@ -62,11 +93,19 @@ def _print_run(record: dict) -> None:
     summary = record["summary"]
     if "speedup_time" in summary:
         q = summary["quality"]
-        print(
-            f"\nspeedup: {summary['speedup_flops']:.2f}x FLOPs, {summary['speedup_time']:.2f}x denoising wall-clock; "
-            f"mean PSNR {q['psnr']:.2f} dB (mask {q['psnr_mask']:.2f} dB), SSIM {q['ssim']:.4f}; "
-            f"LPIPS {q['lpips'] if isinstance(q['lpips'], str) else format(q['lpips'], '.4f')}"
+        lpips = q["lpips"] if isinstance(q["lpips"], str) else format(q["lpips"], ".4f")
+        rounds = summary["timing"]["rounds"]
+        time_text = (
+            f"denoising wall-clock {summary['speedup_time']:.2f}x (median of {rounds} interleaved rounds, "
+            f"min–max {summary['speedup_time_min']:.2f}–{summary['speedup_time_max']:.2f}x"
+            + (", not trustworthy: see the warnings)" if summary["warnings"] else ")")
         )
+        print(
+            f"\nspeedup: {summary['speedup_flops']:.2f}x FLOPs, {time_text}; "
+            f"mean PSNR {q['psnr']:.2f} dB (mask {q['psnr_mask']:.2f} dB), SSIM {q['ssim']:.4f}; LPIPS {lpips}"
+        )
+        for warning in summary["warnings"]:
+            print(f"warning: {warning}")
     for clip in record["clips"]:
         for note in clip.get("notes", [])[1:] + clip.get("stats", {}).get("notes", []):
             print(f"note [{clip['clip']}]: {note}")
@@ -77,18 +116,27 @@ def command_run(args: argparse.Namespace) -> int:
     from .runner import run
 
     workload = workload_from_args(args)
-    out = prepare_output(args.out, args.overwrite)
+    out = check_output_folder(args.out, args.overwrite)
     lpips = load_lpips(args.lpips_weights) if args.lpips_weights else None
-    record = run(
-        workload,
-        policy=args.policy,
-        compare=args.compare or args.policy is None,
-        out=out,
-        strict=not args.no_strict,
-        overwrite=args.overwrite,
-        progress=progress_enabled(),
-        lpips=lpips,
-    )
+    compare = args.compare or args.policy is None
+    runs = len(workload.clip_sources()) * ((1 + args.reps) * 2 if compare and args.policy else 1)
+    with tqdm(total=runs, desc="runs started", unit="run", disable=not progress_enabled(), file=sys.stderr) as bar:
+
+        def before_run(clip: str, kind: str, round_: int) -> None:
+            bar.set_postfix_str(f"{clip} {kind} {'warm-up' if round_ == 0 else f'round {round_}'}")
+            bar.update(1)
+
+        record = run(
+            workload,
+            policy=args.policy,
+            compare=compare,
+            out=out,
+            strict=not args.no_strict,
+            overwrite=args.overwrite,
+            lpips=lpips,
+            reps=args.reps,
+            before_run=before_run,
+        )
     _print_run(record)
     print(f"\nwrote {out}/")
     return 0
@@ -101,6 +149,8 @@ def command_policies(args: argparse.Namespace) -> int:
     if args.action == "list":
         print(format_table(policies.index()))
         return 0
+    if not args.target:
+        raise InputError(f"`hetcache policies {args.action}` needs a policy name or file.", "add it after the action.")
     policy = load_policy(args.target)
     if args.action == "show":
         print(json.dumps(policy.to_dict(), indent=2))
@@ -109,14 +159,35 @@ def command_policies(args: argparse.Namespace) -> int:
     return 0
 
 
+def _policies_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    parser.add_argument("action", choices=("list", "show", "validate"))
+    parser.add_argument("target", nargs="?", help="policy name or file (show / validate)")
+    return parser
+
+
+# Subcommands: name → (help, examples, add its arguments, run it). Another subcommand is one more entry.
+SUBCOMMANDS: dict[str, tuple[str, Sequence[str], Callable, Callable[[argparse.Namespace], int]]] = {
+    "run": (
+        "run a workload, optionally with a policy and the uncached comparison",
+        RUN_EXAMPLES,
+        add_run_arguments,
+        command_run,
+    ),
+    "policies": ("list, show or validate policies", POLICIES_EXAMPLES, _policies_parser, command_policies),
+}
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="hetcache", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--version", action="version", version=f"hetcache {__version__}")
+    parser = command_parser(
+        argparse.ArgumentParser,
+        "hetcache",
+        __doc__.split("\n\n")[0],
+        [*RUN_EXAMPLES[:1], *POLICIES_EXAMPLES[:1], "hetcache reference-train --out runs/reference-model"],
+    )
     sub = parser.add_subparsers(dest="command", required=True)
-    _run_parser(sub.add_parser("run", help="run a workload, optionally with a policy and the uncached comparison"))
-    pol = sub.add_parser("policies", help="list, show or validate policies")
-    pol.add_argument("action", choices=("list", "show", "validate"))
-    pol.add_argument("target", nargs="?", help="policy name or file (show / validate)")
+    for name, (text, examples, add_arguments, _) in SUBCOMMANDS.items():
+        description = text[0].upper() + text[1:] + "."
+        add_arguments(command_parser(sub.add_parser, None, description, examples, name=name, help=text))
     # listed for --help only: _main hands `reference-train` and every flag after it to the training script's parser
     sub.add_parser("reference-train", help="train the reference model (see `hetcache reference-train --help`)")
     return parser
@@ -129,13 +200,7 @@ def _main(argv: Sequence[str] | None) -> int:
 
         return train.main(argv[1:])
     args = build_parser().parse_args(argv)
-    if args.command == "run":
-        return command_run(args)
-    if args.action != "list" and not args.target:
-        from .errors import InputError
-
-        raise InputError(f"`hetcache policies {args.action}` needs a policy name or file.", "add it after the action.")
-    return command_policies(args)
+    return SUBCOMMANDS[args.command][3](args)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -143,10 +208,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _run_main(argv: Sequence[str] | None) -> int:
-    parser = _run_parser(
-        argparse.ArgumentParser(prog="hetcache-run", description="Run a workload (see `hetcache run`).")
+    parser = command_parser(
+        argparse.ArgumentParser, "hetcache-run", "Run a workload (the same as `hetcache run`).", RUN_EXAMPLES
     )
-    return command_run(parser.parse_args(argv))
+    return command_run(add_run_arguments(parser).parse_args(argv))
 
 
 def run_main(argv: Sequence[str] | None = None) -> int:

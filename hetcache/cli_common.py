@@ -1,4 +1,4 @@
-"""Pieces every hetcache command shares: workload flags, output folders, error reporting, tables."""
+"""Pieces every hetcache command shares: parsers with examples, workload flags, output checks, errors, tables."""
 
 from __future__ import annotations
 
@@ -6,13 +6,54 @@ import argparse
 import math
 import os
 import sys
+import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from . import __version__, cli_types
+from .atomic import MARKER, holds_only_marker, is_marked
 from .errors import HetCacheError, InputError
 from .workloads.clips import MASK_KINDS
 from .workloads.spec import ClipSource, Workload, load_workload
+
+# exit code → meaning; every command lists the ones it uses in its --help
+EXIT_OK, EXIT_WRITE_FAILED, EXIT_BAD_INPUT, EXIT_NO_FEASIBLE, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+EXIT_CODES = {
+    EXIT_OK: "success",
+    EXIT_WRITE_FAILED: "a file operation failed after the checks (e.g. the disk filled up)",
+    EXIT_BAD_INPUT: "bad input: a flag, file or folder (one message names it and the fix; nothing was written)",
+    EXIT_NO_FEASIBLE: "no trial met the budget (no policy was written)",
+    EXIT_INTERRUPTED: "interrupted (Ctrl+C)",
+}
+
+
+def epilog(examples: Sequence[str], codes: Sequence[int] = (0, 1, 2, 130)) -> str:
+    """The --help epilog: usage examples, then the exit codes the command can return."""
+    lines = ["examples:", *(f"  {example}" for example in examples), "", "exit codes:"]
+    lines += [f"  {code:<3}  {EXIT_CODES[code]}" for code in codes]
+    return "\n".join(lines)
+
+
+def command_parser(
+    factory: Callable[..., argparse.ArgumentParser],
+    prog: str | None,
+    description: str,
+    examples: Sequence[str],
+    codes: Sequence[int] = (0, 1, 2, 130),
+    **kwargs: Any,
+) -> argparse.ArgumentParser:
+    """A parser (top-level, or a subcommand via `sub.add_parser`) with examples, exit codes and --version."""
+    if prog is not None:
+        kwargs["prog"] = prog
+    parser = factory(
+        description=description,
+        epilog=epilog(examples, codes),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        **kwargs,
+    )
+    parser.add_argument("--version", action="version", version=f"hetcache {__version__}")
+    return parser
 
 
 def add_workload_arguments(parser: argparse.ArgumentParser) -> None:
@@ -27,16 +68,22 @@ def add_workload_arguments(parser: argparse.ArgumentParser) -> None:
         "--prompt-embeds", type=Path, help="safetensors/torch file with prompt_embeds, negative_prompt_embeds"
     )
     group.add_argument("--clips", help=f"reference clips to use, comma-separated from {','.join(MASK_KINDS)}")
-    group.add_argument("--steps", type=int, help="denoising steps")
-    group.add_argument("--guidance-scale", type=float, help="classifier-free guidance scale")
-    group.add_argument("--height", type=int)
-    group.add_argument("--width", type=int)
-    group.add_argument("--frames", type=int, help="number of frames (4k+1)")
-    group.add_argument("--seed", type=int)
+    group.add_argument("--steps", type=cli_types.integer(2), help="denoising steps (≥ 2)")
+    group.add_argument("--guidance-scale", type=cli_types.number(0.0), help="classifier-free guidance scale (≥ 0)")
+    group.add_argument(
+        "--height", type=cli_types.size, help="frame height, a multiple of 16 (alone: the width keeps the aspect)"
+    )
+    group.add_argument(
+        "--width", type=cli_types.size, help="frame width, a multiple of 16 (alone: the height keeps the aspect)"
+    )
+    group.add_argument("--frames", type=cli_types.frames, help="number of frames, 4k+1 ≥ 5 (5, 9, 13, 17, …)")
+    group.add_argument("--seed", type=cli_types.integer(0), help="generator seed (≥ 0)")
     group.add_argument("--device", help="cpu, cuda, cuda:1, …")
     group.add_argument("--dtype", choices=("float32", "bfloat16", "float16"))
     group.add_argument("--fit", choices=("strict", "crop", "resize"), help="how to reconcile a mask/video mismatch")
-    group.add_argument("--mask-threshold", type=float, help="binarise a grey-level mask at this level")
+    group.add_argument(
+        "--mask-threshold", type=cli_types.fraction_open, help="binarise a grey-level mask at this level, in (0, 1)"
+    )
 
 
 def workload_from_args(args: argparse.Namespace) -> Workload:
@@ -73,30 +120,95 @@ def workload_from_args(args: argparse.Namespace) -> Workload:
         value = getattr(args, flag, None)
         if value is not None:
             changes[field] = str(value) if isinstance(value, Path) else value
-    if changes.get("steps") is not None and changes["steps"] < 2:
-        raise InputError(f"--steps {changes['steps']} is too few.", "use at least 2 denoising steps.")
     return workload.replace(**changes)
 
 
-def prepare_output(path: Path, overwrite: bool, what: str = "output folder") -> Path:
-    """Refuse an existing output folder unless `overwrite` (the write itself is atomic)."""
-    if path.exists() and not overwrite:
-        raise InputError(f"{what} '{path}' already exists.", "pass --overwrite, or choose another --out.")
+def _existing_ancestor(path: Path, flag: str, shown: Path) -> Path:
+    """The nearest ancestor of `path` that exists; it must be a folder (else nothing can be created under it)."""
+    for ancestor in path.parents:
+        if ancestor.exists():
+            if not ancestor.is_dir():
+                raise InputError(
+                    f"{flag} '{shown}' cannot be created: '{ancestor}' is a file, not a folder.",
+                    f"choose an {flag} outside it.",
+                )
+            return ancestor
+    return Path(path.anchor)
+
+
+def _check_writable(folder: Path, flag: str, shown: Path) -> None:
+    """Create and remove an empty probe folder in `folder`: the only sure test (read-only mounts, /proc, …)."""
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".hetcache-probe-", dir=folder))
+    except OSError as exc:
+        raise InputError(
+            f"{flag} '{shown}' cannot be written: creating anything in '{folder}' fails ({exc.strerror}).",
+            f"choose an {flag} in a folder you can write to, e.g. {flag} runs/out.",
+        ) from None
+
+
+def check_output_folder(
+    path: Path, overwrite: bool = False, what: str = "output folder", flag: str = "--out", reuse: bool = False
+) -> Path:
+    """Check, before any compute, that `path` can become (or, with `reuse`, be written into as) an output folder.
+
+    Refused whatever the flags: the working folder and its parents, a path under a file, a place that cannot be
+    written, and a non-empty folder hetcache did not write (no marker). A folder hetcache wrote is replaced only with
+    `overwrite` (or written into when `reuse`).
+    """
+    resolved = path.expanduser().absolute().resolve()
+    cwd = Path.cwd().resolve()
+    if resolved == cwd or resolved in cwd.parents:
+        raise InputError(
+            f"{flag} '{path}' is the working folder or one of its parents; hetcache never writes its output there.",
+            f"pass a new sub-folder, e.g. {flag} runs/out.",
+        )
+    if resolved.exists():
+        if not resolved.is_dir():
+            raise InputError(f"{flag} '{path}' is a file, not a folder.", f"choose another {flag}.")
+        if not (holds_only_marker(resolved) or is_marked(resolved)):
+            raise InputError(
+                f"{flag} '{path}' is a non-empty folder hetcache did not write (no {MARKER} marker); it is never "
+                "replaced or written into, even with --overwrite.",
+                f"choose a new or empty {flag}, or move that folder away yourself.",
+            )
+        if not (overwrite or reuse):
+            raise InputError(
+                f"{what} '{path}' already exists.", f"pass --overwrite to replace it, or choose another {flag}."
+            )
+        if reuse:
+            _check_writable(resolved, flag, path)
+    _check_writable(_existing_ancestor(resolved, flag, path), flag, path)
+    return path
+
+
+def check_output_file(path: Path, flag: str) -> Path:
+    """Check, before any compute, that the file `path` can be written (atomically, next to where it goes)."""
+    resolved = path.expanduser().absolute().resolve()
+    if resolved.is_dir():
+        raise InputError(f"{flag} '{path}' is a folder; it must name a file.", f"e.g. {flag} {path / 'policy.json'}.")
+    _check_writable(_existing_ancestor(resolved, flag, path), flag, path)
     return path
 
 
 def run_cli(
     main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None = None, prog: str = "hetcache"
 ) -> int:
-    """Run a command's main; user errors become one line on stderr and exit code 2."""
+    """Run a command's main and return its exit code (EXIT_CODES): user errors become one line on stderr."""
     try:
         return main(argv)
+    except SystemExit as exc:  # argparse: --help / --version (0) and flag errors (2, message already printed)
+        return exc.code if isinstance(exc.code, int) else EXIT_BAD_INPUT
     except HetCacheError as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         print(f"{prog}: interrupted; nothing was written.", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
+    except OSError as exc:
+        where = f" on '{exc.filename}'" if exc.filename else ""
+        print(f"{prog}: error: a file operation failed{where} ({exc.strerror or exc}).", file=sys.stderr)
+        return EXIT_WRITE_FAILED
 
 
 def format_value(value: Any) -> str:

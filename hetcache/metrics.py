@@ -31,6 +31,25 @@ METRICS: dict[str, bool] = {
 }
 
 
+def bound_range(metric: str) -> tuple[float, float, bool]:
+    """(low, high, low_open) of the bounds a budget on `metric` can meaningfully set (outside: met by every output
+    or by none): PSNR in (0, PSNR_CAP] dB, SSIM in (0, 1], latent relative L2 in [0, inf), LPIPS in [0, 1]."""
+    if metric.startswith("psnr"):
+        return 0.0, PSNR_CAP, True
+    if metric.startswith("ssim"):
+        return 0.0, 1.0, True
+    return 0.0, (math.inf if metric == "latent_rel_l2" else 1.0), False
+
+
+def check_bound(metric: str, value: float) -> str | None:
+    """Why `value` is no meaningful bound for `metric` (None when it is one)."""
+    low, high, low_open = bound_range(metric)
+    if (value <= low if low_open else value < low) or value > high:
+        shown = f"{'(' if low_open else '['}{low:g}, {high:g}{')' if math.isinf(high) else ']'}"
+        return f"{metric} takes values in {shown}, so a bound of {value:g} is met by every output or by none"
+    return None
+
+
 def _as_float_video(frames: np.ndarray | torch.Tensor) -> torch.Tensor:
     """[F, H, W, 3] uint8 or float in [0, 1] → float64 tensor [F, 3, H, W] in [0, 1]."""
     t = torch.as_tensor(np.asarray(frames))

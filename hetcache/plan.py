@@ -1,7 +1,8 @@
-"""Step plans: which denoising steps are FULL, PARTIAL or REUSE (DESIGN.md, engine semantics 2).
+"""Step plans: which denoising steps are FULL, PARTIAL or REUSE.
 
-The default rule accumulates the rescaled relative L1 change of the timestep modulation (`timestep_proj`) between
-steps. It depends only on the timesteps, so the plan is computed once per run, before the first block runs.
+The rule accumulates the rescaled relative L1 change of the timestep modulation (`timestep_proj`) between steps.
+It depends only on the timesteps, so a whole plan is usually computed once per run (`resolve_plan`); when the
+timesteps are not known in advance the engine feeds the same `StepRule` one step at a time.
 """
 
 from __future__ import annotations
@@ -32,6 +33,11 @@ def relative_l1_changes(series: torch.Tensor) -> list[float]:
     return change.cpu().tolist()
 
 
+def step_changes(transformer: torch.nn.Module, timesteps: torch.Tensor) -> list[float]:
+    """The modulation change into each step after the first (len = steps − 1): what the step rule accumulates."""
+    return relative_l1_changes(timestep_modulation(transformer, timesteps))
+
+
 def rescale(changes: list[float], polynomial: tuple[float, ...] | None) -> list[float]:
     """Apply the fitted rescaling polynomial (highest degree first); identity when there is none."""
     if polynomial is None:
@@ -39,32 +45,47 @@ def rescale(changes: list[float], polynomial: tuple[float, ...] | None) -> list[
     return np.polyval(np.asarray(polynomial, dtype=np.float64), np.asarray(changes, dtype=np.float64)).tolist()
 
 
+class StepRule:
+    """The accumulated-change rule, fed one step at a time (the one definition behind every plan).
+
+    Warm-up steps and the final steps are FULL; at least the last step is FULL whatever `final_full_steps` says
+    (a run never ends on a reused or partial output), when the step count is known. In between, the rescaled
+    change is accumulated since the last computed step: below `reuse_threshold` the step is REUSE, below
+    `full_threshold` PARTIAL, else FULL; a computed step resets the sum.
+    """
+
+    def __init__(self, spec: StepPlanSpec, steps: int | None = None) -> None:
+        self.spec = spec
+        self.steps = steps
+        self.accumulated = 0.0
+
+    def final_steps(self) -> int:
+        """How many steps at the end are FULL: `final_full_steps`, at least 1."""
+        return max(1, self.spec.final_full_steps)
+
+    def decide(self, step: int, change: float | None) -> str:
+        """The letter of `step`, given the (unrescaled) change into it; None when there is no previous step."""
+        spec = self.spec
+        final = self.steps is not None and step >= self.steps - self.final_steps()
+        if step < spec.warmup_steps or final or change is None:
+            self.accumulated = 0.0
+            return FULL
+        self.accumulated += rescale([change], spec.polynomial)[0]
+        if self.accumulated < spec.reuse_threshold:
+            return REUSE
+        letter = PARTIAL if self.accumulated < spec.full_threshold else FULL
+        self.accumulated = 0.0
+        return letter
+
+
 def plan_from_changes(changes: list[float], spec: StepPlanSpec) -> str:
     """Decide every step from the per-step changes (len = steps − 1: change into step i+1)."""
-    steps = len(changes) + 1
-    rescaled = rescale(changes, spec.polynomial)
-    letters = []
-    accumulated = 0.0
-    for step in range(steps):
-        if step < spec.warmup_steps or step >= steps - spec.final_full_steps:
-            letters.append(FULL)
-            accumulated = 0.0
-            continue
-        accumulated += rescaled[step - 1]
-        if accumulated < spec.reuse_threshold:
-            letters.append(REUSE)
-        elif accumulated < spec.full_threshold:
-            letters.append(PARTIAL)
-            accumulated = 0.0
-        else:
-            letters.append(FULL)
-            accumulated = 0.0
-    return "".join(letters)
+    rule = StepRule(spec, len(changes) + 1)
+    return "".join(rule.decide(step, None if step == 0 else changes[step - 1]) for step in range(len(changes) + 1))
 
 
 def resolve_plan(transformer: torch.nn.Module, timesteps: torch.Tensor, spec: StepPlanSpec) -> str:
     """The plan for a run with these timesteps: the explicit plan if the spec is explicit, else the rule."""
     if spec.rule == "explicit":
         return check_plan_string(spec.plan or "", "step_plan.plan")
-    changes = relative_l1_changes(timestep_modulation(transformer, timesteps))
-    return plan_from_changes(changes, spec)
+    return plan_from_changes(step_changes(transformer, timesteps), spec)

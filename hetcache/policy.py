@@ -1,13 +1,18 @@
 """Policy files (schema `hetcache.policy/v1`): what a cached run does, for which model, and where it came from.
 
-A policy is plain JSON so that teams can ship it next to a model. Loading validates every field and names the
-offending one; applying it to a model whose fingerprint differs is refused unless the caller opts out.
+A policy is plain JSON so that teams can ship it next to a model. The schema is declared once, here: every field of
+the section dataclasses carries its rule (`Rule`: kind, bounds, choices, whether it may be null or left out) as
+dataclass metadata, `SECTIONS` says which sections a file must hold, and one generic reader (`policy_from_dict`)
+checks a file against them, naming the offending field. docs/policy-format.md is generated from the same rules.
+Applying a policy to a model whose fingerprint differs, or to any model when the policy names none, is refused
+unless the caller opts out (`strict=False`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,78 +26,176 @@ from .steps import FULL, PLAN_LETTERS
 SCHEMA = "hetcache.policy/v1"
 SCHEMA_PREFIX = "hetcache.policy/v"
 SCHEMA_VERSION = 1
+FORMAT_DOC = "docs/policy-format.md"
 
 SELECTIONS = ("stride", "kmeans", "attention", "kmeans_attention")
+FEATURE_SELECTIONS = frozenset({"kmeans", "kmeans_attention"})  # cluster hidden states of the last FULL step
+SCORE_SELECTIONS = frozenset({"attention", "kmeans_attention"})  # rank by the generative queries' attention mass
 SKIP_FILLS = ("residual", "output")
 PLAN_RULES = ("accumulated_change", "explicit")
 
 
+# ---------------------------------------------------------------------------------------------------------
+# the schema: one rule per field
+
+
+@dataclass(frozen=True)
+class Rule:
+    """What a policy field may hold: its JSON kind, bounds or choices, and whether it may be null or left out.
+
+    kind: "float", "int", "bool", "str", "choice", "ints" (block indices), "floats" (non-empty list) or "dict".
+    optional: the field may be left out of a file (its dataclass default is used); every other field is required.
+    """
+
+    kind: str
+    doc: str
+    ge: float | None = None
+    le: float | None = None
+    choices: tuple[Any, ...] | None = None
+    nullable: bool = False
+    optional: bool = False
+    key: str | None = None  # the JSON name where it differs from the attribute name
+
+
+def spec(default: Any = dataclasses.MISSING, **rule: Any) -> Any:
+    """A dataclass field carrying its schema rule (`Rule(**rule)`) as metadata."""
+    return field(default=default, metadata={"rule": Rule(**rule)})
+
+
+def rule_of(f: dataclasses.Field) -> Rule:
+    """The schema rule of a section field."""
+    return f.metadata["rule"]
+
+
+def json_key(f: dataclasses.Field) -> str:
+    """The JSON name of a section field."""
+    return rule_of(f).key or f.name
+
+
 @dataclass(frozen=True)
 class StepPlanSpec:
-    """How each denoising step is classified FULL / PARTIAL / REUSE (DESIGN.md, engine semantics 2)."""
+    """How each denoising step is classified FULL / PARTIAL / REUSE (docs/method.md, "Step plan")."""
 
-    rule: str = "accumulated_change"
-    reuse_threshold: float = 0.1
-    full_threshold: float = 0.15
-    warmup_steps: int = 2
-    final_full_steps: int = 1
-    polynomial: tuple[float, ...] | None = None
-    plan: str | None = None
+    rule: str = spec("accumulated_change", kind="choice", choices=PLAN_RULES, doc="how steps are classified")
+    reuse_threshold: float = spec(
+        0.1, kind="float", ge=0.0, doc="accumulated (rescaled) change below which a step is REUSE"
+    )
+    full_threshold: float = spec(
+        0.15, kind="float", ge=0.0, doc="accumulated change from which a step is FULL (≥ reuse_threshold)"
+    )
+    warmup_steps: int = spec(2, kind="int", ge=1, doc="first steps that are always FULL")
+    final_full_steps: int = spec(1, kind="int", ge=0, doc="last steps that are always FULL (the last one is anyway)")
+    polynomial: tuple[float, ...] | None = spec(
+        None, kind="floats", nullable=True, doc="rescaling polynomial of the modulation change (highest power first)"
+    )
+    plan: str | None = spec(
+        None, kind="str", nullable=True, doc="explicit per-step plan over F/P/R (one letter per step), or null"
+    )
 
 
 @dataclass(frozen=True)
 class TokenSpec:
     """Token classes and which margin/context tokens are recomputed on PARTIAL steps."""
 
-    mask_threshold: float = 0.0
-    margin_width: int = 2
-    margin_frames: int = 0
-    margin_ratio: float = 0.5
-    context_ratio: float = 0.1
-    selection: str = "kmeans_attention"
-    clusters: int = 16
-    selection_layer: int = -1
-    skip_fill: str = "residual"
-    seed: int = 0
+    mask_threshold: float = spec(0.0, kind="float", ge=0.0, le=0.999, doc="mask value above which a token is edited")
+    margin_width: int = spec(2, kind="int", ge=0, doc="width in latent tokens of the margin ring around the mask")
+    margin_frames: int = spec(0, kind="int", ge=0, doc="latent frames the margin extends over in time")
+    margin_ratio: float = spec(0.5, kind="float", ge=0.0, le=1.0, doc="share of margin tokens recomputed")
+    context_ratio: float = spec(0.1, kind="float", ge=0.0, le=1.0, doc="share of context tokens recomputed")
+    selection: str = spec("kmeans_attention", kind="choice", choices=SELECTIONS, doc="how context tokens are chosen")
+    clusters: int = spec(16, kind="int", ge=1, doc="k-means clusters (k-means selections only)")
+    selection_layer: int = spec(-1, kind="int", doc="block whose features / attention drive the selection")
+    skip_fill: str = spec("residual", kind="choice", choices=SKIP_FILLS, doc="what skipped tokens take from cache")
+    seed: int = spec(0, kind="int", doc="seed of the k-means initialisation")
+
+    @property
+    def needs_features(self) -> bool:
+        """Whether the selection clusters hidden-state features (captured on FULL steps)."""
+        return self.selection in FEATURE_SELECTIONS and self.context_ratio > 0
+
+    @property
+    def needs_scores(self) -> bool:
+        """Whether the selection ranks context tokens by attention mass (captured on FULL steps)."""
+        return self.selection in SCORE_SELECTIONS and self.context_ratio > 0
 
 
 @dataclass(frozen=True)
 class LayerSpec:
-    """Which main blocks and VACE blocks run partial on PARTIAL steps (None = all of them)."""
+    """Which main blocks and VACE blocks run partial on PARTIAL steps (null = all of them, [] = none)."""
 
-    partial_blocks: tuple[int, ...] | None = None
-    partial_vace_blocks: tuple[int, ...] | None = None
+    partial_blocks: tuple[int, ...] | None = spec(
+        None, kind="ints", nullable=True, doc="main blocks run partial (null: all, []: none)"
+    )
+    partial_vace_blocks: tuple[int, ...] | None = spec(
+        None, kind="ints", nullable=True, doc="VACE blocks run partial (null: all, []: none)"
+    )
+
+    @property
+    def has_partial_block(self) -> bool:
+        """Whether a PARTIAL step computes anything partially (else it is a FULL step in all but name)."""
+        return self.partial_blocks != () or self.partial_vace_blocks != ()
 
 
 @dataclass(frozen=True)
 class CacheSpec:
     """Storage of the per-layer caches."""
 
-    dtype: str = "auto"
-    offload: bool = False
+    dtype: str = spec("auto", kind="choice", choices=CACHE_DTYPES, doc='cache dtype ("auto": the model\'s own)')
+    offload: bool = spec(False, kind="bool", doc="keep caches in host memory between steps")
 
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """The architecture a policy was made for."""
+    """The architecture a policy was made for (`hetcache.fingerprint.model_fingerprint`)."""
 
-    family: str
-    class_name: str
-    fingerprint: str
-    architecture: dict[str, Any]
+    family: str = spec(kind="str", doc='hetcache model family ("wan", "wan-vace")')
+    class_name: str = spec(kind="str", key="class", doc="diffusers transformer class")
+    fingerprint: str = spec(kind="str", doc="hash of the architecture fields")
+    architecture: dict[str, Any] = field(
+        metadata={"rule": Rule("dict", "the architecture fields (num_layers, vace_layers, …)")}
+    )
 
 
 @dataclass(frozen=True)
 class WorkloadSpec:
     """The workload a policy was tuned for; the resolved plan is valid for exactly `steps` steps."""
 
-    steps: int
-    height: int | None = None
-    width: int | None = None
-    num_frames: int | None = None
-    guidance_scale: float | None = None
-    scheduler: str | None = None
-    name: str | None = None
+    steps: int = spec(kind="int", ge=1, doc="denoising steps")
+    height: int | None = spec(None, kind="int", ge=1, nullable=True, optional=True, doc="frame height in pixels")
+    width: int | None = spec(None, kind="int", ge=1, nullable=True, optional=True, doc="frame width in pixels")
+    num_frames: int | None = spec(None, kind="int", ge=1, nullable=True, optional=True, doc="frames per clip")
+    guidance_scale: float | None = spec(
+        None, kind="float", ge=0.0, nullable=True, optional=True, doc="classifier-free guidance scale"
+    )
+    scheduler: str | None = spec(None, kind="str", nullable=True, optional=True, doc="scheduler class (and shift)")
+    name: str | None = spec(None, kind="str", nullable=True, optional=True, doc="workload name")
+
+
+@dataclass(frozen=True)
+class Section:
+    """A nested object of a policy file: its JSON name, dataclass and whether every policy must hold it."""
+
+    name: str
+    cls: type
+    required: bool
+    doc: str
+
+
+SECTIONS = (
+    Section("model", ModelSpec, False, "the architecture it was made for; without it, applying needs strict=False"),
+    Section("workload", WorkloadSpec, False, "the workload it was tuned for (an explicit plan must match its steps)"),
+    Section("step_plan", StepPlanSpec, True, "which steps are FULL, PARTIAL or REUSE"),
+    Section("tokens", TokenSpec, True, "which tokens a PARTIAL step computes"),
+    Section("layers", LayerSpec, True, "which blocks a PARTIAL step runs partially"),
+    Section("cache", CacheSpec, True, "how caches are stored"),
+)
+REQUIRED_SECTIONS = tuple(s.name for s in SECTIONS if s.required)
+TOP_LEVEL = {
+    "schema": Rule("str", "the format and its version", choices=(SCHEMA,)),
+    "name": Rule("str", "the policy's name"),
+    "description": Rule("str", "what it is for, in a sentence", optional=True),
+    "provenance": Rule("dict", "where it came from (tool, study, trial, measured speed and quality)", optional=True),
+}
 
 
 @dataclass(frozen=True)
@@ -113,19 +216,10 @@ class Policy:
     def to_dict(self) -> dict[str, Any]:
         """The JSON-ready form of the policy (schema `hetcache.policy/v1`)."""
         out: dict[str, Any] = {"schema": SCHEMA, "name": self.name, "description": self.description}
-        if self.model is not None:
-            out["model"] = {
-                "family": self.model.family,
-                "class": self.model.class_name,
-                "fingerprint": self.model.fingerprint,
-                "architecture": dict(self.model.architecture),
-            }
-        if self.workload is not None:
-            out["workload"] = _drop_none(dataclasses.asdict(self.workload))
-        out["step_plan"] = _jsonable(dataclasses.asdict(self.step_plan))
-        out["tokens"] = dataclasses.asdict(self.tokens)
-        out["layers"] = _jsonable(dataclasses.asdict(self.layers))
-        out["cache"] = dataclasses.asdict(self.cache)
+        for section in SECTIONS:
+            value = getattr(self, section.name)
+            if value is not None:
+                out[section.name] = section_to_dict(value)
         out["provenance"] = dict(self.provenance)
         return out
 
@@ -138,9 +232,23 @@ class Policy:
         return policy_with(self, **changes)
 
     # -- checks --------------------------------------------------------------------------------------------
-    def check_model(self, model_fp: dict[str, Any], source: str = "policy") -> None:
-        """Raise if this policy was made for a different architecture than `model_fp` (see fingerprint.py)."""
-        if self.model is None or self.model.fingerprint == model_fp["fingerprint"]:
+    def check_model(self, model_fp: dict[str, Any], strict: bool = True, source: str = "policy") -> None:
+        """Refuse to apply this policy to the model of fingerprint `model_fp` (`fingerprint.model_fingerprint`).
+
+        Always refused: block indices the model does not have. With `strict`: a policy made for another
+        architecture, and a policy that names no model at all (it was tuned for nothing in particular).
+        """
+        self.check_blocks(model_fp["architecture"], f"{source} '{self.name}'", "the model")
+        if not strict:
+            return
+        if self.model is None:
+            raise FingerprintMismatchError(
+                f"{source} '{self.name}' names no model, so nothing says it suits this "
+                f"{model_fp['class']} (its speed and quality were not measured on it).",
+                "use a policy tuned for this model (hetcache-tune), or pass strict=False / --no-strict to apply it "
+                "to any model.",
+            )
+        if self.model.fingerprint == model_fp["fingerprint"]:
             return
         ours, theirs = self.model.architecture, model_fp["architecture"]
         diffs = [
@@ -153,6 +261,20 @@ class Policy:
             "use a policy tuned for this model (hetcache-tune), or pass strict=False / --no-strict to apply it anyway.",
         )
 
+    def check_blocks(self, architecture: dict[str, Any], where: str, what: str) -> None:
+        """Refuse partial_blocks / partial_vace_blocks indices beyond the depth of `architecture`."""
+        n_layers = architecture.get("num_layers")
+        n_vace = len(architecture.get("vace_layers") or [])
+        for key, values, limit in (
+            ("partial_blocks", self.layers.partial_blocks, n_layers),
+            ("partial_vace_blocks", self.layers.partial_vace_blocks, n_vace),
+        ):
+            if values and isinstance(limit, int) and max(values) >= limit:
+                raise PolicyError(
+                    f"{where}: layers.{key} holds index {max(values)} but {what} has {limit} such blocks.",
+                    f"keep layers.{key} within the model's blocks, or use a policy tuned for this model.",
+                )
+
 
 # ---------------------------------------------------------------------------------------------------------
 # loading and validation
@@ -164,6 +286,11 @@ def load_policy(source: str | os.PathLike | dict | Policy) -> Policy:
         return source
     if isinstance(source, dict):
         return policy_from_dict(source, origin="policy dict")
+    if not isinstance(source, (str, os.PathLike)):
+        raise PolicyError(
+            f"a policy must be a file path, a shipped policy name, a dict or a Policy, got {type(source).__name__}.",
+            "pass e.g. 'policy.json' or a name listed by `hetcache policies`.",
+        )
     text_source = os.fspath(source)
     path = Path(text_source)
     if path.is_file():
@@ -197,7 +324,7 @@ def _load_file(path: Path) -> Policy:
 
 
 class _Reader:
-    """Reads typed fields from a nested dict and names the field path in every error."""
+    """Reads the fields of one JSON object against their rules, naming the field path in every error."""
 
     def __init__(self, data: Any, origin: str, path: str = ""):
         self.origin, self.path = origin, path
@@ -208,60 +335,51 @@ class _Reader:
 
     def fail(self, message: str, fix: str | None = None):
         where = self.path or "(top level)"
-        raise PolicyError(f"{self.origin}: {where} {message}.", fix or "correct the field (see DESIGN.md, Files).")
+        raise PolicyError(f"{self.origin}: {where} {message}.", fix or f"correct the field (see {FORMAT_DOC}).")
 
     def _key(self, key: str) -> str:
         return f"{self.path}.{key}" if self.path else key
 
-    def child(self, key: str, required: bool = False) -> _Reader | None:
-        self.seen.add(key)
-        if key not in self.data or self.data[key] is None:
-            if required:
-                _Reader({}, self.origin, self._key(key)).fail("is missing")
+    def child(self, section: Section) -> _Reader | None:
+        """The reader of a nested section, or None when an optional one is absent."""
+        self.seen.add(section.name)
+        if self.data.get(section.name) is None:
+            if section.required:
+                self.fail(
+                    f"has no {section.name} section",
+                    f"a policy must hold every one of {', '.join(REQUIRED_SECTIONS)} with all their fields, so that "
+                    f"its name and provenance describe what it does; re-export it with hetcache-tune or write the "
+                    f"section out ({FORMAT_DOC} lists every field).",
+                )
             return None
-        return _Reader(self.data[key], self.origin, self._key(key))
+        return _Reader(self.data[section.name], self.origin, self._key(section.name))
 
-    def get(self, key: str, kind: str, default: Any = dataclasses.MISSING, **bounds: Any) -> Any:
+    def get(self, key: str, rule: Rule, default: Any = None) -> Any:
+        """The value of `key`, checked against `rule` (a missing optional field gives `default`)."""
         self.seen.add(key)
         sub = _Reader({}, self.origin, self._key(key))
-        if key not in self.data or self.data[key] is None:
-            if default is dataclasses.MISSING:
-                sub.fail("is missing")
+        if key not in self.data:
+            if not rule.optional:
+                sub.fail(
+                    "is missing",
+                    f"add it ({rule.doc}); a policy states every field of its sections ({FORMAT_DOC}).",
+                )
             return default
         value = self.data[key]
-        if kind == "float":
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
-                sub.fail(f"must be a number, got {value!r}")
-            value = float(value)
-        elif kind == "int":
-            if isinstance(value, bool) or not isinstance(value, int):
-                sub.fail(f"must be an integer, got {value!r}")
-        elif kind == "bool":
-            if not isinstance(value, bool):
-                sub.fail(f"must be true or false, got {value!r}")
-        elif kind == "str":
-            if not isinstance(value, str):
-                sub.fail(f"must be a string, got {value!r}")
-        elif kind == "choice":
-            if value not in bounds["choices"]:
-                sub.fail(f"must be one of {', '.join(map(str, bounds['choices']))}, got {value!r}")
-        elif kind == "ints":
-            if not isinstance(value, list) or not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
-                sub.fail(f"must be a list of integers or null (= all), got {value!r}")
-            if any(v < 0 for v in value):
-                sub.fail(f"must hold block indices ≥ 0, got {value!r}")
-            value = tuple(value)
-        elif kind == "floats":
-            if not isinstance(value, list) or not value or not all(isinstance(v, (int, float)) for v in value):
-                sub.fail(f"must be a non-empty list of numbers or null, got {value!r}")
-            value = tuple(float(v) for v in value)
-        elif kind == "dict" and not isinstance(value, dict):
-            sub.fail(f"must be an object, got {value!r}")
-        if "ge" in bounds and value < bounds["ge"]:
-            sub.fail(f"must be ≥ {bounds['ge']}, got {value!r}")
-        if "le" in bounds and value > bounds["le"]:
-            sub.fail(f"must be ≤ {bounds['le']}, got {value!r}")
-        return value
+        if value is None:
+            if not rule.nullable:
+                sub.fail(f"is null; it must be {_kind_text(rule)}")
+            return None
+        return _checked(sub, value, rule)
+
+    def read(self, cls: type) -> Any:
+        """An instance of the section dataclass `cls`, every field read by its rule; unknown fields are refused."""
+        values = {}
+        for f in dataclasses.fields(cls):
+            default = None if f.default is dataclasses.MISSING else f.default
+            values[f.name] = self.get(json_key(f), rule_of(f), default)
+        self.finish()
+        return cls(**values)
 
     def finish(self) -> None:
         unknown = sorted(set(self.data) - self.seen)
@@ -270,6 +388,64 @@ class _Reader:
                 f"has unknown field(s) {', '.join(unknown)}",
                 f"remove or rename them; known fields: {', '.join(sorted(self.seen))}.",
             )
+
+
+def _kind_text(rule: Rule) -> str:
+    """How an error names the kind of value a rule wants."""
+    return {
+        "float": "a finite number",
+        "int": "an integer",
+        "bool": "true or false",
+        "str": "a string",
+        "choice": f"one of {', '.join(map(str, rule.choices or ()))}",
+        "ints": "a list of block indices (integers ≥ 0)",
+        "floats": "a non-empty list of finite numbers",
+        "dict": "an object",
+    }[rule.kind]
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _checked(sub: _Reader, value: Any, rule: Rule) -> Any:
+    """`value` checked against `rule` and converted to its Python form (floats, tuples)."""
+    kind = rule.kind
+    if kind == "float":
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
+            sub.fail(f"must be a number, got {value!r}")
+        if not math.isfinite(value):
+            sub.fail(f"must be a finite number, got {value!r}", "give a finite value (Infinity and NaN mean nothing).")
+        value = float(value)
+    elif kind == "int":
+        if isinstance(value, bool) or not isinstance(value, int):
+            sub.fail(f"must be an integer, got {value!r}")
+    elif kind == "bool":
+        if not isinstance(value, bool):
+            sub.fail(f"must be true or false, got {value!r}")
+    elif kind == "str":
+        if not isinstance(value, str):
+            sub.fail(f"must be a string, got {value!r}")
+    elif kind == "choice":
+        if value not in (rule.choices or ()):
+            sub.fail(f"must be one of {', '.join(map(str, rule.choices or ()))}, got {value!r}")
+    elif kind == "ints":
+        if not isinstance(value, list) or not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+            sub.fail(f"must be a list of integers or null (= all), got {value!r}")
+        if any(v < 0 for v in value):
+            sub.fail(f"must hold block indices ≥ 0, got {value!r}")
+        value = tuple(value)
+    elif kind == "floats":
+        if not isinstance(value, list) or not value or not all(_is_number(v) for v in value):
+            sub.fail(f"must be a non-empty list of finite numbers or null, got {value!r}")
+        value = tuple(float(v) for v in value)
+    elif kind == "dict" and not isinstance(value, dict):
+        sub.fail(f"must be an object, got {value!r}")
+    if rule.ge is not None and value < rule.ge:
+        sub.fail(f"must be ≥ {rule.ge}, got {value!r}")
+    if rule.le is not None and value > rule.le:
+        sub.fail(f"must be ≤ {rule.le}, got {value!r}")
+    return value
 
 
 def check_plan_string(plan: str, what: str = "plan") -> str:
@@ -290,10 +466,8 @@ def check_plan_string(plan: str, what: str = "plan") -> str:
     return plan
 
 
-def policy_from_dict(data: Any, origin: str = "policy") -> Policy:
-    """Validate a JSON-form policy and build a Policy; every error names the field."""
-    top = _Reader(data, origin)
-    schema = top.get("schema", "str")
+def _check_schema(top: _Reader) -> None:
+    schema = top.get("schema", TOP_LEVEL["schema"])
     if not schema.startswith(SCHEMA_PREFIX):
         top.fail(f"is not a hetcache policy (schema {schema!r})", f'a policy has "schema": "{SCHEMA}".')
     version_text = schema[len(SCHEMA_PREFIX) :]
@@ -301,50 +475,15 @@ def policy_from_dict(data: Any, origin: str = "policy") -> Policy:
         top.fail(f"has an unreadable schema {schema!r}", f'use "{SCHEMA}".')
     if int(version_text) > SCHEMA_VERSION:
         raise PolicyError(
-            f"{origin} uses schema {schema}, newer than this hetcache reads ({SCHEMA}).",
+            f"{top.origin} uses schema {schema}, newer than this hetcache reads ({SCHEMA}).",
             "upgrade hetcache, or re-export the policy with this version.",
         )
     if int(version_text) < SCHEMA_VERSION:
         top.fail(f"uses an unknown old schema {schema!r}", f"re-export it as {SCHEMA}.")
-    name = top.get("name", "str")
-    description = top.get("description", "str", "")
 
-    model = None
-    m = top.child("model")
-    if m is not None:
-        model = ModelSpec(
-            family=m.get("family", "str"),
-            class_name=m.get("class", "str"),
-            fingerprint=m.get("fingerprint", "str"),
-            architecture=m.get("architecture", "dict"),
-        )
-        m.finish()
 
-    workload = None
-    w = top.child("workload")
-    if w is not None:
-        workload = WorkloadSpec(
-            steps=w.get("steps", "int", ge=1),
-            height=w.get("height", "int", None, ge=1),
-            width=w.get("width", "int", None, ge=1),
-            num_frames=w.get("num_frames", "int", None, ge=1),
-            guidance_scale=w.get("guidance_scale", "float", None, ge=0),
-            scheduler=w.get("scheduler", "str", None),
-            name=w.get("name", "str", None),
-        )
-        w.finish()
-
-    s = top.child("step_plan") or _Reader({}, origin, "step_plan")
-    defaults = StepPlanSpec()
-    step_plan = StepPlanSpec(
-        rule=s.get("rule", "choice", defaults.rule, choices=PLAN_RULES),
-        reuse_threshold=s.get("reuse_threshold", "float", defaults.reuse_threshold, ge=0.0),
-        full_threshold=s.get("full_threshold", "float", defaults.full_threshold, ge=0.0),
-        warmup_steps=s.get("warmup_steps", "int", defaults.warmup_steps, ge=1),
-        final_full_steps=s.get("final_full_steps", "int", defaults.final_full_steps, ge=0),
-        polynomial=s.get("polynomial", "floats", None),
-        plan=s.get("plan", "str", None),
-    )
+def _check_step_plan(s: _Reader, step_plan: StepPlanSpec, workload: WorkloadSpec | None) -> None:
+    """The rules between step-plan fields (and the workload's step count)."""
     if step_plan.full_threshold < step_plan.reuse_threshold:
         s.fail(
             f"has full_threshold {step_plan.full_threshold} below reuse_threshold {step_plan.reuse_threshold}",
@@ -352,7 +491,7 @@ def policy_from_dict(data: Any, origin: str = "policy") -> Policy:
         )
     if step_plan.plan is not None:
         try:
-            check_plan_string(step_plan.plan, f"{origin}: step_plan.plan")
+            check_plan_string(step_plan.plan, f"{s.origin}: step_plan.plan")
         except PolicyError as exc:
             raise PolicyError(exc.what, exc.fix) from None
         if workload is not None and len(step_plan.plan) != workload.steps:
@@ -362,98 +501,116 @@ def policy_from_dict(data: Any, origin: str = "policy") -> Policy:
             )
     if step_plan.rule == "explicit" and step_plan.plan is None:
         s.fail('has rule "explicit" but no plan', 'add "plan": "FF…" or use rule "accumulated_change".')
-    s.finish()
 
-    t = top.child("tokens") or _Reader({}, origin, "tokens")
-    d = TokenSpec()
-    tokens = TokenSpec(
-        mask_threshold=t.get("mask_threshold", "float", d.mask_threshold, ge=0.0, le=0.999),
-        margin_width=t.get("margin_width", "int", d.margin_width, ge=0),
-        margin_frames=t.get("margin_frames", "int", d.margin_frames, ge=0),
-        margin_ratio=t.get("margin_ratio", "float", d.margin_ratio, ge=0.0, le=1.0),
-        context_ratio=t.get("context_ratio", "float", d.context_ratio, ge=0.0, le=1.0),
-        selection=t.get("selection", "choice", d.selection, choices=SELECTIONS),
-        clusters=t.get("clusters", "int", d.clusters, ge=1),
-        selection_layer=t.get("selection_layer", "int", d.selection_layer),
-        skip_fill=t.get("skip_fill", "choice", d.skip_fill, choices=SKIP_FILLS),
-        seed=t.get("seed", "int", d.seed),
-    )
-    t.finish()
 
-    la = top.child("layers") or _Reader({}, origin, "layers")
-    layers = LayerSpec(
-        partial_blocks=la.get("partial_blocks", "ints", None),
-        partial_vace_blocks=la.get("partial_vace_blocks", "ints", None),
-    )
-    la.finish()
-    if model is not None:
-        n_layers = model.architecture.get("num_layers")
-        n_vace = len(model.architecture.get("vace_layers") or [])
-        for key, values, limit in (
-            ("partial_blocks", layers.partial_blocks, n_layers),
-            ("partial_vace_blocks", layers.partial_vace_blocks, n_vace),
-        ):
-            if values and isinstance(limit, int) and max(values) >= limit:
-                la.fail(f"{key} holds index {max(values)} but the model has {limit} such blocks")
-
-    c = top.child("cache") or _Reader({}, origin, "cache")
-    cache = CacheSpec(
-        dtype=c.get("dtype", "choice", "auto", choices=CACHE_DTYPES),
-        offload=c.get("offload", "bool", False),
-    )
-    c.finish()
-    provenance = top.get("provenance", "dict", {})
+def policy_from_dict(data: Any, origin: str = "policy") -> Policy:
+    """Validate a JSON-form policy against the schema and build a Policy; every error names the field."""
+    top = _Reader(data, origin)
+    _check_schema(top)
+    name = top.get("name", TOP_LEVEL["name"])
+    description = top.get("description", TOP_LEVEL["description"], "")
+    provenance = top.get("provenance", TOP_LEVEL["provenance"], {})
+    sections: dict[str, Any] = {}
+    for section in SECTIONS:
+        reader = top.child(section)
+        sections[section.name] = reader.read(section.cls) if reader is not None else None
     top.finish()
-    return Policy(
-        name=name,
-        description=description,
-        model=model,
-        workload=workload,
-        step_plan=step_plan,
-        tokens=tokens,
-        layers=layers,
-        cache=cache,
-        provenance=dict(provenance),
-    )
-
-
-_SECTIONS = {"step_plan": StepPlanSpec, "tokens": TokenSpec, "layers": LayerSpec, "cache": CacheSpec}
+    policy = Policy(name=name, description=description, provenance=dict(provenance), **sections)
+    _check_step_plan(_Reader({}, origin, "step_plan"), policy.step_plan, policy.workload)
+    if policy.model is not None:
+        policy.check_blocks(policy.model.architecture, origin, "its model")
+    return policy
 
 
 def policy_with(policy: Policy, **changes: Any) -> Policy:
     """Copy of `policy` with fields changed by name, wherever they sit in the nesting (validated again)."""
     data = policy.to_dict()
+    by_name = {s.name: s for s in SECTIONS}
     for key, value in changes.items():
-        if key == "workload":
-            data["workload"] = _drop_none(dataclasses.asdict(value)) if isinstance(value, WorkloadSpec) else value
+        if key in by_name:
+            data[key] = section_to_dict(value) if dataclasses.is_dataclass(value) else value
+            if data[key] is None:
+                data.pop(key)
             continue
-        if key == "model":
-            data["model"] = Policy(name="", model=value).to_dict()["model"] if isinstance(value, ModelSpec) else value
+        if key in data:
+            data[key] = _jsonable(value)
             continue
-        if key in data and key not in _SECTIONS:
-            data[key] = _jsonable_value(value)
-            continue
-        for section, cls in _SECTIONS.items():
-            if key in {f.name for f in dataclasses.fields(cls)}:
-                data[section][key] = _jsonable_value(value)
+        for section in SECTIONS:
+            names = {f.name: json_key(f) for f in dataclasses.fields(section.cls)}
+            if key in names and section.name in data:
+                data[section.name][names[key]] = _jsonable(value)
                 break
         else:
-            raise PolicyError(f"unknown policy field {key!r}.", "see hetcache.policy for the field names.")
+            raise PolicyError(f"unknown policy field {key!r}.", f"see {FORMAT_DOC} for the field names.")
     return policy_from_dict(data, origin=f"policy '{policy.name}'")
 
 
-def _jsonable_value(value: Any) -> Any:
+def field_value(policy: Policy, name: str) -> Any:
+    """The value of a field by name, wherever it sits in the nesting (the names `Policy.replace` takes)."""
+    for section in SECTIONS:
+        value = getattr(policy, section.name)
+        if value is not None and name in {f.name for f in dataclasses.fields(section.cls)}:
+            return getattr(value, name)
+    raise PolicyError(f"unknown policy field {name!r}.", f"see {FORMAT_DOC} for the field names.")
+
+
+def section_to_dict(value: Any) -> dict[str, Any]:
+    """The JSON form of a section dataclass (JSON names, tuples as lists; unset optional fields left out)."""
+    out = {}
+    for f in dataclasses.fields(value):
+        item = getattr(value, f.name)
+        if item is None and rule_of(f).optional:
+            continue
+        out[json_key(f)] = _jsonable(item)
+    return out
+
+
+def _jsonable(value: Any) -> Any:
+    """Tuples as lists, objects copied (the JSON form shares nothing with the frozen policy)."""
+    if isinstance(value, dict):
+        return dict(value)
     return list(value) if isinstance(value, tuple) else value
-
-
-def _jsonable(d: dict[str, Any]) -> dict[str, Any]:
-    return {k: _jsonable_value(v) for k, v in d.items()}
-
-
-def _drop_none(d: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in d.items() if v is not None}
 
 
 def model_spec_from_fingerprint(fp: dict[str, Any]) -> ModelSpec:
     """A ModelSpec from `fingerprint.model_fingerprint(model)`."""
     return ModelSpec(fp["family"], fp["class"], fp["fingerprint"], dict(fp["architecture"]))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the schema as documentation
+
+
+def _allowed(rule: Rule) -> str:
+    """The allowed values of a rule, in words."""
+    if rule.choices:
+        text = ", ".join(f"`{c}`" for c in rule.choices)
+    elif rule.kind == "ints":
+        text = "block indices ≥ 0"
+    elif rule.kind == "floats":
+        text = "finite numbers"
+    elif rule.ge is not None and rule.le is not None:
+        text = f"{rule.ge:g} to {rule.le:g}"
+    elif rule.ge is not None:
+        text = f"≥ {rule.ge:g}"
+    else:
+        text = "any"
+    return text + (", or null" if rule.nullable else "")
+
+
+def _row(name: str, rule: Rule, required: bool) -> str:
+    need = "required" if required and not rule.optional else "optional"
+    return f"| `{name}` | {rule.kind} | {_allowed(rule)} | {need} | {rule.doc} |"
+
+
+def schema_markdown() -> str:
+    """The field tables of docs/policy-format.md, generated from the schema (a test keeps that file in step)."""
+    header = ["| field | kind | allowed | required | meaning |", "|---|---|---|---|---|"]
+    lines = ["### Top level", "", *header]
+    lines += [_row(key, rule, True) for key, rule in TOP_LEVEL.items()]
+    for section in SECTIONS:
+        state = "required" if section.required else "optional"
+        lines += ["", f"### `{section.name}` ({state} section)", "", f"{section.doc[0].upper()}{section.doc[1:]}.", ""]
+        lines += header
+        lines += [_row(f"{section.name}.{json_key(f)}", rule_of(f), True) for f in dataclasses.fields(section.cls)]
+    return "\n".join(lines) + "\n"

@@ -1,30 +1,32 @@
 """The run command: a workload's clips through the pipeline, uncached and/or with a policy, with the comparison.
 
 Writes into one folder (atomically): the edited clips (`<clip>.mp4`, `<clip>.uncached.mp4`), the inputs and masks
-(`inputs/`), and `run.json` with timings, engine stats and quality per clip and region.
+(`inputs/`), and `run.json` (hetcache.run_record) with timings, engine stats and quality per clip and region.
+With the comparison, the runs that produce the outputs are the warm-up; the wall-clock speedup comes from `reps`
+interleaved timing rounds after them (hetcache.timing).
 """
 
 from __future__ import annotations
 
 import datetime as _dt
-import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tqdm import tqdm
-
-from . import __version__
+from . import __version__, timing
 from .atomic import atomic_dir, write_json
 from .engine import apply_hetcache, remove_hetcache
 from .metrics import clip_quality, mean_quality
 from .policy import Policy, load_policy
+from .run_record import RUN_FILE, RUN_SCHEMA
 from .video import write_mask, write_video
-from .workloads.execute import Generation, Session
+from .workloads.clips import Clip
+from .workloads.execute import Generation, LoadedWorkload
 from .workloads.spec import Workload
 
-RUN_FILE = "run.json"
-RUN_SCHEMA = "hetcache.run/v1"
+# before_run(clip name, "uncached" | "cached", round): round 0 is the warm-up run that produces the output
+BeforeRun = Callable[[str, str, int], None]
 
 
 @dataclass
@@ -37,44 +39,73 @@ class ClipResult:
     cached: Generation | None = None
     stats: dict[str, Any] = field(default_factory=dict)
     quality: dict[str, Any] = field(default_factory=dict)
+    rounds: timing.Rounds = field(default_factory=timing.Rounds)
 
     def summary(self) -> dict[str, Any]:
         row: dict[str, Any] = {"clip": self.name, "notes": self.notes}
+        timed = len(self.rounds) > 0
         if self.uncached is not None:
-            row["uncached_denoise_s"] = self.uncached.denoise_seconds
+            row["uncached_denoise_s"] = (
+                timing.describe(self.rounds.uncached)["median"] if timed else self.uncached.denoise_seconds
+            )
             row["uncached_total_s"] = self.uncached.total_seconds
         if self.cached is not None:
-            row["cached_denoise_s"] = self.cached.denoise_seconds
+            row["cached_denoise_s"] = (
+                timing.describe(self.rounds.cached)["median"] if timed else self.cached.denoise_seconds
+            )
             row["cached_total_s"] = self.cached.total_seconds
             row["stats"] = self.stats
         if self.uncached is not None and self.cached is not None:
-            row["speedup_time"] = self.uncached.denoise_seconds / max(self.cached.denoise_seconds, 1e-9)
             row["speedup_flops"] = self.stats["flops_uncached"] / max(self.stats["flops"], 1.0)
             row["quality"] = self.quality
+        if timed:
+            row["timing"] = {
+                **self.rounds.summary(),
+                "warmup_denoise_s": {"uncached": self.uncached.denoise_seconds, "cached": self.cached.denoise_seconds},
+            }
+            speedup = row["timing"]["speedup_time"]
+            row.update(speedup_time=speedup["median"], speedup_time_min=speedup["min"], speedup_time_max=speedup["max"])
         return row
 
 
+def _cached_generation(
+    session: LoadedWorkload, policy: Policy, clip: Clip, strict: bool, decode: bool = True
+) -> tuple[Generation, dict[str, Any]]:
+    """One run of `clip` with the policy attached (removed afterwards); returns the generation and engine stats."""
+    handle = apply_hetcache(session.pipe, policy, strict=strict)
+    try:
+        generation = session.generate(clip, decode=decode)
+        return generation, handle.stats()
+    finally:
+        remove_hetcache(session.pipe)
+
+
 def run_clips(
-    session: Session,
+    session: LoadedWorkload,
     policy: Policy | None,
     compare: bool,
     strict: bool = True,
-    progress: bool = False,
     lpips=None,
+    reps: int = timing.DEFAULT_REPS,
+    before_run: BeforeRun | None = None,
 ) -> list[ClipResult]:
-    """Generate every clip of the session uncached (when needed) and with the policy (when given)."""
+    """Generate every clip uncached (when needed) and with the policy (when given); with both, time `reps` rounds.
+
+    The generations that produce the outputs run first and warm the process up; then each round runs every clip
+    uncached and cached back to back (decoding skipped), in alternating order.
+    """
+    if reps < 1:
+        raise ValueError(f"reps must be at least 1, got {reps}")
+    notify = before_run or (lambda clip, kind, round_: None)
     results = []
-    for clip in tqdm(session.clips, desc="clips", disable=not progress, file=sys.stderr):
+    for clip in session.clips:
         result = ClipResult(name=clip.name, notes=list(clip.notes))
         if policy is None or compare:
+            notify(clip.name, "uncached", 0)
             result.uncached = session.generate(clip)
         if policy is not None:
-            handle = apply_hetcache(session.pipe, policy, strict=strict)
-            try:
-                result.cached = session.generate(clip)
-                result.stats = handle.stats()
-            finally:
-                remove_hetcache(session.pipe)
+            notify(clip.name, "cached", 0)
+            result.cached, result.stats = _cached_generation(session, policy, clip, strict)
         if result.uncached is not None and result.cached is not None:
             result.quality = clip_quality(
                 result.uncached.frames,
@@ -85,33 +116,53 @@ def run_clips(
                 lpips,
             )
         results.append(result)
+    if policy is None or not compare:
+        return results
+    for round_ in range(1, reps + 1):
+        for clip, result in zip(session.clips, results, strict=True):
+            kinds = ("uncached", "cached") if round_ % 2 else ("cached", "uncached")
+            for kind in kinds:
+                notify(clip.name, kind, round_)
+                if kind == "uncached":
+                    result.rounds.uncached.append(session.generate(clip, decode=False).denoise_seconds)
+                else:
+                    generation, _ = _cached_generation(session, policy, clip, strict, decode=False)
+                    result.rounds.cached.append(generation.denoise_seconds)
     return results
 
 
 def summarise(results: list[ClipResult]) -> dict[str, Any]:
-    """Speedups (FLOPs and denoising wall-clock, summed over clips) and mean quality."""
+    """Speedups (FLOPs; wall-clock as the median over rounds of the clips' summed seconds), mean quality, warnings."""
     out: dict[str, Any] = {"clips": len(results)}
     uncached = [r.uncached for r in results if r.uncached is not None]
-    cached = [r.cached for r in results if r.cached is not None]
-    if uncached:
+    cached = [r for r in results if r.cached is not None]
+    if uncached and not cached:
         out["uncached_denoise_s"] = sum(g.denoise_seconds for g in uncached)
     if cached:
-        out["cached_denoise_s"] = sum(g.denoise_seconds for g in cached)
-        flops = sum(r.stats["flops"] for r in results if r.cached is not None)
-        uncached_flops = sum(r.stats["flops_uncached"] for r in results if r.cached is not None)
+        flops = sum(r.stats["flops"] for r in cached)
+        uncached_flops = sum(r.stats["flops_uncached"] for r in cached)
         out["flops_fraction"] = flops / uncached_flops
         out["speedup_flops"] = uncached_flops / flops
-        overhead = sum(r.stats["phase_seconds"]["engine"] for r in results if r.cached is not None)
-        out["engine_overhead_fraction"] = overhead / max(out["cached_denoise_s"], 1e-9)
+        overhead = sum(r.stats["phase_seconds"]["engine"] for r in cached)
+        out["engine_overhead_fraction"] = overhead / max(sum(r.cached.denoise_seconds for r in cached), 1e-9)
+        if not uncached:
+            out["cached_denoise_s"] = sum(r.cached.denoise_seconds for r in cached)
     if uncached and cached:
-        out["speedup_time"] = out["uncached_denoise_s"] / max(out["cached_denoise_s"], 1e-9)
+        rounds = timing.combine([r.rounds for r in results])
+        out["timing"] = rounds.summary()
+        out["uncached_denoise_s"] = out["timing"]["uncached_denoise_s"]["median"]
+        out["cached_denoise_s"] = out["timing"]["cached_denoise_s"]["median"]
+        speedup = out["timing"]["speedup_time"]
+        out.update(speedup_time=speedup["median"], speedup_time_min=speedup["min"], speedup_time_max=speedup["max"])
+        out["warnings"] = timing.warnings_for(rounds, out["speedup_flops"], out["engine_overhead_fraction"])
+        out["headline"] = "flops" if out["warnings"] else "time"
         out["quality"] = mean_quality([r.quality for r in results if r.quality])
     return out
 
 
 def write_run(
     out: Path,
-    session: Session,
+    session: LoadedWorkload,
     results: list[ClipResult],
     policy: Policy | None,
     overwrite: bool = False,
@@ -127,7 +178,7 @@ def write_run(
         "summary": summarise(results),
         "clips": [r.summary() for r in results],
     }
-    with atomic_dir(out, overwrite=overwrite) as tmp:
+    with atomic_dir(out, overwrite=overwrite, kind="run") as tmp:
         for clip, result in zip(session.clips, results, strict=True):
             fps = clip.fps
             write_video(tmp / "inputs" / f"{clip.name}.mp4", clip.frames, fps)
@@ -148,13 +199,15 @@ def run(
     out: Path | None = None,
     strict: bool = True,
     overwrite: bool = False,
-    progress: bool = False,
     lpips=None,
+    reps: int = timing.DEFAULT_REPS,
+    before_run: BeforeRun | None = None,
 ) -> dict[str, Any]:
-    """Run a workload (optionally with a policy and the uncached comparison) and write its outputs."""
+    """Run a workload (optionally with a policy and the uncached comparison, timed over `reps` rounds) and write its
+    outputs; `before_run` is called before every pipeline run (progress reporting)."""
     loaded = load_policy(policy) if policy is not None else None
-    session = Session(workload)
-    results = run_clips(session, loaded, compare, strict, progress, lpips)
+    session = LoadedWorkload(workload)
+    results = run_clips(session, loaded, compare, strict, lpips, reps, before_run)
     if out is None:
         return {"summary": summarise(results), "clips": [r.summary() for r in results]}
     return write_run(out, session, results, loaded, overwrite)

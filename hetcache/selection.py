@@ -1,4 +1,4 @@
-"""Which margin and context tokens a PARTIAL step recomputes (DESIGN.md, engine semantics 5).
+"""Which margin and context tokens a PARTIAL step recomputes (docs/method.md, "Token classes").
 
 All selection runs on the device with tensor ops (no Python loop over tokens). Margin tokens are evenly spaced per
 latent frame; context tokens by `stride`, `kmeans` (nearest to their cluster centre), `attention` (largest
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import torch
 
+from .policy import FEATURE_SELECTIONS, SCORE_SELECTIONS
 from .tokens import TokenClasses
 
 
@@ -100,8 +101,8 @@ def select_context(
     """
     context = classes.context
     frames = classes.grid[0]
-    needs_features = strategy in ("kmeans", "kmeans_attention")
-    needs_scores = strategy in ("attention", "kmeans_attention")
+    needs_features = strategy in FEATURE_SELECTIONS
+    needs_scores = strategy in SCORE_SELECTIONS
     if ratio <= 0.0:
         return torch.zeros_like(context)
     if strategy == "stride" or (needs_features and features is None) or (needs_scores and scores is None):

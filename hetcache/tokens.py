@@ -1,6 +1,6 @@
 """Token classes from an edit mask: generative (in the mask), margin (near it) and context (the rest).
 
-Mapping (DESIGN.md, engine semantics 1): pixel mask → latent frames by max over each latent frame's source frames
+Mapping (docs/method.md, "Token classes"): pixel mask → latent frames by max over each latent frame's source frames
 (Wan VAE: frame 0 → latent 0, frames 4k−3…4k → latent k) → token grid by the share of masked pixels in each token's
 patch (> `threshold`; 0 = any masked pixel). Everything runs on the mask's device, once per clip.
 """

@@ -133,12 +133,25 @@ def _resize_mask(mask: np.ndarray, height: int, width: int) -> np.ndarray:
     )
 
 
+def _target_size(height: int, width: int, constraints: Constraints) -> tuple[int, int]:
+    """The (height, width) asked for; one side alone scales the other by the clip's aspect ratio (multiple of 16)."""
+    if constraints.height and constraints.width:
+        return constraints.height, constraints.width
+    s = constraints.spatial
+    if constraints.height:
+        return constraints.height, max(s, round(width * constraints.height / height / s) * s)
+    if constraints.width:
+        return max(s, round(height * constraints.width / width / s) * s), constraints.width
+    return height, width
+
+
 def reconcile(clip: Clip, constraints: Constraints, fit: str = "strict") -> Clip:
     """Make a clip fit the pipeline by one stated rule; every change is appended to `clip.notes`.
 
     1. Video and mask must agree in length and size; with `fit="crop"` or `"resize"` the longer one is trimmed
        to the shorter and the video is centre-cropped / resized to the mask's size (the mask defines the edit).
-    2. A requested size (`constraints.height/width`) is reached by resizing (video bilinear, mask nearest).
+    2. A requested size (`constraints.height/width`) is reached by resizing (video bilinear, mask nearest); one
+       side alone sets the other by the clip's aspect ratio.
     3. Frames are trimmed to the largest 4k+1 count (and to `constraints.num_frames` if given); sizes are
        centre-cropped to multiples of 16.
     """
@@ -168,30 +181,34 @@ def reconcile(clip: Clip, constraints: Constraints, fit: str = "strict") -> Clip
         notes.append(f"{'video' if vf > mf else 'mask'} trimmed from {max(vf, mf)} to {shorter} frames to match")
         frames, mask = frames[:shorter], mask[:shorter]
     height, width = frames.shape[1:3]
-    if constraints.height and constraints.width and (height, width) != (constraints.height, constraints.width):
-        frames = _resize_frames(frames, constraints.height, constraints.width)
-        mask = _resize_mask(mask, constraints.height, constraints.width)
-        notes.append(f"resized from {width}x{height} to {constraints.width}x{constraints.height}")
-        height, width = constraints.height, constraints.width
+    target = _target_size(height, width, constraints)
+    if target != (height, width):
+        frames = _resize_frames(frames, *target)
+        mask = _resize_mask(mask, *target)
+        kept = "" if constraints.height and constraints.width else " (the other side keeps the aspect ratio)"
+        notes.append(f"resized from {width}x{height} to {target[1]}x{target[0]}{kept}")
+        height, width = target
     count = frames.shape[0]
+    least = 1 + constraints.temporal
     if constraints.num_frames:
         if constraints.num_frames > count:
             raise InputError(
                 f"clip '{clip.name}' has {count} frames but {constraints.num_frames} were asked for.",
-                f"ask for at most {count} frames.",
+                f"ask for at most {(count - 1) // constraints.temporal * constraints.temporal + 1} frames (4k+1).",
             )
         count = constraints.num_frames
     usable = (count - 1) // constraints.temporal * constraints.temporal + 1
-    if usable < 1 + constraints.temporal:
+    if usable < least:
         raise InputError(
-            f"clip '{clip.name}' has {frames.shape[0]} frames; the pipeline needs at least {1 + constraints.temporal}.",
-            "pass a longer clip.",
+            f"clip '{clip.name}' has {frames.shape[0]} frames; the pipeline needs at least {least} (4k+1).",
+            f"pass a clip of at least {least} frames.",
         )
     if usable != frames.shape[0]:
+        asked = f"{constraints.num_frames} asked for; " if constraints.num_frames else ""
         if usable == constraints.num_frames:
             notes.append(f"trimmed from {frames.shape[0]} to the requested {usable} frames")
         else:
-            notes.append(f"trimmed from {frames.shape[0]} to {usable} frames (Wan needs 4k+1)")
+            notes.append(f"trimmed from {frames.shape[0]} to {usable} frames ({asked}Wan needs 4k+1)")
         frames, mask = frames[:usable], mask[:usable]
     s = constraints.spatial
     new_h, new_w = height // s * s, width // s * s

@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 
+from hetcache.engine.registry import VACE, block_adapter
 from hetcache.errors import InputError, UnsupportedModelError
 
 MAIN_BLOCK_LISTS = ("blocks", "transformer_blocks")
@@ -121,19 +122,19 @@ def self_attention(block: torch.nn.Module) -> torch.nn.Module | None:
     return None
 
 
-def block_streams(kind: str, args: tuple, kwargs: dict, output: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(input stream, output stream, recorded output) of one block call, each [B, N, D].
+def block_streams(block: torch.nn.Module, args: tuple, kwargs: dict, output: Any) -> tuple[torch.Tensor, ...]:
+    """(input stream, output stream, recorded output) of one call of `block`, each [B, N, D].
 
-    Main blocks: the hidden states in and out (CogVideoX returns (video, text): the video part).
-    VACE blocks: the control stream in and out; the recorded output is the hint the block adds to the main stream.
+    Arguments and outputs are read through the block registry (by parameter name, per block class). Main blocks:
+    the hidden states in and out (CogVideoX returns (video, text): the video part). VACE blocks: the control
+    stream in and out; the recorded output is the hint the block adds to the main stream.
     """
-    if kind == "vace":
-        control_in = kwargs["control_hidden_states"] if "control_hidden_states" in kwargs else args[2]
-        hint, control_out = output
-        return control_in, control_out, control_out if hint is None else hint
-    hidden_in = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
-    hidden_out = output[0] if isinstance(output, (tuple, list)) else output
-    return hidden_in, hidden_out, hidden_out
+    adapter = block_adapter(type(block))
+    stream_in = adapter.argument(adapter.stream, args, kwargs)
+    stream_out = adapter.stream_out(output)
+    if adapter.kind == VACE and output[0] is not None:
+        return stream_in, stream_out, output[0]
+    return stream_in, stream_out, stream_out
 
 
 def token_grid(transformer: torch.nn.Module, arguments: dict[str, Any]) -> tuple[int, int, int] | None:

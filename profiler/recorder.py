@@ -380,7 +380,7 @@ class Recorder:
             return
         if self.options.timing:
             self.timer.stop(pos)
-        stream_in, stream_out, recorded = block_streams(kind, args, kwargs, output)
+        stream_in, stream_out, recorded = block_streams(module, args, kwargs, output)
         if recorded.shape[1] != clip.tokens:
             clip.note(f"{self.layers[pos].name}: {recorded.shape[1]} tokens instead of {clip.tokens}; not recorded")
             return

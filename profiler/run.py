@@ -16,9 +16,9 @@ from hetcache import __version__
 from hetcache.errors import InputError
 from hetcache.fingerprint import model_fingerprint
 
-from .cost import layer_flops
 from .curve import fit_polynomial, modulation_changes
 from .families import select_layers, transformer_of
+from .layer_cost import layer_flops
 from .masks import as_mask_tensor
 from .options import ProfileOptions
 from .recorder import Recorder
@@ -72,7 +72,7 @@ def pipeline_runs(pipe: Any, inputs: dict | list[dict]) -> list[ClipRun]:
 
 
 def session_runs(session: Any, clips: list[str] | None = None) -> list[ClipRun]:
-    """ClipRuns for a workload Session's clips (all, or the named ones), with their pixel masks."""
+    """ClipRuns for a LoadedWorkload's clips (all, or the named ones), with their pixel masks."""
     chosen = session.clips if clips is None else [session.clip(name) for name in clips]
     runs = []
     for clip in chosen:
@@ -251,7 +251,7 @@ def profile(
 
 
 def profile_session(session: Any, clips: list[str] | None = None, *, progress: bool = False, **options: Any) -> Profile:
-    """Profile a workload Session's pipeline on its clips (all, or the named ones)."""
+    """Profile a LoadedWorkload's pipeline on its clips (all, or the named ones)."""
     transformer = transformer_of(session.pipe)
     opts = ProfileOptions.from_kwargs(options)
     runs = session_runs(session, clips)

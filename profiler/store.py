@@ -6,7 +6,6 @@ Written atomically (a temporary sibling folder renamed into place); read back wi
 from __future__ import annotations
 
 import json
-import math
 import os
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -16,7 +15,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from hetcache.atomic import atomic_dir
+from hetcache.atomic import atomic_dir, json_safe
 from hetcache.errors import InputError
 
 SCHEMA = "hetcache.profile/v1"
@@ -24,15 +23,40 @@ JSON_FILE = "profile.json"
 TENSOR_FILE = "tensors.safetensors"
 
 
-def json_safe(value: Any) -> Any:
-    """Non-finite floats become null (profile.json is strict JSON); tuples become lists."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {str(k): json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_safe(v) for v in value]
-    return value
+PROFILE_FIX = "re-create it with hetcache-profile (make demo writes runs/demo/profile)."
+
+
+def read_profile_data(folder: str | os.PathLike) -> dict[str, Any]:
+    """The profile.json of a profile folder, checked (schema, layers, step curve): the one reader of that file.
+
+    Every error is an InputError naming the file and what is wrong; the tensor file is not needed here.
+    """
+    folder = Path(folder)
+    source = folder / JSON_FILE
+    if not source.is_file():
+        raise InputError(
+            f"'{folder}' is not a profile folder (it holds no {JSON_FILE}).",
+            "pass a folder written by hetcache-profile.",
+        )
+    try:
+        data = json.loads(source.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(f"profile file '{source}' cannot be read ({exc}).", PROFILE_FIX) from None
+    except json.JSONDecodeError as exc:
+        raise InputError(
+            f"'{source}' is not valid JSON ({exc.msg}, line {exc.lineno}); it is probably truncated.", PROFILE_FIX
+        ) from None
+    schema = data.get("schema") if isinstance(data, dict) else None
+    if schema != SCHEMA:
+        raise InputError(
+            f"'{source}' has schema {schema!r}; this hetcache reads {SCHEMA!r}.",
+            "profile again with this version, or upgrade hetcache.",
+        )
+    if not isinstance(data.get("layers"), list) or not all(isinstance(x, dict) for x in data["layers"]):
+        raise InputError(f"profile '{source}': field 'layers' must be a list of objects.", PROFILE_FIX)
+    if not isinstance(data.get("step_curve", {}), dict):
+        raise InputError(f"profile '{source}': field 'step_curve' must be an object.", PROFILE_FIX)
+    return data
 
 
 class ProfileTensors(Mapping):
@@ -93,25 +117,11 @@ class Profile:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> Profile:
-        """Read a profile folder; errors name the file and what is wrong."""
+        """Read a profile folder (profile.json checked by `read_profile_data`, tensors read lazily)."""
         path = Path(path)
-        source = path / JSON_FILE
-        if not source.is_file():
-            raise InputError(
-                f"'{path}' is not a profile folder (no {JSON_FILE}).", "pass a folder written by hetcache-profile."
-            )
-        try:
-            data = json.loads(source.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as exc:
-            raise InputError(f"'{source}' is not valid JSON ({exc.msg}, line {exc.lineno}).", "profile again.") from exc
-        schema = data.get("schema") if isinstance(data, dict) else None
-        if schema != SCHEMA:
-            raise InputError(
-                f"'{source}' has schema {schema!r}; this hetcache reads {SCHEMA!r}.",
-                "profile again with this version, or upgrade hetcache.",
-            )
+        data = read_profile_data(path)
         if not (path / TENSOR_FILE).is_file():
-            raise InputError(f"profile folder '{path}' has no {TENSOR_FILE}.", "profile again.")
+            raise InputError(f"profile folder '{path}' has no {TENSOR_FILE}.", PROFILE_FIX)
         return cls(data, None, path)
 
     # -- conveniences ----------------------------------------------------------------------------------------

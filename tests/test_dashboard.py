@@ -291,7 +291,7 @@ def test_study_in_a_journal_file_is_found_and_shown(dashboard, demo_runs, tmp_pa
 
 
 def expected_shares(policy, plan: str, counts: dict[str, int]) -> list[float]:
-    """Mean share of tokens per block over the plan, by the rules of DESIGN.md (engine semantics 3 and 5)."""
+    """Mean share of tokens per block over the plan, by the rules of docs/method.md (PARTIAL steps)."""
     t, layers = policy.tokens, policy.layers
     partial = (
         counts["generative"] + round(t.margin_ratio * counts["margin"]) + round(t.context_ratio * counts["context"])
@@ -393,6 +393,34 @@ def test_compare_page_frames_metrics_and_slider(dashboard, demo_runs):
     decisions = charts(at)["compare_decisions"]["data"][0]
     recorded = clip["stats"]["decisions_by_context"]
     assert dict(zip(decisions["y"], ("".join(r) for r in decisions["text"]), strict=True)) == recorded
+
+
+def test_compare_page_shows_the_time_speedup_with_its_spread(dashboard, demo_runs):
+    at = page(dashboard(demo_runs), "compare")
+    record = json.loads((demo_runs / "demo" / "apply" / "run.json").read_text(encoding="utf-8"))
+    summary, clip = record["summary"], record["clips"][0]
+    shown = {m.label: m.value for m in at.metric}
+    spread = f"{summary['speedup_time_min']:.2f}–{summary['speedup_time_max']:.2f}"
+    assert shown["speedup (time, min–max)"] == f"{summary['speedup_time']:.2f}× ({spread})"
+    assert shown["speedup (FLOPs)"] == f"{summary['speedup_flops']:.3f}×"
+    flagged = [w.value for w in at.warning if w.value.startswith("Wall-clock figure not trustworthy")]
+    assert flagged == [f"Wall-clock figure not trustworthy: {w}" for w in summary["warnings"]]
+    timing = at.dataframe[1].value.iloc[0]
+    rounds = clip["timing"]
+    assert timing["rounds"] == rounds["rounds"] == 3
+    low, high = rounds["cached_denoise_s"]["min"], rounds["cached_denoise_s"]["max"]
+    assert timing["cached s min–max"] == f"{low:.3f}–{high:.3f}"
+    assert timing["speedup (time, min–max)"].startswith(f"{clip['speedup_time']:.2f}× (")
+
+
+def test_app_starts_from_a_relative_path_in_the_repository_root(monkeypatch, demo_runs):
+    """`streamlit run dashboard/app.py` from the repository root: the script's __file__ is relative."""
+    root = APP.parents[1]
+    monkeypatch.chdir(root)
+    monkeypatch.setenv(sources.RUNS_ENV, str(demo_runs))
+    at = rerun(AppTest(str(APP.relative_to(root)), default_timeout=180))
+    assert at.title[0].value == "hetcache dashboard"
+    assert page(at, "compare").title[0].value == "Compare"
 
 
 def test_compare_problems_are_reported_not_raised(dashboard, broken_runs):

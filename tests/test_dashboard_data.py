@@ -49,10 +49,10 @@ def build_demo(base: Path) -> Path:
     from hetcache.tuner.cli import main as tune_main
 
     from hetcache.runner import run
-    from hetcache.workloads.execute import Session
+    from hetcache.workloads.execute import LoadedWorkload
 
     demo = base / "runs" / "demo"
-    profile_session(Session(tiny_workload()), margin_width=1, attention_every=1).save(demo / "profile")
+    profile_session(LoadedWorkload(tiny_workload()), margin_width=1, attention_every=1).save(demo / "profile")
     code = tune_main(
         [
             *WORKLOAD_FLAGS,
@@ -122,3 +122,62 @@ def test_demo_layout_is_what_the_dashboard_reads(demo_runs):
         record["policy"]["provenance"]["trial"]
     )
     assert (demo / "apply" / "box.mp4").is_file() and (demo / "apply" / "box.uncached.mp4").is_file()
+
+
+def test_the_dashboard_judges_a_study_as_the_tuner_does(demo_runs):
+    from hetcache.dashboard import studies
+    from hetcache.tuner.budget import budget_from_attrs
+    from hetcache.tuner.results import best_feasible, pareto_front, trial_results
+
+    from hetcache.policy import load_policy
+
+    study = load_demo_study(demo_runs)
+    judged = studies.verdicts(studies.load_study(study_url(demo_runs), study.study_name))
+    results, budget = trial_results(study, "flops"), budget_from_attrs(study.user_attrs)
+    exported = load_policy(demo_runs / "demo" / "tune" / "policy.json").provenance["trial"]
+    assert judged.best.number == best_feasible(results, budget).number == exported
+    feasible = [r for r in results if r.feasible(budget)]
+    points = studies.front_points(study.trials, judged, budget.primary, "objective", budget.mode)
+    assert [n for n, _, _ in points["Best Trial"]] == sorted(r.number for r in pareto_front(feasible, budget))
+    assert {n for n, _, _ in points["Infeasible Trial"]} == {r.number for r in results if not r.feasible(budget)}
+
+
+def test_one_reader_per_format_gives_one_message(broken_runs):
+    from hetcache.dashboard.readers import DataError, load_profile
+    from hetcache.profiler.store import Profile, read_profile_data
+    from hetcache.tuner.profile_input import read_profile
+
+    from hetcache.errors import InputError
+
+    folder = broken_runs / "bad-profile"
+    messages = set()
+    for reader, error in ((read_profile_data, InputError), (Profile.load, InputError), (read_profile, InputError)):
+        with pytest.raises(error) as info:
+            reader(folder)
+        messages.add(str(info.value))
+    with pytest.raises(DataError) as info:
+        load_profile(folder)
+    messages.add(str(info.value))
+    (message,) = messages
+    assert "bad-profile/profile.json' is not valid JSON" in message
+    with pytest.raises(DataError, match=r"has no tensors\.safetensors"):
+        load_profile(broken_runs / "no-tensors-profile")
+    assert read_profile(broken_runs / "no-tensors-profile").main_order  # the tuner needs profile.json only
+
+
+def test_study_storages_open_read_only_without_creating_anything(tmp_path, broken_runs):
+    from hetcache.dashboard import studies
+    from hetcache.tuner.study_storage import open_storage
+
+    from hetcache.errors import InputError
+
+    for url, message in (
+        (f"sqlite:///{tmp_path / 'missing.db'}", "does not exist"),
+        (f"journal:///{tmp_path / 'missing.log'}", "does not exist"),
+        (f"sqlite:///{broken_runs / 'bad.db'}", "is not an SQLite database"),
+    ):
+        with pytest.raises(InputError, match=message):
+            open_storage(url, read_only=True)
+        with pytest.raises(InputError, match=message):
+            studies.study_names(url)
+    assert not list(tmp_path.iterdir())

@@ -20,7 +20,7 @@ from hetcache.cli_common import run_cli  # noqa: E402
 from hetcache.engine import apply_hetcache, remove_hetcache  # noqa: E402
 from hetcache.errors import InputError  # noqa: E402
 from hetcache.plan import plan_from_changes  # noqa: E402
-from hetcache.workloads.execute import Session  # noqa: E402
+from hetcache.workloads.execute import LoadedWorkload  # noqa: E402
 from hetcache.workloads.spec import Workload  # noqa: E402
 
 TINY = ["--weights", "random", "--height", "64", "--width", "64", "--frames", "9", "--steps", "6", "--clips", "box"]
@@ -36,9 +36,9 @@ def smoke(tmp_path_factory) -> dict:
 
 
 @pytest.fixture(scope="module")
-def session() -> Session:
+def session() -> LoadedWorkload:
     workload = Workload(weights="random", height=64, width=64, num_frames=9, steps=6)
-    return Session(workload.replace(clips=tuple(s for s in workload.clip_sources() if s.kind == "box")))
+    return LoadedWorkload(workload.replace(clips=tuple(s for s in workload.clip_sources() if s.kind == "box")))
 
 
 def _rows(report: dict, method: str) -> list[dict]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -129,3 +130,122 @@ def test_paper_policy_fingerprint_matches_the_real_1_3b_architecture():
 
 def test_schema_constant_is_what_files_carry():
     assert load_policy("reference-psnr35").to_dict()["schema"] == SCHEMA == "hetcache.policy/v1"
+
+
+# -- strict policies: complete, finite, for a named model ----------------------------------------------------
+
+
+@pytest.mark.parametrize("section", ["step_plan", "tokens", "layers", "cache"])
+def test_a_policy_without_a_required_section_is_refused(section):
+    data = load_policy("reference-psnr35").to_dict()
+    data.pop(section)
+    with pytest.raises(PolicyError) as info:
+        load_policy(data)
+    message = str(info.value)
+    assert f"has no {section} section" in message
+    assert "re-export it with hetcache-tune" in message and "docs/policy-format.md" in message
+
+
+def test_a_policy_missing_a_field_names_it_instead_of_filling_a_default():
+    data = load_policy("reference-psnr35").to_dict()
+    data["step_plan"].pop("reuse_threshold")
+    with pytest.raises(PolicyError, match=r"step_plan\.reuse_threshold is missing.*Fix: add it"):
+        load_policy(data)
+    data = load_policy("reference-psnr35").to_dict()
+    data["tokens"]["selection"] = None
+    with pytest.raises(PolicyError, match=r"tokens\.selection is null; it must be one of stride"):
+        load_policy(data)
+
+
+def test_non_finite_numbers_are_refused(tmp_path):
+    data = load_policy("reference-psnr35").to_dict()
+    data["step_plan"]["full_threshold"] = float("inf")
+    path = tmp_path / "inf.json"
+    path.write_text(json.dumps(data))  # json writes Infinity, which json.loads reads back as inf
+    assert "Infinity" in path.read_text()
+    with pytest.raises(PolicyError, match=r"step_plan\.full_threshold must be a finite number, got inf"):
+        load_policy(path)
+    data["step_plan"]["full_threshold"] = 0.2
+    data["step_plan"]["polynomial"] = [1.0, float("nan")]
+    with pytest.raises(PolicyError, match=r"step_plan\.polynomial must be a non-empty list of finite numbers"):
+        load_policy(data)
+
+
+@pytest.mark.parametrize("source", [None, 3, ["policy.json"]])
+def test_a_policy_source_of_the_wrong_kind_is_a_policy_error(source):
+    with pytest.raises(PolicyError, match=rf"got {type(source).__name__}\..*Fix: pass e\.g\. 'policy\.json'"):
+        load_policy(source)
+
+
+def test_a_policy_naming_no_model_needs_strict_false():
+    from conftest import tiny_vace_model
+
+    from hetcache import apply_hetcache
+
+    model = tiny_vace_model()
+    anonymous = Policy(name="anonymous")
+    with pytest.raises(FingerprintMismatchError, match=r"names no model.*strict=False"):
+        anonymous.check_model(model_fingerprint(model))
+    with pytest.raises(FingerprintMismatchError, match="policy 'anonymous' names no model"):
+        apply_hetcache(model, anonymous)
+    apply_hetcache(model, anonymous, strict=False).remove()
+
+
+def test_partial_blocks_beyond_the_model_are_refused_even_when_not_strict():
+    from conftest import tiny_vace_model
+
+    from hetcache import apply_hetcache
+
+    model = tiny_vace_model()  # 4 main blocks, 2 VACE blocks
+    deep = Policy(name="deep").replace(partial_blocks=(0, 5))
+    with pytest.raises(PolicyError, match=r"layers\.partial_blocks holds index 5 but the model has 4 such blocks"):
+        apply_hetcache(model, deep, strict=False)
+    vace = Policy(name="vace").replace(partial_vace_blocks=(2,))
+    with pytest.raises(PolicyError, match=r"layers\.partial_vace_blocks holds index 2 but the model has 2"):
+        vace.check_model(model_fingerprint(model), strict=False)
+    assert not hasattr(model, "_diffusers_hook") or not model._diffusers_hook.hooks  # nothing was attached
+
+
+def test_the_format_document_holds_the_schema_tables():
+    from pathlib import Path
+
+    from hetcache.policy import schema_markdown
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "policy-format.md").read_text(encoding="utf-8")
+    assert schema_markdown() in doc, "docs/policy-format.md is out of step with the schema: paste schema_markdown()"
+
+
+def test_selection_needs_follow_the_schema_constants():
+    from hetcache.policy import FEATURE_SELECTIONS, SCORE_SELECTIONS, SELECTIONS, TokenSpec
+
+    assert set(SELECTIONS) >= FEATURE_SELECTIONS | SCORE_SELECTIONS
+    for selection in SELECTIONS:
+        tokens = TokenSpec(selection=selection, context_ratio=0.1)
+        assert tokens.needs_features == (selection in FEATURE_SELECTIONS)
+        assert tokens.needs_scores == (selection in SCORE_SELECTIONS)
+        assert not TokenSpec(selection=selection, context_ratio=0.0).needs_features
+
+
+def test_shipped_reference_policies_plan_what_they_compute():
+    """A stored plan is the rule's plan on the reference workload, and no policy without a partial block plans P."""
+    from hetcache.plan import resolve_plan
+    from hetcache.workloads.execute import LoadedWorkload
+    from hetcache.workloads.spec import ClipSource, Workload
+
+    session = LoadedWorkload(
+        Workload(clips=(ClipSource("box", kind="box"),), height=64, width=64, num_frames=9, steps=20)
+    )
+    fingerprint = model_fingerprint(session.transformer)["fingerprint"]
+    checked = 0
+    for name in policies.names():
+        policy = load_policy(name)
+        if not policy.layers.has_partial_block:
+            assert "P" not in (policy.step_plan.plan or ""), name
+            assert policy.step_plan.full_threshold == policy.step_plan.reuse_threshold, name
+        if policy.model.fingerprint != fingerprint or policy.step_plan.plan is None:
+            continue
+        spec = policy.step_plan
+        by_rule = resolve_plan(session.transformer, session.timesteps(), dataclasses.replace(spec, plan=None))
+        assert by_rule == spec.plan == next(iter(policy.provenance["decisions"].values())), name
+        checked += 1
+    assert checked >= 2

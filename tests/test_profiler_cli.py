@@ -114,7 +114,12 @@ def test_pipeline_without_transformer(tmp_path, capsys):
 
 @pytest.mark.parametrize(
     ("flag", "message"),
-    [("--attention-every=-1", "attention_every=-1"), ("--num-clips=0", "--num-clips 0"), ("--degree=0", "degree=0")],
+    [
+        ("--attention-every=-1", "argument --attention-every: must be an integer ≥ 0, got -1"),
+        ("--num-clips=0", "argument --num-clips: must be an integer ≥ 1, got 0"),
+        ("--degree=0", "argument --degree: must be an integer in [1, 10], got 0"),
+        ("--small-change=nan", "argument --small-change: must be a finite number, got 'nan'"),
+    ],
 )
 def test_bad_numbers(tmp_path, capsys, flag, message):
     assert main([*SMALL, flag, "--out", str(tmp_path / "p")]) == 2

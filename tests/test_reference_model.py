@@ -7,7 +7,7 @@ import pytest
 from hetcache import reference
 from hetcache.reference.evaluate import TOKEN_REUSE, attention_concentration, caching_deviation, token_reuse_plan
 from hetcache.workloads import ClipSource, Workload
-from hetcache.workloads.execute import Session
+from hetcache.workloads.execute import LoadedWorkload
 
 STEPS = 10
 SMALL = dict(height=128, width=128, num_frames=13, steps=STEPS, clips=(ClipSource("box", kind="box"),))
@@ -16,13 +16,13 @@ PARTIAL = token_reuse_plan(STEPS)
 
 @pytest.fixture(scope="module")
 def trained():
-    session = Session(Workload(weights="trained", **SMALL))
+    session = LoadedWorkload(Workload(weights="trained", **SMALL))
     return session, session.clips[0]
 
 
 @pytest.fixture(scope="module")
 def untrained():
-    session = Session(Workload(weights="random", **SMALL))
+    session = LoadedWorkload(Workload(weights="random", **SMALL))
     return session, session.clips[0]
 
 

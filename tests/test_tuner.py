@@ -97,7 +97,7 @@ def test_bad_budget_is_a_clear_error(tmp_path, text, message):
 
 
 def test_storage_files_under_the_working_directory_are_shown_relative(tmp_path, monkeypatch):
-    from hetcache.tuner.storage import display_url, resolve_url
+    from hetcache.tuner.study_storage import display_url, resolve_url
 
     monkeypatch.chdir(tmp_path)
     assert display_url(resolve_url(None, Path("runs/tune"))) == "sqlite:///runs/tune/study.db"
@@ -123,7 +123,7 @@ def test_unreachable_storage_is_a_clear_error(tmp_path):
 
 def test_exported_policy_meets_its_budget_when_run_again(tuned):
     from hetcache.runner import run_clips, summarise
-    from hetcache.workloads.execute import Session
+    from hetcache.workloads.execute import LoadedWorkload
     from hetcache.workloads.spec import workload_from_dict
 
     out, code, stdout, stderr = tuned
@@ -149,7 +149,7 @@ def test_exported_policy_meets_its_budget_when_run_again(tuned):
     assert any(t.constraints["psnr"] > 0 for t in study.trials if t.constraints), "the budget never bound"
 
     # run it again on the calibration clips: same speedup, budget met
-    session = Session(workload_from_dict(study.user_attrs["workload"]))
+    session = LoadedWorkload(workload_from_dict(study.user_attrs["workload"]))
     assert [clip.name for clip in session.clips] == ["box", "moving"]
     summary = summarise(run_clips(session, policy, compare=True))
     assert summary["speedup_flops"] == pytest.approx(prov["speedup_flops"], rel=1e-9)
@@ -202,7 +202,14 @@ def test_export_command_and_pareto_ladder(tuned, tmp_path):
     assert fastest_feasible["trial"] == best["trial"]
     for rung in ladder:
         assert load_policy(tmp_path / "ladder" / rung["file"]).provenance["trial"] == rung["trial"]
-    # another budget, read from the same study
+    # the front is at least as good as step reuse alone at every cost: it holds or beats every timestep-only trial
+    study = load_study(out, name)
+    steps_only = [t for t in study.trials if str(t.user_attrs.get("warm_start", "")).startswith("timestep-only")]
+    assert len(steps_only) == 4
+    for trial in steps_only:
+        speed, psnr = trial.value, trial.user_attrs["quality"]["psnr"]
+        assert any(rung["speedup"] >= speed and rung["psnr"] >= psnr for rung in ladder), trial.number
+        # another budget, read from the same study
     code, _, _ = run_tune("export", "--storage", str(out / "study.db"), "--study-name", name, "--budget", "psnr=99")
     assert code == 3
 
@@ -216,7 +223,7 @@ def test_impossible_budget_fails_cleanly_with_the_closest_trial(tmp_path):
     assert not (out / "policy.json").exists()
     assert not list(out.glob("*.json"))
     trials = load_study(out, "reference-psnr100").trials
-    assert len(trials) == 3  # every enqueued warm start runs, even past --trials
+    assert len(trials) == 2  # --trials is the total: only the first warm starts are enqueued
     stopped = [t for t in trials if "pruned_at_clip" in t.user_attrs]
     assert stopped and all(t.user_attrs["pruned_at_clip"] == "box" for t in stopped)
     assert all(set(t.user_attrs["quality_per_clip"]) == {"box"} for t in stopped)
@@ -276,11 +283,87 @@ def test_identical_behaviour_shares_a_key():
     assert behaviour_key(policy(0.1, 0.0, 4), "FPRF") == behaviour_key(policy(0.1, 0.0, 8), "FPRF")
 
 
+# -- the search space --------------------------------------------------------------------------------------
+
+
+def small_space(**changes):
+    from hetcache.tuner.space import SearchSpace
+
+    values = dict(
+        steps=8,
+        reuse_threshold=(0.01, 0.3),
+        warmup_steps=(1, 2),
+        final_full_steps=(0, 2),
+        margin_width=(0, 4),
+        main_order=(3, 1, 5, 4, 2, 0),
+        vace_order=(0, 1),
+        polynomial=None,
+        layer_order_source="prefix",
+        step_changes=(0.1, 0.05, 0.2, 0.02, 0.3, 0.04, 0.15),
+    )
+    return SearchSpace(**{**values, **changes})
+
+
+def test_the_search_space_is_one_table_of_parameters():
+    from hetcache.tuner.space import PARAM_NAMES, PARAMS, paper_params
+
+    from hetcache.policy import WorkloadSpec, field_value
+
+    space = small_space()
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    sampled = space.suggest(study.ask())
+    assert tuple(sampled) == PARAM_NAMES
+    assert tuple(space.clamp(sampled)) == PARAM_NAMES and tuple(paper_params(6)) != ()
+    assert set(paper_params(6)) == set(PARAM_NAMES)
+    for label, point in space.warm_starts():
+        assert tuple(point) == PARAM_NAMES, label
+        policy = space.policy(point, label, None, WorkloadSpec(steps=8))
+        for param in PARAMS:
+            if param.field is not None:
+                assert field_value(policy, param.field) == point[param.name], (label, param.name)
+    far = space.clamp({**sampled, "reuse_threshold": 9.0, "margin_width": 99, "selection": "nope", "clusters": 1})
+    assert (far["reuse_threshold"], far["margin_width"], far["selection"], far["clusters"]) == (0.3, 4, "stride", 2)
+    assert not small_space(vace_order=()).clamp({**sampled, "partial_vace": True})["partial_vace"]
+
+
+def test_a_trial_whose_policy_has_no_partial_block_never_has_p_in_its_plan():
+    from hetcache.plan import plan_from_changes
+    from hetcache.policy import WorkloadSpec
+
+    space = small_space()
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=1))
+    seen = {"none": 0, "some": 0}
+    for number in range(300):
+        params = space.suggest(study.ask())
+        if number % 2:  # half the points without a partial block, whatever the other values
+            params = {**params, "partial_blocks": 0, "partial_vace": False}
+        policy = space.policy(params, "t", None, WorkloadSpec(steps=8))
+        plan = plan_from_changes(list(space.step_changes), policy.step_plan)
+        if policy.layers.has_partial_block:
+            seen["some"] += "P" in plan
+        else:
+            seen["none"] += 1
+            assert "P" not in plan, (params, plan)
+            assert policy.step_plan.full_threshold == policy.step_plan.reuse_threshold
+    assert seen["none"] >= 150 and seen["some"] > 0  # P steps do occur where a block runs partial
+
+
+def test_tuned_trials_without_a_partial_block_plan_no_partial_step(tuned):
+    out, code, _, stderr = tuned
+    assert code == 0, stderr
+    trials = [t for t in load_study(out, "reference-psnr30").trials if "policy" in t.user_attrs]
+    assert trials
+    for trial in trials:
+        layers = trial.user_attrs["policy"]["layers"]
+        if not layers["partial_blocks"] and not layers["partial_vace_blocks"]:
+            assert all("P" not in plan for plan in trial.user_attrs["decisions"].values()), trial.number
+
+
 # -- profiles ----------------------------------------------------------------------------------------------
 
 
 def write_profile(folder: Path, fingerprint: str, context_drift: list[float], polynomial: list[float]) -> Path:
-    """A profile.json with the fields the tuner reads (format: CONTRACTS.md)."""
+    """A profile.json with the fields the tuner reads (format: docs/files.md)."""
     layers = [
         {"name": f"blocks.{i}", "kind": "main", "index": i, "drift": {"context": d, "generative": 1.0}}
         for i, d in enumerate(context_drift)
@@ -303,10 +386,10 @@ def test_profile_orders_layers_and_rescales_the_step_curve(tmp_path):
 
     from hetcache.fingerprint import model_fingerprint
     from hetcache.policy import WorkloadSpec, model_spec_from_fingerprint
-    from hetcache.workloads.execute import Session
+    from hetcache.workloads.execute import LoadedWorkload
     from hetcache.workloads.spec import ClipSource, Workload
 
-    session = Session(
+    session = LoadedWorkload(
         Workload(weights="random", height=64, width=64, num_frames=9, steps=6, clips=(ClipSource("box", "box"),))
     )
     fp = model_fingerprint(session.transformer)["fingerprint"]
@@ -316,7 +399,9 @@ def test_profile_orders_layers_and_rescales_the_step_curve(tmp_path):
     assert profiled.polynomial == (2.0, 0.0) and plain.polynomial is None
     assert profiled.step_changes == pytest.approx([2 * c for c in plain.step_changes], rel=1e-4)
     starts = dict(profiled.warm_starts(hints))
-    assert set(starts) == {"paper", "timestep-only", "balanced", "profile-quiet-blocks", "profile-all-blocks-attention"}
+    ladder = {"timestep-only", "timestep-only@0.5x", "timestep-only@1x", "timestep-only@2.5x"}
+    assert set(starts) == {"paper", "balanced", "profile-quiet-blocks", "profile-all-blocks-attention"} | ladder
+    assert all(starts[label]["partial_blocks"] == 0 and not starts[label]["partial_vace"] for label in ladder)
     assert starts["paper"]["partial_blocks"] == 4  # blocks 0-19 of 30 → 4 of 6
     assert not starts["paper"]["partial_vace"]
     quiet = profiled.policy(

@@ -39,7 +39,7 @@ def postgres():
 
 def start_worker(url: str, out: Path, log: Path) -> subprocess.Popen:
     args = [sys.executable, "-m", "hetcache.tuner", "--budget", "psnr=32", "--trials", str(TRIALS)]
-    args += ["--storage", url, "--study-name", STUDY, "--resume", "--heartbeat", "1", "--grace", "5"]
+    args += ["--storage", url, "--study-name", STUDY, "--join", "--heartbeat", "1", "--grace", "5"]
     args += [*WORKLOAD, "--clips", "box,moving", "--out", str(out), "--export", str(out / f"{log.stem}.json")]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CI": "true"}
     return subprocess.Popen(args, stdout=open(log, "wb"), stderr=subprocess.STDOUT, env=env)

@@ -82,10 +82,38 @@ def test_reconcile_states_every_change_and_refuses_mismatches_in_strict_mode():
     assert odd.frames.shape[1:3] == (32, 64) and "multiples of 16" in odd.notes[-1]
     resized = reconcile(Clip("r", _frames(9, 48, 64), np.zeros((9, 48, 64), bool)), Constraints(height=32, width=32))
     assert resized.frames.shape == (9, 32, 32, 3)
-    with pytest.raises(InputError, match="needs at least 5"):
+    with pytest.raises(InputError, match=r"needs at least 5 \(4k\+1\)\. Fix: pass a clip of at least 5 frames"):
         reconcile(Clip("short", _frames(3), np.zeros((3, 48, 64), bool)), Constraints())
     with pytest.raises(InputError, match="has 9 frames but 13 were asked for"):
         reconcile(Clip("few", _frames(9), np.zeros((9, 48, 64), bool)), Constraints(num_frames=13))
+
+
+def test_one_requested_side_sets_the_other_by_the_aspect_ratio():
+    clip = Clip("wide", _frames(9, 48, 96), np.zeros((9, 48, 96), bool))
+    by_width = reconcile(clip, Constraints(width=64))
+    assert by_width.frames.shape == (9, 32, 64, 3) and by_width.mask.shape == (9, 32, 64)
+    assert by_width.notes == ["resized from 96x48 to 64x32 (the other side keeps the aspect ratio)"]
+    by_height = reconcile(clip, Constraints(height=32))
+    assert by_height.frames.shape == (9, 32, 64, 3)
+
+
+def test_trim_notes_name_the_frames_asked_for_and_the_workload_file_checks_counts(tmp_path):
+    import json
+
+    from hetcache.workloads import load_workload
+
+    clip = Clip("long", _frames(12), np.zeros((12, 48, 64), bool))
+    assert reconcile(clip, Constraints(num_frames=9)).notes == ["trimmed from 12 to the requested 9 frames"]
+    path = tmp_path / "w.json"
+    for field, value, message in (
+        ("num_frames", 10, "num_frames must be 4k+1 .* use 9 or 13"),
+        ("width", 0, "width must be a multiple of 16 pixels ≥ 16, got 0"),
+        ("mask_threshold", 1.5, r"mask_threshold must be a number in \(0, 1\), got 1.5"),
+        ("steps", 1, "steps must be at least 2"),
+    ):
+        path.write_text(json.dumps({"schema": "hetcache.workload/v1", field: value}))
+        with pytest.raises(InputError, match=message):
+            load_workload(path)
 
 
 def test_load_clip_from_files(tmp_path):

@@ -16,7 +16,7 @@ from hetcache.cli import main
 from hetcache.errors import InputError, UnsupportedModelError
 from hetcache.video import write_mask, write_video
 from hetcache.workloads import ClipSource, Workload, load_workload
-from hetcache.workloads.execute import Session
+from hetcache.workloads.execute import LoadedWorkload
 
 SMALL = dict(weights="random", height=64, width=64, num_frames=9, steps=3, clips=(ClipSource("box", kind="box"),))
 SMALL_FLAGS = [
@@ -36,7 +36,7 @@ SMALL_FLAGS = [
 
 
 def test_reference_workload_runs_deterministically():
-    session = Session(Workload(**SMALL))
+    session = LoadedWorkload(Workload(**SMALL))
     first = session.generate(session.clips[0])
     second = session.generate(session.clips[0])
     assert first.frames.shape == (9, 64, 64, 3)
@@ -81,7 +81,7 @@ def test_real_pipeline_from_a_save_pretrained_folder(saved_pipeline):
         steps=2,
         clips=(ClipSource("v", video=str(video), mask=str(mask)),),
     )
-    session = Session(workload)
+    session = LoadedWorkload(workload)
     assert type(session.transformer).__name__ == "WanVACETransformer3DModel"
     clip = session.clips[0]
     assert clip.frames.shape == (9, 64, 80, 3) and "trimmed from 10 to 9 frames (Wan needs 4k+1)" in clip.notes
@@ -92,14 +92,14 @@ def test_real_pipeline_needs_prompt_embeddings_and_a_vace_pipeline(saved_pipelin
     folder, _, video, mask = saved_pipeline
     clips = (ClipSource("v", video=str(video), mask=str(mask)),)
     with pytest.raises(InputError, match=r"gives no prompt embeddings.*--prompt-embeds"):
-        Session(Workload(pipeline=str(folder), clips=clips))
+        LoadedWorkload(Workload(pipeline=str(folder), clips=clips))
     index = json.loads((folder / "model_index.json").read_text())
     index["_class_name"] = "CogVideoXPipeline"
     (folder / "model_index.json").write_text(json.dumps(index))
     with pytest.raises(UnsupportedModelError, match="is a CogVideoXPipeline"):
-        Session(Workload(pipeline=str(folder), clips=clips))
+        LoadedWorkload(Workload(pipeline=str(folder), clips=clips))
     with pytest.raises(InputError, match="cannot load pipeline"):
-        Session(Workload(pipeline=str(tmp_path / "nowhere"), clips=clips))
+        LoadedWorkload(Workload(pipeline=str(tmp_path / "nowhere"), clips=clips))
 
 
 def test_workload_files_are_validated(tmp_path):
@@ -117,13 +117,19 @@ def test_workload_files_are_validated(tmp_path):
 
 def test_run_command_writes_clips_and_report(tmp_path, capsys):
     out = tmp_path / "run"
-    code = main(["run", *SMALL_FLAGS, "--policy", "reference-psnr35", "--compare", "--out", str(out)])
+    code = main(["run", *SMALL_FLAGS, "--policy", "reference-psnr35", "--compare", "--reps", "1", "--out", str(out)])
     assert code == 0
     record = json.loads((out / "run.json").read_text())
     assert record["schema"] == "hetcache.run/v1"
     clip = record["clips"][0]
     assert len(clip["stats"]["decisions"]) == 3 and clip["quality"]["psnr"] > 0
-    assert sorted(p.name for p in out.iterdir()) == ["box.mp4", "box.uncached.mp4", "inputs", "run.json"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        ".hetcache-output",
+        "box.mp4",
+        "box.uncached.mp4",
+        "inputs",
+        "run.json",
+    ]
     printed = capsys.readouterr().out
     assert "speedup:" in printed and "PSNR" in printed
 

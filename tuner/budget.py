@@ -14,7 +14,6 @@ from typing import Any
 from hetcache.errors import InputError
 from hetcache.metrics import METRICS, PSNR_CAP
 
-MODES = ("mean", "worst")
 MIN_SPEEDUP_KEY = "min_speedup"
 
 
@@ -155,7 +154,7 @@ def parse_budget(text: str | None, worst: bool = False, min_speedup: float = 1.1
 
 
 def budget_from_attrs(attrs: dict[str, Any]) -> Budget:
-    """The budget a study was tuned under (its user attrs, see CONTRACTS.md)."""
+    """The budget a study was tuned under (its user attrs, docs/files.md)."""
     bounds = attrs.get("budget")
     if not isinstance(bounds, dict) or not bounds:
         raise InputError("the study records no budget (was it created by hetcache-tune?).", "pass --budget.")

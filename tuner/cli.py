@@ -1,27 +1,54 @@
-"""`hetcache-tune`: the fastest cache policy that keeps quality within a budget, on one machine or many.
-
-hetcache-tune --budget psnr=30 --trials 40 --out runs/tune
-hetcache-tune --budget psnr_mask=28,ssim=0.95 --worst --profile runs/profile --export-pareto runs/tune/pareto
-hetcache-tune --budget psnr=30 --storage postgresql+psycopg://user:pass@db:5432/hetcache --study-name s1 --resume
-hetcache-tune export --storage postgresql+psycopg://user:pass@db:5432/hetcache --study-name s1 --export policy.json
-hetcache-tune reference-policies --budget psnr=30 --budget psnr=35 --trials 60 --policies-dir policies
-
-Exit codes: 0 policy written; 2 bad input (budget, storage, workload…); 3 no trial met the budget (nothing written).
-"""
+"""`hetcache-tune`: the fastest cache policy that keeps quality within a budget, on one machine or many."""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
+import json
+import logging
+import shutil
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from hetcache import __version__
-from hetcache.cli_common import add_workload_arguments, format_table, progress_enabled, run_cli, workload_from_args
+from hetcache import cli_types
+from hetcache.atomic import write_marker
+from hetcache.cli_common import (
+    EXIT_INTERRUPTED,
+    EXIT_NO_FEASIBLE,
+    add_workload_arguments,
+    check_output_file,
+    check_output_folder,
+    command_parser,
+    format_table,
+    format_value,
+    progress_enabled,
+    run_cli,
+    workload_from_args,
+)
+from hetcache.errors import InputError
+from hetcache.metrics import METRICS, check_bound
 
 PROG = "hetcache-tune"
-NO_FEASIBLE_EXIT = 3
+NO_FEASIBLE_EXIT = EXIT_NO_FEASIBLE
+CODES = (0, 1, 2, 3, 130)
+EXAMPLES = (
+    "hetcache-tune --budget psnr=30 --trials 40 --out runs/tune                  # a new study",
+    "hetcache-tune --budget psnr=30 --trials 60 --out runs/tune --resume         # continue it to 60 trials",
+    "hetcache-tune --budget psnr_mask=28,ssim=0.95 --worst --profile runs/profile --export-pareto runs/tune/pareto",
+    "hetcache-tune --budget psnr=30 --storage postgresql+psycopg://user:pass@db:5432/hetcache --study-name s1 --join",
+    "hetcache-tune export --storage runs/tune/study.db --study-name reference-psnr30 --export policy.json",
+    "hetcache-tune reference-policies --budget psnr=30 --budget psnr=35 --trials 60 --policies-dir policies",
+)
+EXPORT_EXAMPLES = (
+    "hetcache-tune export --storage runs/tune/study.db --study-name reference-psnr30 --export policy.json",
+    "hetcache-tune export --storage postgresql+psycopg://user:pass@db:5432/hetcache --study-name s1 \\",
+    "    --budget psnr=35 --export policy-35.json --export-pareto pareto/",
+)
+REFERENCE_EXAMPLES = (
+    "hetcache-tune reference-policies --budget psnr=30 --budget psnr=35 --trials 60 --policies-dir policies",
+)
 
 
 def _budget_arguments(
@@ -38,18 +65,25 @@ def _budget_arguments(
     group.add_argument("--worst", action="store_true", help="every clip must meet the budget (default: the mean)")
     group.add_argument(
         "--min-speedup",
-        type=float,
+        type=cli_types.number(0.0, low_open=True),
         default=min_speedup,
-        help=f"least speedup a policy must bring to count (default {min_speedup or 'the study’s'})",
+        help=f"least speedup (> 0) a policy must bring to count (default {min_speedup or 'the study’s'})",
     )
 
 
 def _search_arguments(parser: argparse.ArgumentParser, default_out: str) -> None:
     group = parser.add_argument_group("search")
     group.add_argument("--objective", choices=("flops", "time"), default="flops", help="speedup measure to maximise")
-    group.add_argument("--trials", type=int, default=40, help="finished trials the study should hold (default 40)")
-    group.add_argument("--timeout", type=float, help="stop starting trials after this many seconds")
-    group.add_argument("--sampler-seed", type=int, help="TPE seed (default: --seed, else 0)")
+    group.add_argument(
+        "--trials",
+        type=cli_types.integer(1),
+        default=40,
+        help="finished trials the study holds in total, warm starts and earlier runs included (default 40)",
+    )
+    group.add_argument(
+        "--timeout", type=cli_types.number(0.0, low_open=True), help="stop starting trials after this many seconds"
+    )
+    group.add_argument("--sampler-seed", type=cli_types.integer(0), help="TPE seed (default: --seed, else 0)")
     group.add_argument("--profile", type=Path, help="profile folder from hetcache-profile (layer order, step curve)")
     group.add_argument("--no-warm-start", action="store_true", help="do not enqueue the paper / timestep-only points")
     group.add_argument("--lpips-weights", type=Path, help="LPIPS weights folder (needed to bound lpips)")
@@ -57,9 +91,17 @@ def _search_arguments(parser: argparse.ArgumentParser, default_out: str) -> None
     store = parser.add_argument_group("study storage (several workers: one per GPU, same --storage and --study-name)")
     store.add_argument("--study-name", help="default: <workload>-<budget>, e.g. reference-psnr30")
     store.add_argument("--storage", help="database URL or .db / .log file (default OUT/study.db)")
-    store.add_argument("--resume", action="store_true", help="continue the study, or join it as another worker")
-    store.add_argument("--heartbeat", type=int, default=30, help="trial heartbeat interval in seconds (RDB storages)")
-    store.add_argument("--grace", type=int, default=120, help="seconds without heartbeat before a trial is re-run")
+    mode = store.add_mutually_exclusive_group()
+    mode.add_argument("--resume", action="store_true", help="continue an existing study (refused if there is none)")
+    mode.add_argument(
+        "--join", action="store_true", help="create the study, or join it if another worker (or run) created it"
+    )
+    store.add_argument(
+        "--heartbeat", type=cli_types.integer(1), default=30, help="trial heartbeat interval in seconds (RDB storages)"
+    )
+    store.add_argument(
+        "--grace", type=cli_types.integer(2), default=120, help="seconds without heartbeat before a trial is re-run"
+    )
 
 
 def _export_arguments(parser: argparse.ArgumentParser, default_help: str) -> None:
@@ -67,16 +109,21 @@ def _export_arguments(parser: argparse.ArgumentParser, default_help: str) -> Non
     group.add_argument("--export", type=Path, help=f"policy file to write ({default_help})")
     group.add_argument("--export-pareto", type=Path, help="folder for a ladder of policies along the Pareto front")
     group.add_argument("--name", help="name of the exported policy (default <study>-trial<N>)")
+    group.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace a policy file exported from another study, or a Pareto folder hetcache wrote",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog=PROG,
-        description=__doc__.split("\n\n")[0],
-        epilog=__doc__.split("\n\n", 1)[1],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+    parser = command_parser(
+        argparse.ArgumentParser,
+        PROG,
+        "The fastest cache policy that keeps quality within a budget, on one machine or many.",
+        EXAMPLES,
+        CODES,
     )
-    parser.add_argument("--version", action="version", version=f"hetcache {__version__}")
     _budget_arguments(parser, required=True)
     _search_arguments(parser, "runs/tune")
     _export_arguments(parser, "default OUT/policy.json")
@@ -85,8 +132,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def build_export_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog=f"{PROG} export", description="Export the best feasible policy (and the Pareto ladder) of a study."
+    parser = command_parser(
+        argparse.ArgumentParser,
+        f"{PROG} export",
+        "Export the best feasible policy (and the Pareto ladder) of a study.",
+        EXPORT_EXAMPLES,
+        CODES,
     )
     parser.add_argument("--storage", required=True, help="database URL or .db / .log file holding the study")
     parser.add_argument("--study-name", required=True)
@@ -96,9 +147,12 @@ def build_export_parser() -> argparse.ArgumentParser:
 
 
 def build_reference_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog=f"{PROG} reference-policies",
-        description="Tune the reference workload once per budget and write policies/reference-<budget>.json.",
+    parser = command_parser(
+        argparse.ArgumentParser,
+        f"{PROG} reference-policies",
+        "Tune the reference workload once per budget and write policies/reference-<budget>.json.",
+        REFERENCE_EXAMPLES,
+        CODES,
     )
     _budget_arguments(parser, required=True, repeat=True)
     _search_arguments(parser, "runs/reference-policies")
@@ -110,7 +164,7 @@ def build_reference_parser() -> argparse.ArgumentParser:
 def _heartbeat(args: argparse.Namespace):
     from hetcache.errors import InputError
 
-    from .storage import Heartbeat
+    from .study_storage import Heartbeat
 
     if args.heartbeat < 1 or args.grace <= args.heartbeat:
         raise InputError(
@@ -134,7 +188,7 @@ def _config(args: argparse.Namespace, budget, workload, **overrides):
         seed=seed,
         study_name=args.study_name,
         storage=args.storage,
-        resume=args.resume,
+        resume=args.resume or args.join,
         profile=args.profile,
         warm_start=not args.no_warm_start,
         heartbeat=_heartbeat(args),
@@ -145,13 +199,46 @@ def _config(args: argparse.Namespace, budget, workload, **overrides):
     return TuneConfig(**values)
 
 
-def _print_summary(result, budget) -> None:
+def check_budget_bounds(budget) -> None:
+    """Refuse, before any compute, a bound outside the range its metric can take (hetcache.metrics.check_bound)."""
+    from hetcache.metrics import bound_range
+
+    for metric, bound in budget.bounds:
+        problem = check_bound(metric, bound)
+        if problem is not None:
+            low, high, _ = bound_range(metric)
+            raise InputError(
+                f"--budget {metric}={bound:g} means nothing: {problem}.",
+                f"give a bound between {low:g} and {high:g}, e.g. --budget psnr=30 or --budget ssim=0.95.",
+            )
+
+
+def miss_label(result, budget) -> str:
+    """Which constraints a completed, fully scored trial misses, e.g. 'misses min speedup 1.1x (1.04x)'."""
+    aggregate = result.aggregate(budget)
+    misses = [
+        f"{metric} {'≥' if METRICS[metric] else '≤'} {bound:g} ({format_value(aggregate.get(metric, float('nan')))})"
+        for metric, bound in budget.bounds
+        if budget.violation(metric, aggregate.get(metric)) > 0
+    ]
+    if result.value < budget.min_speedup:
+        misses.append(f"min speedup {budget.min_speedup:g}x ({result.value:.2f}x)")
+    return "misses " + ", ".join(misses) if misses else "misses budget"
+
+
+def _print_summary(result, budget, trials: int | None = None) -> None:
     from .results import summary_rows
 
-    print(format_table(summary_rows(result.results, budget)))
+    rows = summary_rows(result.results, budget)
+    by_number = {r.number: r for r in result.results}
+    for row in rows:
+        if row["state"] == "misses budget":
+            row["state"] = miss_label(by_number[row["trial"]], budget)
+    print(format_table(rows))
     feasible = sum(r.feasible(budget) for r in result.results)
+    asked = f" of the --trials {trials} it should hold" if trials is not None else ""
     print(
-        f"\nstudy '{result.info.name}' in {result.info.storage}: {len(result.results)} completed trials "
+        f"\nstudy '{result.info.name}' in {result.info.storage}: {len(result.results)} completed trials{asked} "
         f"({result.ran} run by this worker in {result.seconds:.0f} s), {feasible} meet {budget.describe()}"
     )
 
@@ -181,26 +268,132 @@ def _export(results, budget, info, export: Path | None, pareto: Path | None, nam
     return 0
 
 
+def _exported_from(path: Path) -> str | None:
+    """The study a policy file or Pareto folder was exported from ('' when hetcache-tune did not export it)."""
+    source = path / "index.json" if path.is_dir() else path
+    try:
+        data = json.loads(source.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return ""
+    if not isinstance(data, dict):
+        return ""
+    study = data.get("study") if path.is_dir() else (data.get("provenance") or {}).get("study")
+    return study if isinstance(study, str) else ""
+
+
+def check_export_targets(export: Path | None, pareto: Path | None, study: str, overwrite: bool) -> list[Path]:
+    """Check the export locations before any compute; returns those that hold another study's export.
+
+    An export of the same study is simply replaced (a resumed study re-exports). Anything else is replaced only
+    with --overwrite; if the study then has no feasible trial, it is removed, so no stale policy stays behind.
+    """
+    foreign = []
+    for path, flag in ((export, "--export"), (pareto, "--export-pareto")):
+        if path is None:
+            continue
+        if flag == "--export":
+            check_output_file(path, flag)
+        else:
+            check_output_folder(path, overwrite=True, what="Pareto folder", flag=flag)
+        if not path.exists() or _exported_from(path) == study:
+            continue
+        owner = _exported_from(path)
+        if not overwrite:
+            holds = f"the export of study '{owner}'" if owner else "a file hetcache-tune did not export"
+            raise InputError(
+                f"{flag} '{path}' holds {holds}, not of study '{study}'.",
+                f"choose another {flag} (or --out), or pass --overwrite to replace it (it is removed if no trial "
+                "meets the budget).",
+            )
+        foreign.append(path)
+    return foreign
+
+
+def _study_names(url: str, heartbeat) -> list[str] | None:
+    """The studies in a storage (None when its file does not exist yet, so nothing is created by looking)."""
+    import optuna
+
+    from .storage import open_storage
+
+    for scheme in ("sqlite:///", "journal:///"):
+        if url.startswith(scheme) and not Path(url[len(scheme) - (scheme == "journal:///") :]).exists():
+            return None
+    return optuna.get_all_study_names(open_storage(url, heartbeat))
+
+
+def check_study_mode(args: argparse.Namespace, name: str, url: str, heartbeat) -> None:
+    """--resume needs the study, a plain run needs it absent, --join takes either (checked before any compute)."""
+    from .storage import display_url
+
+    if args.join:
+        return
+    names = _study_names(url, heartbeat) or []
+    if args.resume and name not in names:
+        holds = f"it holds {', '.join(names)}" if names else "it holds no study"
+        raise InputError(
+            f"--resume: study '{name}' does not exist in {display_url(url)} ({holds}).",
+            "drop --resume to start it, or pass the --budget / --study-name of the study to continue "
+            "(the default study name follows the workload and the budget).",
+        )
+    if not args.resume and name in names:
+        raise InputError(
+            f"study '{name}' already exists in {display_url(url)}.",
+            "pass --resume to continue it, --join to add this worker to it, or choose another --study-name.",
+        )
+
+
+@contextlib.contextmanager
+def quiet_interrupts() -> Iterator[None]:
+    """Drop Optuna's log record (with its traceback) of a trial failed by Ctrl+C: the CLI prints one line instead."""
+
+    def keep(record: logging.LogRecord) -> bool:
+        return not (record.exc_info and record.exc_info[0] is KeyboardInterrupt)
+
+    handlers = logging.getLogger("optuna").handlers
+    for handler in handlers:
+        handler.addFilter(keep)
+    try:
+        yield
+    finally:
+        for handler in handlers:
+            handler.removeFilter(keep)
+
+
 def command_tune(argv: Sequence[str]) -> int:
     import optuna
 
     from .budget import parse_budget
+    from .storage import resolve_url
     from .study import tune
 
     args = build_parser().parse_args(argv)
     budget = parse_budget(args.budget, args.worst, args.min_speedup)
+    check_budget_bounds(budget)
     workload = workload_from_args(args)
     config = _config(args, budget, workload)
+    check_output_folder(args.out, reuse=True, what="tuning folder")
+    url = resolve_url(config.storage, config.out)
+    if config.storage is not None and url.split(":///")[0] in ("sqlite", "journal"):
+        check_output_file(Path(url.split(":///", 1)[1]), "--storage")
+    export = args.export or args.out / "policy.json"
+    foreign = check_export_targets(export, args.export_pareto, config.name(), args.overwrite)
+    check_study_mode(args, config.name(), url, config.heartbeat)
+    args.out.mkdir(parents=True, exist_ok=True)
+    write_marker(args.out, "tune")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
-        result = tune(config)
+        with quiet_interrupts():
+            result = tune(config)
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted; finished trials stay in the study (continue with --resume).", file=sys.stderr)
-        return 130
-    _print_summary(result, budget)
-    return _export(
-        result.results, budget, result.info, args.export or args.out / "policy.json", args.export_pareto, args.name
-    )
+        return EXIT_INTERRUPTED
+    _print_summary(result, budget, args.trials)
+    code = _export(result.results, budget, result.info, export, args.export_pareto, args.name)
+    for path in foreign:
+        if path.exists() and _exported_from(path) != config.name():
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+            print(f"{PROG}: removed '{path}' (another study's export), so no stale policy stays beside this study.")
+    return code
 
 
 def command_export(argv: Sequence[str]) -> int:
@@ -208,6 +401,10 @@ def command_export(argv: Sequence[str]) -> int:
     from .study import load_results
 
     args = build_export_parser().parse_args(argv)
+    export = args.export if args.export is not None or args.export_pareto is not None else Path("policy.json")
+    if args.budget is not None:
+        check_budget_bounds(parse_budget(args.budget, args.worst, args.min_speedup or 1.0))
+    check_export_targets(export, args.export_pareto, args.study_name, args.overwrite)
     info, results = load_results(args.storage, args.study_name)
     study_budget = budget_from_attrs(info.attrs)
     min_speedup = args.min_speedup if args.min_speedup is not None else study_budget.min_speedup
@@ -215,7 +412,6 @@ def command_export(argv: Sequence[str]) -> int:
         budget = parse_budget(args.budget, args.worst, min_speedup)
     else:
         budget = dataclasses.replace(study_budget, min_speedup=min_speedup)
-    export = args.export if args.export is not None or args.export_pareto is not None else Path("policy.json")
     return _export(results, budget, info, export, args.export_pareto, args.name)
 
 
@@ -223,14 +419,22 @@ def command_reference(argv: Sequence[str]) -> int:
     import optuna
 
     from .budget import parse_budget
-    from .ship import tune_reference_policies
+    from .ship import reference_policy_name, tune_reference_policies
 
     args = build_reference_parser().parse_args(argv)
     budgets = [parse_budget(text, args.worst, args.min_speedup) for text in args.budget]
+    for budget in budgets:
+        check_budget_bounds(budget)
     workload = workload_from_args(args)
+    check_output_folder(args.out, reuse=True, what="tuning folder")
+    for budget in budgets:
+        check_output_file(args.policies_dir / f"{reference_policy_name(budget)}.json", "--policies-dir")
+    args.out.mkdir(parents=True, exist_ok=True)
+    write_marker(args.out, "tune")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     config = _config(args, budgets[0], workload, resume=True)
-    written = tune_reference_policies(budgets, config, args.policies_dir)
+    with quiet_interrupts():
+        written = tune_reference_policies(budgets, config, args.policies_dir)
     for path in written:
         print(f"wrote {path}")
     return 0 if len(written) == len(budgets) else NO_FEASIBLE_EXIT

@@ -1,17 +1,18 @@
-"""What the tuner reads from a profile folder (`profile.json`, CONTRACTS.md): layer drift and the step curve."""
+"""What the tuner takes from a profile folder (docs/files.md, "profile.json"): layer drift and the step curve.
+
+The file is read by the profiler's own reader (`hetcache.profiler.store.read_profile_data`).
+"""
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hetcache.errors import InputError
+from hetcache.profiler.store import JSON_FILE, read_profile_data
 
-PROFILE_FILE = "profile.json"
-PROFILE_SCHEMA = "hetcache.profile/v1"
+from hetcache.errors import InputError
 
 
 @dataclass(frozen=True)
@@ -33,18 +34,10 @@ def _context_drift(layer: dict[str, Any]) -> float:
 
 def read_profile(folder: str | Path) -> ProfileHints:
     """Read the parts of a profile the search space uses; a missing or malformed file is an InputError."""
-    path = Path(folder) / PROFILE_FILE
-    fix = "pass the folder written by hetcache-profile (it holds profile.json)."
-    if not path.is_file():
-        raise InputError(f"--profile '{folder}' holds no {PROFILE_FILE}.", fix)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InputError(f"profile '{path}' cannot be read ({exc}).", fix) from exc
-    if not isinstance(data, dict) or not str(data.get("schema", "")).startswith("hetcache.profile/"):
-        raise InputError(f"'{path}' is not a hetcache profile (schema {data.get('schema')!r}).", fix)
-    layers = data.get("layers")
-    if not isinstance(layers, list) or not layers:
+    data = read_profile_data(folder)
+    path = Path(folder) / JSON_FILE
+    layers = data["layers"]
+    if not layers:
         raise InputError(f"profile '{path}' has no layers.", "re-run hetcache-profile.")
     try:
         main = [layer for layer in layers if layer["kind"] == "main"]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import statistics
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +23,7 @@ from hetcache.fingerprint import model_fingerprint
 from hetcache.workloads.clips import Clip
 
 FOLDER = "references"
+RETIME_WINDOW = 3  # uncached timings per clip kept on a worker; their median is the time speedup's reference
 
 
 @dataclass
@@ -64,7 +66,7 @@ class ReferenceStore:
         self.session = session
         self.folder = Path(root) / workload_key(session)
         self._memory: dict[str, Reference] = {}
-        self._local_seconds: dict[str, float] = {}
+        self._local_seconds: dict[str, list[float]] = {}
 
     def _path(self, clip: Clip) -> Path:
         return self.folder / f"{clip.name}.npz"
@@ -83,10 +85,19 @@ class ReferenceStore:
         return reference
 
     def local_seconds(self, clip: Clip) -> float:
-        """Uncached denoising time of `clip` on this worker, from one warm run (the first run of a process is slow)."""
+        """Uncached denoising time of `clip` on this worker: the median of its recent timings (the first is taken
+        after the reference run, never in the slow first run of a process)."""
         if clip.name not in self._local_seconds:
-            self._local_seconds[clip.name] = self.session.generate(clip).denoise_seconds
-        return self._local_seconds[clip.name]
+            self.retime(clip)
+        return statistics.median(self._local_seconds[clip.name])
+
+    def retime(self, clip: Clip) -> float:
+        """Time one more uncached run of `clip` on this worker (decoding skipped); keeps the last RETIME_WINDOW."""
+        seconds = self.session.generate(clip, decode=False).denoise_seconds
+        window = self._local_seconds.setdefault(clip.name, [])
+        window.append(seconds)
+        del window[:-RETIME_WINDOW]
+        return seconds
 
     def _load(self, path: Path, clip: Clip) -> Reference | None:
         try:

@@ -7,6 +7,7 @@ under its own budget or under another one (`hetcache-tune export --budget …`).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -74,19 +75,29 @@ def closest(results: list[TrialResult], budget: Budget) -> TrialResult | None:
     return min(scored, key=lambda r: (r.distance(budget), -r.value, r.number))
 
 
-def pareto_front(results: list[TrialResult], budget: Budget) -> list[TrialResult]:
-    """Trials not beaten on both speedup and the budget's first metric, slowest (best quality) first."""
-    metric = budget.primary
+def pareto_front(
+    results: list[TrialResult],
+    budget: Budget,
+    metric: str | None = None,
+    speed: Callable[[TrialResult], float | None] | None = None,
+) -> list[TrialResult]:
+    """Trials not beaten on both speed and quality, slowest (best quality) first; one trial per point.
+
+    Quality is `metric` (default: the budget's first) aggregated as the budget says (mean or worst over clips);
+    speed is the trial's objective value unless `speed` reads another one. Trials stopped early are left out.
+    """
+    metric = metric or budget.primary
     higher = METRICS[metric]
     scored = []
     for r in results:
         value = r.aggregate(budget).get(metric)
-        if r.pruned_at is None and isinstance(value, (int, float)):
-            scored.append((r, float(value) if higher else -float(value)))
-    scored.sort(key=lambda item: (-item[0].value, -item[1], item[0].number))
+        fast = r.value if speed is None else speed(r)
+        if r.pruned_at is None and isinstance(value, (int, float)) and isinstance(fast, (int, float)):
+            scored.append((r, float(fast), float(value) if higher else -float(value)))
+    scored.sort(key=lambda item: (-item[1], -item[2], item[0].number))
     front: list[TrialResult] = []
     best_quality = float("-inf")
-    for result, quality in scored:
+    for result, _, quality in scored:
         if quality > best_quality:
             front.append(result)
             best_quality = quality

@@ -24,9 +24,9 @@ def reference_policy_name(budget: Budget) -> str:
 
 def tune_reference_policies(budgets: list[Budget], config: TuneConfig, policies_dir: Path) -> list[Path]:
     """Tune `config.workload` under each budget (resuming earlier studies) and write one policy file per budget."""
-    from hetcache.workloads.execute import Session
+    from hetcache.workloads.execute import LoadedWorkload
 
-    session = Session(config.workload)
+    session = LoadedWorkload(config.workload)
     written = []
     for budget in budgets:
         name = reference_policy_name(budget)

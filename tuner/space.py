@@ -1,9 +1,14 @@
-"""The search space: Optuna parameters → a hetcache Policy, and the warm-start points translated to this model.
+"""The search space: a table of parameters (`PARAMS`) → a hetcache Policy, and warm-start points on this model.
 
-The space is fixed when the study is created and stored in its user attrs, so every worker and every resume samples
-the same distributions: the reuse-threshold range comes from this model's (rescaled) timestep-change curve, the
-layer schedule is "the k main blocks with the least context drift" (profile) or the first k blocks (no profile),
-plus VACE blocks on or off.
+Each `Param` says once how it is sampled (kind, bounds or choices, log scale), which policy field it sets, its
+neutral value and how a point from elsewhere is brought inside it; `suggest`, `clamp`, `policy`, `paper_params`
+and the warm starts all walk that table. The per-model bounds are fixed when the study is created and stored in
+its user attrs, so every worker and every resume samples the same distributions: the reuse-threshold range comes
+from this model's (rescaled) timestep-change curve, the layer schedule is "the k main blocks with the least context
+drift" (profile) or the first k blocks (no profile), plus VACE blocks on or off.
+
+A parameter set whose layer schedule has no partial block gets full_threshold = reuse_threshold: a PARTIAL step
+that computes every block is a FULL step at the cost of one, so the space never plans one.
 """
 
 from __future__ import annotations
@@ -16,34 +21,120 @@ from typing import Any
 
 import optuna
 
-from hetcache.plan import relative_l1_changes, rescale, timestep_modulation
+from hetcache.dtypes import CACHE_DTYPES
+from hetcache.plan import rescale, step_changes
 from hetcache.policy import (
-    CacheSpec,
-    LayerSpec,
+    SELECTIONS,
+    SKIP_FILLS,
     ModelSpec,
     Policy,
     StepPlanSpec,
-    TokenSpec,
     WorkloadSpec,
+    field_value,
     load_policy,
-    policy_from_dict,
 )
+from hetcache.steps import PARTIAL
 
 from .profile_input import ProfileHints
 
-SELECTIONS = ("stride", "kmeans", "attention", "kmeans_attention")
-SKIP_FILLS = ("residual", "output")
-CACHE_DTYPES = ("auto", "bfloat16", "float16")
 PAPER_POLICY = "wan21-vace-1.3b-paper"
-FULL_RATIO = (1.0, 4.0)
-MARGIN_RATIO = (0.0, 1.0)
-CONTEXT_RATIO = (0.0, 0.5)
-CLUSTERS = (2, 32)
+# float32 caches are never smaller than "auto" and on a float32 model they are "auto": not worth a trial
+TUNED_CACHE_DTYPES = tuple(d for d in CACHE_DTYPES if d != "float32")
+
+
+@dataclass(frozen=True)
+class Param:
+    """One tuned parameter: its distribution, the policy field it sets, and its neutral (timestep-only) value.
+
+    bounds: fixed (low, high), or the name of the SearchSpace attribute that holds this model's bounds.
+    field: the policy field the value sets as it is (`Policy.replace` name); None for the derived ones
+    (full_ratio, partial_blocks, partial_vace), which `SearchSpace.policy_fields` turns into policy fields.
+    """
+
+    name: str
+    kind: str  # "float", "int" or "choice"
+    neutral: Any
+    bounds: tuple[float, float] | str | None = None
+    choices: tuple[Any, ...] = ()
+    log: bool = False
+    field: str | None = None
+
+    def range(self, space: SearchSpace) -> tuple[Any, Any]:
+        """(low, high) on this space."""
+        if isinstance(self.bounds, str):
+            return tuple(getattr(space, self.bounds))
+        return self.bounds
+
+    def suggest(self, trial: optuna.Trial, space: SearchSpace) -> Any:
+        if self.kind == "choice":
+            return trial.suggest_categorical(self.name, self.choices)
+        low, high = self.range(space)
+        if self.kind == "int":
+            return trial.suggest_int(self.name, int(low), int(high), log=self.log)
+        return trial.suggest_float(self.name, float(low), float(high), log=self.log)
+
+    def clamp(self, value: Any, space: SearchSpace) -> Any:
+        """`value` brought inside the space (a choice it does not offer becomes the neutral value)."""
+        if self.kind == "choice":
+            return value if value in self.choices else self.neutral
+        low, high = self.range(space)
+        inside = min(max(value, low), high)
+        return int(inside) if self.kind == "int" else float(inside)
+
+
+PARAMS = (
+    Param("reuse_threshold", "float", None, bounds="reuse_threshold", log=True, field="reuse_threshold"),
+    Param("full_ratio", "float", 1.0, bounds=(1.0, 4.0)),  # full_threshold = reuse_threshold · full_ratio
+    Param("warmup_steps", "int", 2, bounds="warmup_steps", field="warmup_steps"),
+    Param("final_full_steps", "int", 1, bounds="final_full_steps", field="final_full_steps"),
+    Param("margin_width", "int", 0, bounds="margin_width", field="margin_width"),
+    Param("margin_ratio", "float", 0.0, bounds=(0.0, 1.0), field="margin_ratio"),
+    Param("context_ratio", "float", 0.0, bounds=(0.0, 0.5), field="context_ratio"),
+    Param("selection", "choice", "stride", choices=SELECTIONS, field="selection"),
+    Param("clusters", "int", 8, bounds=(2, 32), log=True, field="clusters"),
+    Param("skip_fill", "choice", "residual", choices=SKIP_FILLS, field="skip_fill"),
+    Param("partial_blocks", "int", 0, bounds="partial_block_count"),  # the first k blocks of main_order
+    Param("partial_vace", "choice", False, choices=(False, True)),  # every VACE block, or none
+    Param("cache_dtype", "choice", "auto", choices=TUNED_CACHE_DTYPES, field="dtype"),
+)
+PARAM_NAMES = tuple(p.name for p in PARAMS)
+ALL, QUIET = "all", "quiet"  # warm-start values of partial_blocks: every main block, the least drifting ones
+
+
+@dataclass(frozen=True)
+class WarmStart:
+    """A named starting point: the reuse threshold as a multiple of the median step change, other values set."""
+
+    label: str
+    reuse_scale: float
+    values: dict[str, Any] = dataclasses.field(default_factory=dict)
+    needs_profile: bool = False
+
+
+TOKEN_LEVEL = {"margin_width": 2, "margin_ratio": 0.5, "context_ratio": 0.1, "selection": "kmeans_attention"}
+# timestep-only plans are a subset of the space: a ladder of them (every other value neutral: step reuse only)
+# seeds every study, so that its Pareto front is at least as good as step reuse at every cost
+TIMESTEP_LADDER = (1.5, 0.5, 1.0, 2.5)
+WARM_STARTS = (
+    WarmStart("timestep-only", TIMESTEP_LADDER[0]),
+    WarmStart("balanced", 1.2, {**TOKEN_LEVEL, "full_ratio": 2.5, "partial_blocks": ALL, "partial_vace": True}),
+    *(WarmStart(f"timestep-only@{scale:g}x", scale) for scale in TIMESTEP_LADDER[1:]),
+    WarmStart(
+        "profile-quiet-blocks", 1.0, {**TOKEN_LEVEL, "full_ratio": 2.0, "partial_blocks": QUIET}, needs_profile=True
+    ),
+    WarmStart(
+        "profile-all-blocks-attention",
+        0.7,
+        {"full_ratio": 3.0, "margin_width": 3, "margin_ratio": 0.6, "context_ratio": 0.2, "selection": "attention"}
+        | {"partial_blocks": ALL, "partial_vace": True},
+        needs_profile=True,
+    ),
+)
 
 
 @dataclass(frozen=True)
 class SearchSpace:
-    """Bounds and orders of every parameter; `to_dict` / `from_dict` round-trip through study user attrs."""
+    """This model's bounds and block orders; `to_dict` / `from_dict` round-trip through study user attrs."""
 
     steps: int
     reuse_threshold: tuple[float, float]
@@ -64,7 +155,7 @@ class SearchSpace:
         config = transformer.config
         steps = session.workload.steps
         polynomial = hints.polynomial if hints is not None else None
-        changes = rescale(relative_l1_changes(timestep_modulation(transformer, session.timesteps())), polynomial)
+        changes = rescale(step_changes(transformer, session.timesteps()), polynomial)
         positive = [c for c in changes if c > 0] or [1e-3]
         low = max(1e-4, 0.5 * min(positive))
         high = max(2.0 * low, 3.0 * statistics.median(positive))
@@ -101,163 +192,87 @@ class SearchSpace:
         kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items() if k in fields}
         return cls(**kwargs)
 
+    @property
+    def partial_block_count(self) -> tuple[int, int]:
+        """Bounds of `partial_blocks`: how many main blocks (in `main_order`) run partial."""
+        return (0, len(self.main_order))
+
+    @property
+    def median_change(self) -> float:
+        """The median positive step change, the scale of the warm starts' reuse thresholds."""
+        return statistics.median([c for c in self.step_changes if c > 0] or [self.reuse_threshold[0]])
+
     # -- sampling -------------------------------------------------------------------------------------------
     def suggest(self, trial: optuna.Trial) -> dict[str, Any]:
         """Sample every parameter (the space is fixed, so multivariate TPE models it jointly)."""
-        return {
-            "reuse_threshold": trial.suggest_float("reuse_threshold", *self.reuse_threshold, log=True),
-            "full_ratio": trial.suggest_float("full_ratio", *FULL_RATIO),
-            "warmup_steps": trial.suggest_int("warmup_steps", *self.warmup_steps),
-            "final_full_steps": trial.suggest_int("final_full_steps", *self.final_full_steps),
-            "margin_width": trial.suggest_int("margin_width", *self.margin_width),
-            "margin_ratio": trial.suggest_float("margin_ratio", *MARGIN_RATIO),
-            "context_ratio": trial.suggest_float("context_ratio", *CONTEXT_RATIO),
-            "selection": trial.suggest_categorical("selection", SELECTIONS),
-            "clusters": trial.suggest_int("clusters", *CLUSTERS, log=True),
-            "skip_fill": trial.suggest_categorical("skip_fill", SKIP_FILLS),
-            "partial_blocks": trial.suggest_int("partial_blocks", 0, len(self.main_order)),
-            "partial_vace": trial.suggest_categorical("partial_vace", (False, True)),
-            "cache_dtype": trial.suggest_categorical("cache_dtype", CACHE_DTYPES),
-        }
+        return {p.name: p.suggest(trial, self) for p in PARAMS}
 
     def clamp(self, params: dict[str, Any]) -> dict[str, Any]:
-        """Bring a warm-start point inside the space (values of another model may lie outside it)."""
-        out = dict(params)
-        out["reuse_threshold"] = min(max(out["reuse_threshold"], self.reuse_threshold[0]), self.reuse_threshold[1])
-        out["full_ratio"] = min(max(out["full_ratio"], FULL_RATIO[0]), FULL_RATIO[1])
-        for key in ("warmup_steps", "final_full_steps", "margin_width"):
-            low, high = getattr(self, key)
-            out[key] = int(min(max(out[key], low), high))
-        out["margin_ratio"] = min(max(out["margin_ratio"], MARGIN_RATIO[0]), MARGIN_RATIO[1])
-        out["context_ratio"] = min(max(out["context_ratio"], CONTEXT_RATIO[0]), CONTEXT_RATIO[1])
-        out["clusters"] = int(min(max(out["clusters"], CLUSTERS[0]), CLUSTERS[1]))
-        out["partial_blocks"] = int(min(max(out["partial_blocks"], 0), len(self.main_order)))
+        """Bring a point from elsewhere (another model's values) inside the space."""
+        out = {p.name: p.clamp(params[p.name], self) for p in PARAMS}
         out["partial_vace"] = bool(out["partial_vace"]) and bool(self.vace_order)
         return out
 
+    def point(self, **values: Any) -> dict[str, Any]:
+        """A full parameter set: the neutral (timestep-only) values with `values` set, clamped into the space."""
+        unknown = set(values) - set(PARAM_NAMES)
+        if unknown:
+            raise KeyError(f"not parameters of the search space: {', '.join(sorted(unknown))}")
+        neutral = {p.name: p.neutral for p in PARAMS} | {"reuse_threshold": self.median_change}
+        return self.clamp(neutral | values)
+
     # -- policies -------------------------------------------------------------------------------------------
+    def policy_fields(self, params: dict[str, Any]) -> dict[str, Any]:
+        """The policy fields a parameter set stands for (by `Policy.replace` name)."""
+        by_name = {p.name: p for p in PARAMS}
+        fields = {p.field: params[p.name] for p in PARAMS if p.field is not None}
+        for name in ("warmup_steps", "final_full_steps", "margin_width", "clusters"):
+            fields[by_name[name].field] = int(params[name])
+        blocks = tuple(sorted(self.main_order[: int(params["partial_blocks"])]))
+        vace = tuple(sorted(self.vace_order)) if params["partial_vace"] else ()
+        ratio = float(params["full_ratio"]) if blocks or vace else 1.0  # no partial block: no PARTIAL step
+        reuse = float(params["reuse_threshold"])
+        return fields | {
+            "reuse_threshold": reuse,
+            "full_threshold": reuse * ratio,
+            "partial_blocks": blocks,
+            "partial_vace_blocks": vace,
+        }
+
     def policy(
         self, params: dict[str, Any], name: str, model: ModelSpec, workload: WorkloadSpec, description: str = ""
     ) -> Policy:
-        """The Policy a parameter set stands for."""
-        reuse = float(params["reuse_threshold"])
-        policy = Policy(
+        """The Policy a parameter set stands for (validated by the policy schema)."""
+        base = Policy(
             name=name,
             description=description,
             model=model,
             workload=workload,
-            step_plan=StepPlanSpec(
-                rule="accumulated_change",
-                reuse_threshold=reuse,
-                full_threshold=reuse * float(params["full_ratio"]),
-                warmup_steps=int(params["warmup_steps"]),
-                final_full_steps=int(params["final_full_steps"]),
-                polynomial=self.polynomial,
-            ),
-            tokens=TokenSpec(
-                margin_width=int(params["margin_width"]),
-                margin_ratio=float(params["margin_ratio"]),
-                context_ratio=float(params["context_ratio"]),
-                selection=str(params["selection"]),
-                clusters=int(params["clusters"]),
-                skip_fill=str(params["skip_fill"]),
-            ),
-            layers=LayerSpec(
-                partial_blocks=tuple(sorted(self.main_order[: int(params["partial_blocks"])])),
-                partial_vace_blocks=tuple(sorted(self.vace_order)) if params["partial_vace"] else (),
-            ),
-            cache=CacheSpec(dtype=str(params["cache_dtype"])),
+            step_plan=StepPlanSpec(rule="accumulated_change", polynomial=self.polynomial),
         )
-        return policy_from_dict(policy.to_dict(), origin=f"tuned policy '{name}'")
+        return base.replace(**self.policy_fields(params))
 
     # -- warm start -----------------------------------------------------------------------------------------
     def warm_starts(self, hints: ProfileHints | None = None) -> list[tuple[str, dict[str, Any]]]:
-        """Named starting points: the paper's settings translated to this model, timestep-only caching, guesses."""
-        median = statistics.median([c for c in self.step_changes if c > 0] or [self.reuse_threshold[0]])
-        points = [
-            ("paper", paper_params(len(self.main_order))),
-            (
-                "timestep-only",
-                {
-                    "reuse_threshold": 1.5 * median,
-                    "full_ratio": 1.0,
-                    "warmup_steps": 2,
-                    "final_full_steps": 1,
-                    "margin_width": 0,
-                    "margin_ratio": 0.0,
-                    "context_ratio": 0.0,
-                    "selection": "stride",
-                    "clusters": 8,
-                    "skip_fill": "residual",
-                    "partial_blocks": 0,
-                    "partial_vace": False,
-                    "cache_dtype": "auto",
-                },
-            ),
-            (
-                "balanced",
-                {
-                    "reuse_threshold": 1.2 * median,
-                    "full_ratio": 2.5,
-                    "warmup_steps": 2,
-                    "final_full_steps": 1,
-                    "margin_width": 2,
-                    "margin_ratio": 0.5,
-                    "context_ratio": 0.1,
-                    "selection": "kmeans_attention",
-                    "clusters": 8,
-                    "skip_fill": "residual",
-                    "partial_blocks": len(self.main_order),
-                    "partial_vace": True,
-                    "cache_dtype": "auto",
-                },
-            ),
-        ]
-        if hints is not None:
-            main_names = {f"blocks.{i}" for i in self.main_order}
-            quiet = [n for n in hints.least_drifting if n in main_names]
-            k = len(quiet) or max(1, len(self.main_order) // 2)
-            points.append(
-                (
-                    "profile-quiet-blocks",
-                    {
-                        "reuse_threshold": median,
-                        "full_ratio": 2.0,
-                        "warmup_steps": 2,
-                        "final_full_steps": 1,
-                        "margin_width": 2,
-                        "margin_ratio": 0.5,
-                        "context_ratio": 0.1,
-                        "selection": "kmeans_attention",
-                        "clusters": 8,
-                        "skip_fill": "residual",
-                        "partial_blocks": k,
-                        "partial_vace": False,
-                        "cache_dtype": "auto",
-                    },
-                )
+        """Named starting points, most telling first: the paper's settings translated to this model, the
+        timestep-only ladder, token-level guesses (from the profile when there is one)."""
+        points = [("paper", self.clamp(paper_params(len(self.main_order))))]
+        quiet = self._quiet_blocks(hints)
+        for start in WARM_STARTS:
+            if start.needs_profile and hints is None:
+                continue
+            values = dict(start.values)
+            values["partial_blocks"] = {ALL: len(self.main_order), QUIET: quiet}.get(
+                values.get("partial_blocks"), values.get("partial_blocks", 0)
             )
-            points.append(
-                (
-                    "profile-all-blocks-attention",
-                    {
-                        "reuse_threshold": 0.7 * median,
-                        "full_ratio": 3.0,
-                        "warmup_steps": 2,
-                        "final_full_steps": 1,
-                        "margin_width": 3,
-                        "margin_ratio": 0.6,
-                        "context_ratio": 0.2,
-                        "selection": "attention",
-                        "clusters": 8,
-                        "skip_fill": "residual",
-                        "partial_blocks": len(self.main_order),
-                        "partial_vace": True,
-                        "cache_dtype": "auto",
-                    },
-                )
-            )
-        return [(label, self.clamp(params)) for label, params in points]
+            points.append((start.label, self.point(reuse_threshold=start.reuse_scale * self.median_change, **values)))
+        return points
+
+    def _quiet_blocks(self, hints: ProfileHints | None) -> int:
+        """How many main blocks the profile names among the least drifting (half of them without a profile)."""
+        main_names = {f"blocks.{i}" for i in self.main_order}
+        quiet = [n for n in hints.least_drifting if n in main_names] if hints is not None else []
+        return len(quiet) or max(1, len(self.main_order) // 2)
 
 
 def paper_params(num_layers: int) -> dict[str, Any]:
@@ -266,21 +281,12 @@ def paper_params(num_layers: int) -> dict[str, Any]:
     paper_layers = int(paper.model.architecture["num_layers"]) if paper.model else 30
     blocks = paper.layers.partial_blocks
     fraction = (len(blocks) if blocks is not None else paper_layers) / paper_layers
-    spec, tokens = paper.step_plan, paper.tokens
-    return {
-        "reuse_threshold": spec.reuse_threshold,
+    spec = paper.step_plan
+    params = {p.name: field_value(paper, p.field) for p in PARAMS if p.field is not None}
+    return params | {
         "full_ratio": spec.full_threshold / spec.reuse_threshold if spec.reuse_threshold > 0 else 1.0,
-        "warmup_steps": spec.warmup_steps,
-        "final_full_steps": spec.final_full_steps,
-        "margin_width": tokens.margin_width,
-        "margin_ratio": tokens.margin_ratio,
-        "context_ratio": tokens.context_ratio,
-        "selection": tokens.selection,
-        "clusters": tokens.clusters,
-        "skip_fill": tokens.skip_fill,
         "partial_blocks": math.floor(fraction * num_layers + 0.5),
         "partial_vace": bool(paper.layers.partial_vace_blocks),
-        "cache_dtype": paper.cache.dtype,
     }
 
 
@@ -291,7 +297,7 @@ def behaviour_key(policy: Policy, plan: str) -> str:
     clusters only for k-means selections.
     """
     parts = [f"plan={plan}", f"cache={policy.cache.dtype}"]
-    if "P" in plan:
+    if PARTIAL in plan:
         t, la = policy.tokens, policy.layers
         parts += [
             f"margin={t.margin_width}/{t.margin_ratio:.6g}",
@@ -300,6 +306,6 @@ def behaviour_key(policy: Policy, plan: str) -> str:
             f"blocks={list(la.partial_blocks or ())}",
             f"vace={list(la.partial_vace_blocks or ())}",
         ]
-        if t.selection in ("kmeans", "kmeans_attention") and t.context_ratio > 0:
+        if t.needs_features:
             parts.append(f"clusters={t.clusters}")
     return ";".join(parts)

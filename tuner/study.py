@@ -1,9 +1,10 @@
 """Creating or joining a tuning study, and running one worker on it.
 
 The first worker creates the study: it stores the budget, workload, model and search space in the study's user
-attrs (CONTRACTS.md) and enqueues the warm-start points. Other workers (other GPUs or machines, or a later
-`--resume`) join it, check that they tune the same thing, and sample the stored space. Each worker runs trials until
-the study holds `trials` finished ones; a trial whose worker died is failed by the heartbeat check and re-run.
+attrs (docs/files.md, "Study storage") and enqueues the warm-start points. Other workers (other GPUs or machines,
+or a later `--resume`) join it, check that they tune the same thing, and sample the stored space. Each worker runs
+trials until the study holds `trials` finished ones; a trial whose worker died is failed by the heartbeat check
+and re-run.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from .references import FOLDER as REFERENCE_FOLDER
 from .references import ReferenceStore, weights_signature
 from .results import TrialResult, best_feasible, trial_results
 from .space import SearchSpace
-from .storage import Heartbeat, display_url, open_storage, resolve_url
+from .study_storage import Heartbeat, display_url, open_storage, resolve_url
 
 FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
 JOIN_WAIT_S = 60.0
@@ -201,7 +202,7 @@ def open_study(
         for key, value in attrs.items():
             study.set_user_attr(key, value)
         if config.warm_start:
-            for label, params in space.warm_starts(hints):
+            for label, params in space.warm_starts(hints)[: config.trials]:  # --trials is the total
                 study.enqueue_trial(params, user_attrs={"warm_start": label}, skip_if_exists=True)
         study.set_user_attr("search_space", space.to_dict())  # last: joining workers wait for it
         return study, space, True
@@ -243,10 +244,10 @@ def run_worker(study: optuna.Study, objective: Objective, config: TuneConfig, he
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                     optuna.storages.fail_stale_trials(study)
-            done, waiting, running = _counts(study)
+            done, _, running = _counts(study)
             bar.n = min(done, config.trials)
             bar.refresh()
-            if done >= config.trials and not waiting:
+            if done >= config.trials:  # warm starts still queued wait for a later --resume with more --trials
                 if not (heartbeat and running):
                     break
                 time.sleep(min(1.0, config.heartbeat.interval))
@@ -261,7 +262,7 @@ def run_worker(study: optuna.Study, objective: Objective, config: TuneConfig, he
 
 def tune(config: TuneConfig, session: Any = None) -> TuneResult:
     """Create or join the study, compute the references, and run this worker's trials."""
-    from hetcache.workloads.execute import Session
+    from hetcache.workloads.execute import LoadedWorkload
 
     if config.objective not in OBJECTIVES:
         raise InputError(f"--objective {config.objective!r} is unknown.", f"use one of {', '.join(OBJECTIVES)}.")
@@ -277,7 +278,7 @@ def tune(config: TuneConfig, session: Any = None) -> TuneResult:
     started = time.monotonic()
     url = resolve_url(config.storage, config.out)
     storage = open_storage(url, config.heartbeat)  # fail fast, before loading the model
-    session = session if session is not None else Session(config.workload)
+    session = session if session is not None else LoadedWorkload(config.workload)
     _check_budget_regions(config.budget, session)
     hints = read_profile(config.profile) if config.profile else None
     fp = model_fingerprint(session.transformer)
@@ -303,7 +304,7 @@ def tune(config: TuneConfig, session: Any = None) -> TuneResult:
 def load_results(storage: str, study_name: str) -> tuple[StudyInfo, list[TrialResult]]:
     """A study's info and completed trials, for export from any node."""
     url = resolve_url(storage, Path.cwd())
-    backend = open_storage(url)
+    backend = open_storage(url, read_only=True)
     try:
         study = optuna.load_study(study_name=study_name, storage=backend)
     except KeyError:

@@ -22,20 +22,35 @@ record = run.record
 summary = record.get("summary") or {}
 policy_name = (record.get("policy") or {}).get("name")
 
+
+def _time_text(row: dict) -> str:
+    """The wall-clock speedup with its min–max over the timing rounds ('single run' in records without rounds)."""
+    value = row.get("speedup_time")
+    if not isinstance(value, (int, float)):
+        return "n/a"
+    low, high = row.get("speedup_time_min"), row.get("speedup_time_max")
+    if isinstance(low, (int, float)) and isinstance(high, (int, float)):
+        return f"{value:.2f}× ({low:.2f}–{high:.2f})"
+    return f"{value:.2f}× (single run)"
+
+
+rounds = (summary.get("timing") or {}).get("rounds")
 cols = st.columns(4)
-for col, (label, key, unit) in zip(
-    cols,
-    (
-        ("speedup (time)", "speedup_time", "×"),
-        ("speedup (FLOPs)", "speedup_flops", "×"),
-        ("FLOPs fraction", "flops_fraction", ""),
-    ),
-    strict=False,
-):
-    value = summary.get(key)
-    col.metric(label, f"{value:.3f}{unit}" if isinstance(value, (int, float)) else "n/a")
+flops = summary.get("speedup_flops")
+cols[0].metric("speedup (FLOPs)", f"{flops:.3f}×" if isinstance(flops, (int, float)) else "n/a")
+cols[1].metric(
+    "speedup (time, min–max)",
+    _time_text(summary),
+    help=f"median of {rounds} interleaved uncached/cached rounds, with their min–max"
+    if rounds
+    else "one uncached and one cached run: no spread recorded",
+)
+fraction = summary.get("flops_fraction")
+cols[2].metric("FLOPs fraction", f"{fraction:.3f}" if isinstance(fraction, (int, float)) else "n/a")
 psnr_mean = (summary.get("quality") or {}).get("psnr")
 cols[3].metric("PSNR (mean)", f"{psnr_mean:.2f} dB" if isinstance(psnr_mean, (int, float)) else "n/a")
+for warning in summary.get("warnings") or []:
+    st.warning(f"Wall-clock figure not trustworthy: {warning}", icon=":material/timer_off:")
 st.caption(f"Policy: `{policy_name or 'none (uncached run)'}` · created {record.get('created', '?')}")
 if not run.compared:
     st.warning(
@@ -106,5 +121,12 @@ if isinstance(stats.get("decisions_by_context"), dict) and stats["decisions_by_c
     st.plotly_chart(figures.plan_timeline(stats["decisions_by_context"]), key="compare_decisions")
 elif isinstance(stats.get("decisions"), str) and stats["decisions"]:
     st.plotly_chart(figures.plan_timeline({"decisions": stats["decisions"]}), key="compare_decisions")
-timing = {k: row.get(k) for k in ("uncached_denoise_s", "cached_denoise_s", "speedup_time", "speedup_flops")}
+rounds_of = row.get("timing") or {}
+timing = {"uncached s (median)": row.get("uncached_denoise_s"), "cached s (median)": row.get("cached_denoise_s")}
+for key, label in (("uncached_denoise_s", "uncached s"), ("cached_denoise_s", "cached s")):
+    values = rounds_of.get(key) or {}
+    timing[f"{label} min–max"] = f"{values['min']:.3f}–{values['max']:.3f}" if "min" in values else "n/a"
+timing["speedup (time, min–max)"] = _time_text(row)
+timing["speedup (FLOPs)"] = row.get("speedup_flops")
+timing["rounds"] = rounds_of.get("rounds", 1)
 st.dataframe(pd.DataFrame([timing]), hide_index=True, key="compare_timing")

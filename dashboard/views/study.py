@@ -11,7 +11,6 @@ from hetcache.dashboard import figures, studies, ui
 from optuna.trial import TrialState
 
 from hetcache.errors import HetCacheError
-from hetcache.metrics import METRICS
 
 st.title("Study")
 found, storage = ui.sidebar()
@@ -31,10 +30,11 @@ if not names:
 name = ui.persisted_selectbox("Study", names, key="study_name")
 with ui.friendly():
     study = studies.load_study(url, name)
+    judged = studies.verdicts(study)  # the tuner's own reading: feasibility, best trial, Pareto front
 trials = study.get_trials(deepcopy=False)
 complete = [t for t in trials if t.state == TrialState.COMPLETE]
-feasible = [t for t in complete if studies.is_feasible(t)]
-budget = studies.budget_of(study)
+feasible = [t for t in complete if t.number in judged.feasible_numbers]
+budget = judged.budget.as_dict()
 attrs = study.user_attrs
 
 cols = st.columns(5)
@@ -42,12 +42,11 @@ cols[0].metric("trials", len(trials))
 cols[1].metric("complete", len(complete))
 cols[2].metric("feasible", len(feasible))
 cols[3].metric("pruned", sum(t.state == TrialState.PRUNED for t in trials))
-best = studies.best_trial(study)
-cols[4].metric("best speedup", f"{best.value:.3f}×" if best is not None and best.value is not None else "n/a")
-budget_text = ", ".join(f"{k} {'≥' if METRICS.get(k, True) else '≤'} {v:g}" for k, v in budget.items())
+best = judged.best
+cols[4].metric("best speedup", f"{best.value:.3f}×" if best is not None else "n/a")
 st.caption(
-    f"Budget: {budget_text or 'none'} ({attrs.get('budget_mode', 'mean')} over clips) · objective: "
-    f"{attrs.get('objective', 'n/a')} speedup · workload: {(attrs.get('workload') or {}).get('name', 'n/a')}"
+    f"Budget: {judged.budget.describe()}, speedup ≥ {judged.budget.min_speedup:g}× · objective: "
+    f"{judged.objective} speedup · workload: {(attrs.get('workload') or {}).get('name', 'n/a')}"
 )
 if not complete:
     st.info("No trial has completed yet; the front, importance and export appear once one has.")
@@ -72,14 +71,14 @@ mode = c3.radio(
     horizontal=True,
     key="study_mode",
 )
-front = studies.metric_front_study(trials, metric, speedup, mode)
-st.plotly_chart(figures.pareto_front(front, metric, studies.SPEEDUPS[speedup], budget.get(metric)), key="study_pareto")
-front_numbers = sorted(t.number for t in front.best_trials)
+points = studies.front_points(trials, judged, metric, speedup, mode)
+st.plotly_chart(figures.pareto_front(points, metric, studies.SPEEDUPS[speedup], budget.get(metric)), key="study_pareto")
+front_numbers = sorted(number for number, _, _ in points["Best Trial"])
 st.caption(f"Pareto-optimal feasible trials for {metric}: {', '.join(map(str, front_numbers)) or 'none'}")
 
 # -- trial table -------------------------------------------------------------------------------------------------------
 st.subheader("Trials")
-table = studies.trial_table(trials)
+table = studies.trial_table(trials, judged)
 f1, f2, f3 = st.columns(3)
 states = sorted(table["state"].unique())
 chosen_states = f1.multiselect("State", states, default=states, key="study_states")
@@ -127,7 +126,8 @@ def _describe(number: int) -> str:
     t = by_number[number]
     value = studies.quality_of(t, metric, mode)
     tail = f", {metric} {value:.4g}" if value is not None else ""
-    return f"trial {number}: speedup {t.value:.3f}×{tail} ({'feasible' if studies.is_feasible(t) else 'infeasible'})"
+    verdict = "feasible" if number in judged.feasible_numbers else "infeasible"
+    return f"trial {number}: speedup {t.value:.3f}×{tail} ({verdict})"
 
 
 number = st.selectbox("Trial", pickable, index=pickable.index(default), format_func=_describe, key="study_trial")

@@ -3,53 +3,64 @@
 from __future__ import annotations
 
 import os
+import warnings
 from typing import Any
 
 import numpy as np
 import torch
-from diffusers.hooks import HookRegistry
+from diffusers.hooks import HookRegistry, ModelHook
 
 from ..errors import CacheConflictError, UnsupportedModelError
 from ..fingerprint import model_family, model_fingerprint
 from ..policy import Policy, check_plan_string, load_policy
-from .hooks import (
-    BLOCK_HOOK,
-    HEAD_HOOK,
-    HOOK_NAMES,
-    ROOT_HOOK,
-    VACE_HOOK,
-    HetCacheBlockHook,
-    HetCacheHeadHook,
-    HetCacheRootHook,
-    HetCacheVaceHook,
-)
-from .session import HetCacheSession, run_stats
+from ..steps import PARTIAL
+from .accounting import run_stats
+from .block_hooks import HeadHook, MainBlockHook, TextHook, VaceBlockHook
+from .cache_buffers import CacheBuffers
+from .config import main_layer, resolve_config, vace_layer
+from .registry import engine_block_adapter, transformer_adapter
+from .root_hook import RootHook
+from .state import TransformerState
 
+ROOT_HOOK = "hetcache"
+BLOCK_HOOK = "hetcache_block"
+VACE_HOOK = "hetcache_vace_block"
+HEAD_HOOK = "hetcache_head"
+TEXT_HOOK = "hetcache_text"
+HOOK_NAMES = (ROOT_HOOK, BLOCK_HOOK, VACE_HOOK, HEAD_HOOK, TEXT_HOOK)
 SUPPORTED_PROCESSORS = ("WanAttnProcessor",)
 
 
 class HetCacheHandle:
     """What `apply_hetcache` returns: the policy in force, stats of the last run, and `remove()`."""
 
-    def __init__(self, transformers: list[torch.nn.Module], sessions: list[HetCacheSession]):
+    def __init__(self, transformers: list[torch.nn.Module], states: list[TransformerState]):
         self.transformers = transformers
-        self.sessions = sessions
+        self.states = states
 
     @property
     def transformer(self) -> torch.nn.Module:
         return self.transformers[0]
 
     @property
-    def session(self) -> HetCacheSession:
-        return self.sessions[0]
+    def state(self) -> TransformerState:
+        """The engine state of the (first) transformer: its run, contexts and resolved config."""
+        return self.states[0]
+
+    # `session` / `sessions`: the names the engine state had before; kept for existing callers.
+    session = state
+
+    @property
+    def sessions(self) -> list[TransformerState]:
+        return self.states
 
     @property
     def policy(self) -> Policy:
-        return self.session.policy
+        return self.state.policy
 
     def stats(self) -> dict[str, Any]:
         """Stats of the last run: decisions, active_fraction, flops, flops_uncached, cache_bytes, phase times."""
-        return run_stats(self.sessions)
+        return run_stats(self.states)
 
     def remove(self) -> None:
         for transformer in self.transformers:
@@ -82,8 +93,15 @@ def _check_model(transformer: torch.nn.Module) -> None:
         raise CacheConflictError(
             "hetcache is already applied to this transformer.", "call remove_hetcache(transformer) first."
         )
-    blocks = list(transformer.blocks) + list(getattr(transformer, "vace_blocks", []))
+    layout = transformer_adapter(type(transformer))
+    blocks = list(getattr(transformer, layout.main_blocks))
+    blocks += list(getattr(transformer, layout.vace_blocks)) if layout.vace_blocks else []
     for block in blocks:
+        if engine_block_adapter(type(block)) is None:
+            raise UnsupportedModelError(
+                f"block class {type(block).__name__} has no hetcache adapter.",
+                "use a Wan or Wan-VACE transformer (the engine's supported families).",
+            )
         for attn in (block.attn1, block.attn2):
             name = type(attn.processor).__name__
             if name not in SUPPORTED_PROCESSORS:
@@ -126,24 +144,56 @@ def apply_hetcache(
         scheduler = getattr(transformer, "scheduler", None)
     for target in targets:
         _check_model(target)
-        if strict:
-            policy.check_model(model_fingerprint(target))
+        policy.check_model(model_fingerprint(target), strict=strict)
     if plan is not None:
         check_plan_string(plan, "plan")
-    sessions = [_attach(t, HetCacheSession(t, policy, mask, plan, scheduler, num_inference_steps)) for t in targets]
-    return HetCacheHandle(targets, sessions)
+    states = [_attach(t, policy, mask, plan, scheduler, num_inference_steps) for t in targets]
+    if plan is not None and PARTIAL in plan and not states[0].config.has_partial_blocks:
+        warnings.warn(
+            f"hetcache: plan {plan!r} has PARTIAL steps but policy {policy.name!r} runs no block partially "
+            "(layers.partial_blocks and layers.partial_vace_blocks are empty), so they run FULL; list the blocks "
+            "to run partially in the policy's layers, or pass a plan of F and R steps only.",
+            stacklevel=2,
+        )
+    return HetCacheHandle(targets, states)
 
 
-def _attach(transformer: torch.nn.Module, session: HetCacheSession) -> HetCacheSession:
-    HookRegistry.check_if_exists_or_initialize(transformer.norm_out).register_hook(HetCacheHeadHook(session), HEAD_HOOK)
-    for index, block in enumerate(getattr(transformer, "vace_blocks", [])):
-        HookRegistry.check_if_exists_or_initialize(block).register_hook(HetCacheVaceHook(session, index), VACE_HOOK)
-    for index, block in enumerate(transformer.blocks):
-        HookRegistry.check_if_exists_or_initialize(block).register_hook(HetCacheBlockHook(session, index), BLOCK_HOOK)
+def _attach(
+    transformer: torch.nn.Module,
+    policy: Policy,
+    mask: Any,
+    plan: str | None,
+    scheduler: Any,
+    expected_steps: int | None,
+) -> TransformerState:
+    """Resolve the policy for this transformer and register the root, block, head and text hooks."""
+    config = resolve_config(transformer, policy, plan, expected_steps)
+    state = TransformerState(config, None if mask is None else torch.as_tensor(mask))
+    layout = transformer_adapter(type(transformer))
+    buffers = CacheBuffers(config, layout.head_input_dtype)
+
+    def hook(module: torch.nn.Module, made: ModelHook, name: str) -> None:
+        HookRegistry.check_if_exists_or_initialize(module).register_hook(made, name)
+
+    main = list(getattr(transformer, layout.main_blocks))
+    vace = list(getattr(transformer, layout.vace_blocks)) if layout.vace_blocks else []
+    text_layers = []
+    for index, block in enumerate(vace):
+        adapter = engine_block_adapter(type(block))
+        hook(block, VaceBlockHook(state, buffers, adapter, index), VACE_HOOK)
+        if vace_layer(index) in config.text_layers:
+            text_layers.append((vace_layer(index), block, adapter))
+    for index, block in enumerate(main):
+        adapter = engine_block_adapter(type(block))
+        hook(block, MainBlockHook(state, buffers, adapter, index), BLOCK_HOOK)
+        if main_layer(index) in config.text_layers:
+            text_layers.append((main_layer(index), block, adapter))
+    hook(getattr(transformer, layout.head), HeadHook(state, buffers), HEAD_HOOK)
+    hook(getattr(transformer, layout.text_embedder), TextHook(state, text_layers, layout.text_output_index), TEXT_HOOK)
     registry = HookRegistry.check_if_exists_or_initialize(transformer)
-    registry.register_hook(HetCacheRootHook(session), ROOT_HOOK)
+    registry.register_hook(RootHook(state, buffers, scheduler), ROOT_HOOK)
     registry.invalidate_child_registries_cache()
-    return session
+    return state
 
 
 def remove_hetcache(transformer: Any) -> None:
@@ -157,4 +207,4 @@ def remove_hetcache(transformer: Any) -> None:
         registry.invalidate_child_registries_cache()
 
 
-__all__ = ["BLOCK_HOOK", "VACE_HOOK", "HetCacheHandle", "apply_hetcache", "remove_hetcache"]
+__all__ = ["HOOK_NAMES", "HetCacheHandle", "apply_hetcache", "remove_hetcache"]

@@ -1,33 +1,90 @@
-"""Engine state: one `ContextState` per cache context ("cond"/"uncond"), one `RunState` shared by them."""
+"""Engine state: what one transformer keeps between calls, per cache context ("cond" / "uncond") and per run.
+
+`TransformerState` is the object the hooks share; `ContextState` holds one context's cache buffers and the current
+call's decision (a diffusers `BaseState`, created by its `StateManager`); `RunState` the plan, step and token sets
+of the clip, shared by the contexts. Buffers are allocated by `cache_buffers.CacheBuffers` and written only there.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
-from diffusers.hooks.hooks import BaseState
+from diffusers.hooks.hooks import BaseState, CacheContext, StateManager
 
+from ..plan import StepRule
 from ..steps import FULL
 from ..tokens import TokenClasses
-from .wan_blocks import Capture, LayerCache, Rows
+
+if TYPE_CHECKING:
+    from .accounting import CallRecord
+    from .config import EngineConfig
+
+DEFAULT_CONTEXT = "default"
+
+
+def _nbytes(*tensors: torch.Tensor | None) -> int:
+    return sum(t.numel() * t.element_size() for t in tensors if t is not None)
 
 
 @dataclass
-class CallRecord:
-    """What one transformer call did (for stats)."""
+class Rows:
+    """Token index sets of PARTIAL steps (shared by the batch), fixed until the selection is refreshed."""
 
-    context: str
-    step: int
-    decision: str
-    active: int
-    tokens: int
-    flops: float
-    flops_uncached: float
-    selection_flops: float = 0.0
+    active: torch.Tensor  # [Nu] indices of computed tokens; the first `n_refresh` are skippable ones
+    n_refresh: int  # computed tokens that are also skippable (their cache rows are refreshed)
+    refresh_slots: torch.Tensor  # [n_refresh] their positions in the compact skip buffer
+    skippable: torch.Tensor  # [Nk] indices of tokens that may be skipped (never generative)
+    active_stored: torch.Tensor  # `active` and `refresh_slots` on the cache's storage device
+    slots_stored: torch.Tensor
+    cos: torch.Tensor | None = None  # RoPE tables at `active`: cleared per call, filled by the first partial block
+    sin: torch.Tensor | None = None
+
+
+@dataclass
+class LayerCache:
+    """Persistent buffers of one block in one cache context (allocated at run start, written in place)."""
+
+    key: torch.Tensor | None = None  # [B, N, H, d] post-norm, post-RoPE self-attention keys (all tokens)
+    value: torch.Tensor | None = None  # [B, N, H, d]
+    skip: torch.Tensor | None = None  # [B, Nk, D] residual (or output) of the skippable tokens
+    hint: torch.Tensor | None = None  # [B, N, D] VACE hint (conditioning states) of all tokens
+    text: tuple[torch.Tensor, torch.Tensor] | None = None  # cross-attention K/V of the prompt
+
+    def nbytes(self) -> int:
+        return _nbytes(self.key, self.value, self.skip, self.hint, *(self.text or ()))
+
+
+@dataclass
+class Capture:
+    """What the selection layer records on FULL steps for the next selection."""
+
+    features: torch.Tensor | None = None  # [B, N, D] block output
+    scores: torch.Tensor | None = None  # [B, N] attention mass of generative queries per key
+    generative: list[torch.Tensor] = field(default_factory=list)  # per batch item: generative token indices
+    chunk: int = 1024
+
+
+@dataclass
+class ClipTokens:
+    """Token classes of the clip being generated and the index sets derived from them (once per run)."""
+
+    classes: TokenClasses
+    skippable: torch.Tensor  # [Nk] token indices never generative in any batch item
+    skippable_mask: torch.Tensor  # [N] bool
+    compact_slot: torch.Tensor  # [N] position of each token in the compact skip buffers
+    generative_union: torch.Tensor  # [Ng] indices generative in some batch item
+    generative_per_item: list[torch.Tensor]
+    no_token_savings: str | None  # why PARTIAL steps run full ("empty mask", "full mask")
+
+    @property
+    def tokens(self) -> int:
+        return self.classes.num_tokens
 
 
 class ContextState(BaseState):
-    """Per cache context: layer buffers, the residual of the last computed step, the current selection."""
+    """Per cache context: layer buffers, the whole-stack residual, the selection, this call's decision."""
 
     def __init__(self) -> None:
         self.layers: dict[str, LayerCache] = {}
@@ -37,19 +94,17 @@ class ContextState(BaseState):
         self.run_id = -1
         self.last_step = -1
         self.decision = FULL
+        self.text_fresh = True  # this call recomputes the prompt's cross-attention K/V
         self.ready = False  # a computed step of this run filled the caches
         self.x_in: torch.Tensor | None = None
         self.residual: torch.Tensor | None = None
         self.zero_hint: torch.Tensor | None = None
         self.scratch: torch.Tensor | None = None  # gathered rows of the active tokens
         self.rows: Rows | None = None
-        self.rows_step = -1  # step whose RoPE tables `rows` holds
         self.selection_stale = True
         self.capture = Capture()
         self.text_signature: tuple | None = None
-        self.text_epoch = 0
-        self.call_flops = 0.0
-        self.call_selection_flops = 0.0
+        self.started = 0.0
 
     def begin_run(self, run_id: int) -> None:
         """Invalidate what belongs to the previous run; keep allocated buffers for reuse."""
@@ -57,11 +112,9 @@ class ContextState(BaseState):
         self.last_step = -1
         self.ready = False
         self.rows = None
-        self.rows_step = -1
         self.selection_stale = True
-        self.capture = Capture(chunk=self.capture.chunk)
+        self.capture = Capture(chunk=self.capture.chunk, features=self.capture.features)
         self.text_signature = None
-        self.text_epoch += 1
 
     def layer(self, name: str) -> LayerCache:
         if name not in self.layers:
@@ -69,14 +122,13 @@ class ContextState(BaseState):
         return self.layers[name]
 
     def nbytes(self) -> int:
-        tensors = [self.x_in, self.residual, self.capture.features, self.capture.scores]
-        own = sum(t.numel() * t.element_size() for t in tensors if t is not None)
+        own = _nbytes(self.x_in, self.residual, self.capture.features, self.capture.scores)
         return own + sum(layer.nbytes() for layer in self.layers.values())
 
 
 @dataclass
 class RunState:
-    """Shared by all contexts of one transformer: the plan, the step, the token classes of the clip."""
+    """Shared by all contexts of one transformer: the plan, the step, the token sets of the clip."""
 
     run_id: int = -1
     timesteps: list[float] | None = None
@@ -85,18 +137,60 @@ class RunState:
     decisions: dict[int, str] = field(default_factory=dict)
     current_step: int | None = None
     last_t: float | None = None
-    accumulated: float = 0.0
+    rule: StepRule | None = None  # the step rule fed step by step when the timesteps are not known in advance
     previous_modulation: torch.Tensor | None = None
-    classes: TokenClasses | None = None
-    skippable: torch.Tensor | None = None  # [Nk] token indices never generative in any batch item
-    skippable_mask: torch.Tensor | None = None  # [N] bool
-    compact_slot: torch.Tensor | None = None  # [N] position of each token in the compact skip buffers
-    generative_union: torch.Tensor | None = None  # [Ng] indices generative in some batch item
-    generative_per_item: list[torch.Tensor] = field(default_factory=list)
-    no_token_savings: str | None = None  # why PARTIAL steps run full ("empty mask", "full mask")
+    clip: ClipTokens | None = None
     text_len: int = 0
-    tokens: int = 0
     batch: int = 1
     calls: list[CallRecord] = field(default_factory=list)
     first_context: str | None = None
     notes: list[str] = field(default_factory=list)
+
+    @property
+    def tokens(self) -> int:
+        return self.clip.tokens if self.clip is not None else 0
+
+
+class TransformerState:
+    """Everything hetcache keeps for one transformer: the resolved config, the run, the contexts' states."""
+
+    def __init__(self, config: EngineConfig, mask: torch.Tensor | None) -> None:
+        self.config = config
+        self.mask = mask
+        self.manager = StateManager(ContextState)
+        self.contexts: dict[str, ContextState] = {}  # the manager's states by name, for stats
+        self.run = RunState()
+        self.active: ContextState | None = None  # the context of the call in progress (set by the root hook)
+        self.active_name = DEFAULT_CONTEXT
+        self.phase_seconds = dict.fromkeys(("total", "engine", "classify", "plan", "select"), 0.0)
+        self.bytes_at_last_reset = 0
+        self.staging_bytes = 0
+
+    @property
+    def policy(self):
+        return self.config.policy
+
+    def enter_context(self) -> ContextState:
+        """The state of the cache context this call runs in (a default one outside `cache_context()`)."""
+        try:
+            name = self.manager.context.name
+        except ValueError:  # called outside `cache_context()`: every call shares one default context
+            self.manager.set_context(CacheContext(name=DEFAULT_CONTEXT))
+            name = DEFAULT_CONTEXT
+        state = self.manager.get_state()
+        self.contexts[name] = state
+        self.active, self.active_name = state, name
+        return state
+
+    def reset(self) -> None:
+        """End the run (the pipeline calls this via `_reset_stateful_cache`); its stats stay readable."""
+        self.bytes_at_last_reset = self.cache_bytes()
+        self.manager.reset()
+        self.contexts.clear()
+        self.active = None
+        self.run.current_step = None
+        self.run.last_t = None
+
+    def cache_bytes(self) -> int:
+        """Bytes held by every context's buffers and the staging buffers."""
+        return sum(state.nbytes() for state in self.contexts.values()) + self.staging_bytes

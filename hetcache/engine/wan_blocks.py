@@ -1,4 +1,4 @@
-"""Wan / Wan-VACE block math for full and partial computation, with the caches a partial step reads.
+"""Wan / Wan-VACE block maths for full and partial computation (the caches themselves live in cache_buffers.py).
 
 These functions restate diffusers' `WanTransformerBlock` / `WanVACETransformerBlock` forward (same operations, same
 order, same dtypes) so that a full computation here equals the stock block, and split it so that a subset of the
@@ -8,38 +8,12 @@ tokens can be computed against cached keys and values of the others. Attention g
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Callable
 
 import torch
 from diffusers.models.attention_dispatch import dispatch_attention_fn
 
 from ..attention_mass import key_attention_mass
-
-
-@dataclass
-class LayerCache:
-    """Persistent buffers of one block in one cache context (allocated once, written in place)."""
-
-    key: torch.Tensor | None = None  # [B, N, H, d] post-norm, post-RoPE self-attention keys (all tokens)
-    value: torch.Tensor | None = None  # [B, N, H, d]
-    skip: torch.Tensor | None = None  # [B, Nk, D] residual (or output) of the skippable tokens
-    hint: torch.Tensor | None = None  # [B, N, D] VACE hint (conditioning states) of all tokens
-    text: tuple[torch.Tensor, torch.Tensor] | None = None  # cross-attention K/V of the prompt
-    text_epoch: int = -1
-
-    def nbytes(self) -> int:
-        tensors = [self.key, self.value, self.skip, self.hint, *(self.text or ())]
-        return sum(t.numel() * t.element_size() for t in tensors if t is not None)
-
-
-@dataclass
-class Capture:
-    """What the selection layer records on FULL steps for the next selection."""
-
-    features: torch.Tensor | None = None  # [B, N, D] block output
-    scores: torch.Tensor | None = None  # [B, N] attention mass of generative queries per key
-    generative: list[torch.Tensor] = field(default_factory=list)  # per batch item: generative token indices
-    chunk: int = 1024
 
 
 def _modulation(block: torch.nn.Module, temb: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -104,18 +78,7 @@ def _cross_attention(
     return _attend(attn, query, *kv)
 
 
-@dataclass
-class Rows:
-    """Token index sets of a PARTIAL step (shared by the batch)."""
-
-    active: torch.Tensor  # [Nu] indices of computed tokens; the first `n_refresh` are skippable ones
-    n_refresh: int  # computed tokens that are also skippable (their cache rows are refreshed)
-    refresh_slots: torch.Tensor  # [n_refresh] their positions in the compact skip buffer
-    skippable: torch.Tensor  # [Nk] indices of tokens that may be skipped (never generative)
-    active_stored: torch.Tensor | None = None  # `active` and `refresh_slots` on the cache's storage device
-    slots_stored: torch.Tensor | None = None
-    cos: torch.Tensor | None = None  # RoPE tables at `active`, filled once per step
-    sin: torch.Tensor | None = None
+KVMerge = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
 
 def block_body(
@@ -124,37 +87,46 @@ def block_body(
     temb: torch.Tensor,
     rope: tuple[torch.Tensor, torch.Tensor],
     text_kv_pair: tuple[torch.Tensor, torch.Tensor],
-    rows: Rows | None = None,
-    cached_kv: tuple[torch.Tensor, torch.Tensor] | None = None,
-    capture: Capture | None = None,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The block's three sub-layers on `hidden`: all tokens (rows None) or the `rows.active` subset.
+    active: torch.Tensor | None = None,
+    merge_kv: KVMerge | None = None,
+    score_queries: list[torch.Tensor] | None = None,
+    chunk: int = 1024,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """The block's three sub-layers on `hidden`: all tokens (`active` None) or the `active` subset.
 
-    Partial: the fresh keys/values of the active tokens are written into `cached_kv` (device buffers holding every
-    token's keys/values) in place, and the active queries attend over all N keys. Returns (output, fresh keys, fresh
-    values) of the computed tokens, so the caller can store them.
+    Partial: `rope` holds the tables at the active rows and `merge_kv(fresh keys, fresh values)` returns the keys
+    and values of all N tokens (the caller's cache, refreshed at the active rows), which the active queries attend
+    over. Full: with `score_queries` (per batch item, query token indices) the attention mass each key receives
+    from them is returned too. Returns (output, fresh keys, fresh values, scores or None).
     """
-    shift, scale, gate, c_shift, c_scale, c_gate = _rows(
-        _modulation(block, temb), None if rows is None else rows.active
-    )
+    shift, scale, gate, c_shift, c_scale, c_gate = _rows(_modulation(block, temb), active)
     attn = block.attn1
     normed = (block.norm1(hidden.float()) * (1 + scale) + shift).type_as(hidden)
     query, key, value = _self_qkv(attn, normed)
-    cos, sin = rope if rows is None else (rows.cos, rows.sin)
+    cos, sin = rope
     query, key = apply_rope(query, cos, sin), apply_rope(key, cos, sin)
-    if rows is None:
+    scores = None
+    if active is None:
         keys, values = key, value
-        if capture is not None and capture.generative:
-            capture.scores = torch.stack(
-                [key_attention_mass(query[b, g], key[b], capture.chunk) for b, g in enumerate(capture.generative)]
-            )
+        if score_queries:
+            scores = torch.stack([key_attention_mass(query[b, g], key[b], chunk) for b, g in enumerate(score_queries)])
     else:
-        cached_kv[0].index_copy_(1, rows.active, key.to(cached_kv[0].dtype))
-        cached_kv[1].index_copy_(1, rows.active, value.to(cached_kv[1].dtype))
-        keys, values = cached_kv[0].to(query.dtype), cached_kv[1].to(query.dtype)
+        keys, values = merge_kv(key, value)
+        keys, values = keys.to(query.dtype), values.to(query.dtype)
     attention = _attend(attn, query, keys, values)
     hidden = (hidden.float() + attention * gate).type_as(hidden)
     normed = block.norm2(hidden.float()).type_as(hidden)
     hidden = hidden + _cross_attention(block.attn2, normed, text_kv_pair)
     normed = (block.norm3(hidden.float()) * (1 + c_scale) + c_shift).type_as(hidden)
-    return (hidden.float() + block.ffn(normed).float() * c_gate).type_as(hidden), key, value
+    out = (hidden.float() + block.ffn(normed).float() * c_gate).type_as(hidden)
+    return out, key, value, scores
+
+
+def vace_project_in(block: torch.nn.Module, control: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
+    """The stream a VACE block transforms: the control states (the first block adds them to the hidden states)."""
+    return block.proj_in(control) + hidden if block.proj_in is not None else control
+
+
+def vace_project_out(block: torch.nn.Module, out: torch.Tensor) -> torch.Tensor:
+    """The hint a VACE block adds to the main stream."""
+    return block.proj_out(out)

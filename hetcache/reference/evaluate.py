@@ -22,7 +22,7 @@ from ..engine.wan_blocks import _modulation, _self_qkv, apply_rope
 from ..policy import Policy
 from ..tokens import pixel_mask_to_latent_mask, pixel_mask_to_token_mask
 from ..workloads.clips import Clip
-from ..workloads.execute import Session
+from ..workloads.execute import LoadedWorkload
 from ..workloads.spec import ClipSource, Workload
 from . import VAE_REACH
 
@@ -67,7 +67,7 @@ def deviation(reference: torch.Tensor, cached: torch.Tensor, clip: Clip) -> dict
     return {name: float(err[mask.expand_as(err)].mean()) for name, mask in latent_regions(clip, err.shape).items()}
 
 
-def caching_deviation(session: Session, clip: Clip, plan: str, policy: Policy = TOKEN_REUSE) -> dict[str, float]:
+def caching_deviation(session: LoadedWorkload, clip: Clip, plan: str, policy: Policy = TOKEN_REUSE) -> dict[str, float]:
     """Deviation of a run with an explicit plan from the uncached run (same seed)."""
     reference = session.generate(clip, decode=False).latents
     apply_hetcache(session.transformer, policy, strict=False, plan=plan, scheduler=session.pipe.scheduler)
@@ -79,7 +79,7 @@ def caching_deviation(session: Session, clip: Clip, plan: str, policy: Policy = 
 
 
 @torch.no_grad()
-def attention_concentration(session: Session, clip: Clip, step: int | None = None) -> float:
+def attention_concentration(session: LoadedWorkload, clip: Clip, step: int | None = None) -> float:
     """Mean share of attention mass on the top 10 % of keys, for in-mask queries, over main blocks and heads."""
     transformer = session.transformer
     calls_per_step = 2 if session.workload.guidance_scale > 1 else 1
@@ -119,7 +119,7 @@ def evaluate(weights: str, clips: Sequence[str], steps: int = 20) -> dict:
     workload = Workload(
         weights=weights, steps=steps, clips=tuple(ClipSource(k, kind=k, seed=101 * i) for i, k in enumerate(clips))
     )
-    session = Session(workload)
+    session = LoadedWorkload(workload)
     rows = []
     for clip in session.clips:
         reuse_plans = {0: "F" * steps}

@@ -56,7 +56,7 @@ def pipeline_inputs(clip: Clip) -> tuple[list[PIL.Image.Image], list[PIL.Image.I
     return video, mask
 
 
-class Session:
+class LoadedWorkload:
     """A loaded workload: its pipeline, prompt embeddings and reconciled clips, ready to generate."""
 
     def __init__(self, workload: Workload, pipe=None):

@@ -6,6 +6,7 @@ reference workload: the trained tiny Wan-VACE pipeline on the five synthetic cal
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 import os
@@ -13,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .. import cli_types
 from ..errors import InputError
 from .clips import MASK_KINDS
 
@@ -34,7 +36,7 @@ class ClipSource:
 
 @dataclass(frozen=True)
 class Workload:
-    """A complete description of what runs; see DESIGN.md, Workloads."""
+    """A complete description of what runs: model, pipeline, clips, size, steps, guidance, seed, device."""
 
     name: str = "reference"
     pipeline: str = "reference"
@@ -116,6 +118,17 @@ def workload_from_dict(data: dict[str, Any], origin: str = "workload") -> Worklo
     for key in ("height", "width", "num_frames", "steps", "seed"):
         if key in kwargs and (not isinstance(kwargs[key], int) or isinstance(kwargs[key], bool) or kwargs[key] < 0):
             raise _fail(origin, key, f"must be a non-negative integer, got {kwargs[key]!r}")
+    for key, rule in (("height", cli_types.size), ("width", cli_types.size), ("num_frames", cli_types.frames)):
+        if kwargs.get(key) is not None:
+            try:
+                rule(str(kwargs[key]))
+            except argparse.ArgumentTypeError as exc:
+                raise _fail(origin, key, str(exc)) from None
+    if kwargs.get("steps", 2) < 2:
+        raise _fail(origin, "steps", f"must be at least 2, got {kwargs['steps']}")
+    threshold = kwargs.get("mask_threshold")
+    if threshold is not None and not (isinstance(threshold, (int, float)) and 0 < threshold < 1):
+        raise _fail(origin, "mask_threshold", f"must be a number in (0, 1), got {threshold!r}")
     if kwargs.get("dtype", "float32") not in DTYPES:
         raise _fail(origin, "dtype", f"must be one of {', '.join(DTYPES)}, got {kwargs['dtype']!r}")
     if kwargs.get("weights", "trained") not in ("trained", "random"):

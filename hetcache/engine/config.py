@@ -1,0 +1,131 @@
+"""The policy resolved against one model at apply time: a frozen config the hooks read instead of the policy."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..cost import CostModel
+from ..dtypes import CACHE_ONLY_DTYPES, TORCH_DTYPES
+from ..policy import Policy, StepPlanSpec
+
+CONTEXT_SELECTIONS_WITH_FEATURES = ("kmeans", "kmeans_attention")
+CONTEXT_SELECTIONS_WITH_SCORES = ("attention", "kmeans_attention")
+
+
+def main_layer(index: int) -> str:
+    """Name of main block `index`'s caches."""
+    return f"block.{index}"
+
+
+def vace_layer(index: int) -> str:
+    """Name of VACE block `index`'s caches."""
+    return f"vace.{index}"
+
+
+@dataclass(frozen=True)
+class LayerGeometry:
+    """Shapes of one block's cache rows: self-attention heads, head width and model width."""
+
+    heads: int
+    head_dim: int
+    dim: int
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """Everything the engine needs from a policy and a model, resolved once (no policy reads on the hot path)."""
+
+    policy: Policy
+    step_plan: StepPlanSpec
+    plan_override: str | None
+    expected_steps: int | None
+    partial_blocks: frozenset[int]
+    partial_vace: frozenset[int]
+    vace_first: tuple[bool, ...]  # per VACE block: it projects the control stream in (`proj_in`)
+    selection_layer: int
+    capture_features: bool
+    capture_scores: bool
+    residual_fill: bool  # skipped tokens get input + cached residual (else the cached output)
+    mask_threshold: float
+    margin_width: int
+    margin_frames: int
+    margin_ratio: float
+    context_ratio: float
+    selection: str
+    clusters: int
+    seed: int
+    cache_dtype: torch.dtype
+    offload: bool
+    model_dtype: torch.dtype
+    patch_size: tuple[int, int, int]
+    is_vace: bool
+    num_layers: int
+    geometry: LayerGeometry
+    cost: CostModel
+
+    @property
+    def has_partial_blocks(self) -> bool:
+        """Whether a PARTIAL step runs any block partially (else it is a FULL step)."""
+        return bool(self.partial_blocks) or bool(self.partial_vace)
+
+    @property
+    def captures(self) -> bool:
+        """Whether the selection layer records features or scores on FULL steps."""
+        return self.capture_features or self.capture_scores
+
+    @property
+    def text_layers(self) -> tuple[str, ...]:
+        """Layers whose prompt K/V hetcache computes and keeps (those that run its block body)."""
+        main = [main_layer(i) for i in range(self.num_layers) if self.main_layer_uses_body(i)]
+        return (*main, *(vace_layer(i) for i in sorted(self.partial_vace)))
+
+    def main_layer_uses_body(self, index: int) -> bool:
+        """Main block `index` runs hetcache's block body (cached, or the selection layer that records)."""
+        return index in self.partial_blocks or (self.captures and index == self.selection_layer)
+
+
+def resolve_config(
+    model: torch.nn.Module, policy: Policy, plan: str | None, expected_steps: int | None
+) -> EngineConfig:
+    """Resolve `policy` for `model`: concrete layer sets, dtypes, token settings and the step rule."""
+    config = model.config
+    vace_blocks = list(getattr(model, "vace_blocks", []))
+    layers, tokens = policy.layers, policy.tokens
+    context = tokens.context_ratio > 0
+    attn = model.blocks[0].attn1
+    dim = config.num_attention_heads * config.attention_head_dim
+    return EngineConfig(
+        policy=policy,
+        step_plan=policy.step_plan,
+        plan_override=plan,
+        expected_steps=expected_steps or (policy.workload.steps if policy.workload else None),
+        partial_blocks=frozenset(range(config.num_layers) if layers.partial_blocks is None else layers.partial_blocks),
+        partial_vace=frozenset(
+            range(len(vace_blocks)) if layers.partial_vace_blocks is None else layers.partial_vace_blocks
+        )
+        if vace_blocks
+        else frozenset(),
+        vace_first=tuple(getattr(block, "proj_in", None) is not None for block in vace_blocks),
+        selection_layer=tokens.selection_layer % config.num_layers,
+        capture_features=context and tokens.selection in CONTEXT_SELECTIONS_WITH_FEATURES,
+        capture_scores=context and tokens.selection in CONTEXT_SELECTIONS_WITH_SCORES,
+        residual_fill=tokens.skip_fill == "residual",
+        mask_threshold=tokens.mask_threshold,
+        margin_width=tokens.margin_width,
+        margin_frames=tokens.margin_frames,
+        margin_ratio=tokens.margin_ratio,
+        context_ratio=tokens.context_ratio,
+        selection=tokens.selection,
+        clusters=tokens.clusters,
+        seed=tokens.seed,
+        cache_dtype={**TORCH_DTYPES, **CACHE_ONLY_DTYPES}.get(policy.cache.dtype, model.dtype),
+        offload=policy.cache.offload,
+        model_dtype=model.dtype,
+        patch_size=tuple(config.patch_size),
+        is_vace=bool(vace_blocks),
+        num_layers=config.num_layers,
+        geometry=LayerGeometry(heads=attn.heads, head_dim=dim // attn.heads, dim=dim),
+        cost=CostModel.from_model(model),
+    )

@@ -1,0 +1,244 @@
+"""Inputs that cannot hurt: every command refuses bad numbers and unusable output locations before any compute,
+with one message naming the flag and the fix, exit code 2, and nothing written or overwritten."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import stat
+from pathlib import Path
+
+import pytest
+from hetcache.dashboard.cli import main as dashboard_main
+from hetcache.profiler.cli import main as profile_main
+from hetcache.tuner.cli import main as tune_main
+
+from hetcache import policies
+from hetcache.atomic import MARKER, atomic_dir, write_marker
+from hetcache.cli import main as hetcache_main
+from hetcache.cli import run_main
+
+SMALL = ["--weights", "random", "--steps", "3", "--clips", "box", "--height", "64", "--width", "64", "--frames", "9"]
+ENTRY_POINTS = {
+    "hetcache": (hetcache_main, []),
+    "hetcache run": (hetcache_main, ["run"]),
+    "hetcache policies": (hetcache_main, ["policies"]),
+    "hetcache-run": (run_main, []),
+    "hetcache-profile": (profile_main, []),
+    "hetcache-tune": (tune_main, []),
+    "hetcache-tune export": (tune_main, ["export"]),
+    "hetcache-tune reference-policies": (tune_main, ["reference-policies"]),
+    "hetcache-dashboard": (dashboard_main, []),
+}
+# the commands that write an output folder, with the flags that make them run on the tiny workload
+WRITERS = {
+    "run": (hetcache_main, ["run", *SMALL, "--policy", "reference-psnr35", "--compare", "--reps", "1"]),
+    "profile": (profile_main, SMALL),
+    "tune": (tune_main, ["--budget", "psnr=30", "--trials", "1", *SMALL]),
+}
+
+
+def call(main, *args: str) -> tuple[int, str, str]:
+    """Run an entry point in-process; returns exit code, stdout, stderr."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(list(args))
+    return code, out.getvalue(), err.getvalue()
+
+
+def tree(folder: Path) -> dict[str, bytes]:
+    """Every file under `folder` with its content (to prove nothing changed)."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+# -- help, version, exit codes -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", list(ENTRY_POINTS))
+def test_every_entry_point_has_examples_exit_codes_and_a_version(name):
+    main, prefix = ENTRY_POINTS[name]
+    code, out, _ = call(main, *prefix, "--help")
+    assert code == 0
+    examples = out.split("examples:\n", 1)[1].split("\n\n", 1)[0]
+    command = name.replace("hetcache-run", "hetcache")  # hetcache-run's examples spell the `hetcache run` form
+    assert examples.count(command.split()[0]) >= 1 and "--" in examples
+    assert "exit codes:\n" in out and "  2    bad input" in out and "  0    success" in out
+    assert ("  3    no trial met the budget" in out) == name.startswith("hetcache-tune")
+    code, out, _ = call(main, *prefix, "--version")
+    assert code == 0 and out.startswith("hetcache ")
+
+
+# -- numbers checked at parse time ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--mask-threshold", "-0.5"], "argument --mask-threshold: must be a number in (0, 1), got -0.5"),
+        (["--mask-threshold", "nan"], "argument --mask-threshold: must be a finite number, got 'nan'"),
+        (["--mask-threshold", "1.5"], "argument --mask-threshold: must be a number in (0, 1), got 1.5"),
+        (["--width", "0"], "argument --width: must be a multiple of 16 pixels ≥ 16, got 0: use 16"),
+        (["--height", "70"], "argument --height: must be a multiple of 16 pixels ≥ 16, got 70: use 64 or 80"),
+        (["--frames", "10"], "argument --frames: must be 4k+1 (Wan's VAE groups frames by 4), got 10: use 9 or 13"),
+        (["--frames", "3"], "argument --frames: must be at least 5 frames (4k+1), got 3"),
+        (["--steps", "1"], "argument --steps: must be an integer ≥ 2, got 1"),
+        (["--seed", "-1"], "argument --seed: must be an integer ≥ 0, got -1"),
+        (["--guidance-scale", "inf"], "argument --guidance-scale: must be a finite number, got 'inf'"),
+        (["--reps", "0"], "argument --reps: must be an integer in [1, 100], got 0"),
+    ],
+)
+def test_run_refuses_numbers_outside_their_range(tmp_path, flags, message):
+    code, _, err = call(hetcache_main, "run", "--out", str(tmp_path / "out"), *flags)
+    assert code == 2 and message in err
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--budget", "psnr=-1"], "--budget psnr=-1 means nothing: psnr takes values in (0, 100]"),
+        (["--budget", "ssim=2"], "--budget ssim=2 means nothing: ssim takes values in (0, 1]"),
+        (["--budget", "psnr=30,lpips=-0.1"], "--budget lpips=-0.1 means nothing: lpips takes values in [0, 1]"),
+        (["--budget", "psnr=30", "--trials", "0"], "argument --trials: must be an integer ≥ 1, got 0"),
+        (["--budget", "psnr=30", "--min-speedup", "0"], "argument --min-speedup: must be a number > 0, got 0"),
+        (["--budget", "psnr=30", "--timeout", "nan"], "argument --timeout: must be a finite number, got 'nan'"),
+    ],
+)
+def test_tune_refuses_meaningless_budgets_and_numbers(tmp_path, flags, message):
+    code, out, err = call(tune_main, *flags, *SMALL, "--out", str(tmp_path / "tune"))
+    assert code == 2 and message in err and out == ""
+    assert not (tmp_path / "tune").exists()
+
+
+def test_dashboard_port_range_is_checked_at_parse_time(capsys):
+    assert dashboard_main(["--port", "0"]) == 2
+    assert "argument --port: must be an integer in [1, 65535], got 0" in capsys.readouterr().err
+
+
+# -- output locations checked before any compute ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("command", list(WRITERS))
+def test_unwritable_outputs_are_refused_before_compute(tmp_path, monkeypatch, command):
+    main, args = WRITERS[command]
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "file").write_text("a regular file\n")
+    cases = [
+        (Path("/proc/hetcache-out"), "cannot be written: creating anything in '/proc' fails"),
+        (tmp_path / "file" / "out", f"'{tmp_path / 'file'}' is a file, not a folder"),
+        (Path("."), "is the working folder or one of its parents"),
+        (tmp_path.parent, "is the working folder or one of its parents"),
+    ]
+    for out, message in cases:
+        code, _, err = call(main, *args, "--out", str(out), "--overwrite" if command != "tune" else "--join")
+        assert code == 2, (out, err)
+        assert f"--out '{out}'" in err and message in err and "Fix:" in err and "Traceback" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
+def test_read_only_folder_is_refused(tmp_path):
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(stat.S_IRUSR | stat.S_IXUSR)
+    try:
+        code, _, err = call(hetcache_main, *WRITERS["run"][1], "--out", str(locked / "out"))
+    finally:
+        locked.chmod(stat.S_IRWXU)
+    assert code == 2 and "cannot be written" in err and not list(locked.iterdir())
+
+
+@pytest.mark.parametrize("command", list(WRITERS))
+def test_folders_hetcache_did_not_write_are_never_replaced(tmp_path, command):
+    main, args = WRITERS[command]
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("my own work\n")
+    before = tree(mine)
+    code, _, err = call(main, *args, "--out", str(mine), "--overwrite" if command != "tune" else "--join")
+    assert code == 2 and "non-empty folder hetcache did not write" in err and "even with --overwrite" in err
+    assert tree(mine) == before
+
+
+def test_atomic_dir_refuses_an_unmarked_folder_and_marks_what_it_writes(tmp_path):
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "data.bin").write_bytes(b"\x00")
+    with pytest.raises(Exception, match="was not written by hetcache"), atomic_dir(foreign, overwrite=True):
+        pass
+    assert tree(foreign) == {"data.bin": b"\x00"}
+    with atomic_dir(tmp_path / "mine", kind="run") as tmp:
+        (tmp / "a.txt").write_text("1")
+    assert json.loads((tmp_path / "mine" / MARKER).read_text())["kind"] == "run"
+    with atomic_dir(tmp_path / "mine", overwrite=True) as tmp:
+        (tmp / "b.txt").write_text("2")
+    assert sorted(p.name for p in (tmp_path / "mine").iterdir()) == [MARKER, "b.txt"]
+
+
+def test_output_files_follow_the_umask(tmp_path):
+    """Every file of a profile folder gets the umask's mode (safetensors alone would create 0600)."""
+    old = os.umask(0o022)
+    try:
+        assert profile_main([*SMALL, "--attention-every", "0", "--out", str(tmp_path / "p")]) == 0
+    finally:
+        os.umask(old)
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in (tmp_path / "p").iterdir()}
+    assert modes == {"profile.json": 0o644, "tensors.safetensors": 0o644, MARKER: 0o644}
+    assert stat.S_IMODE((tmp_path / "p").stat().st_mode) == 0o755
+
+
+# -- tuning: resume, overwrite and the trial count mean one thing ---------------------------------------------------
+
+
+def test_resume_of_a_missing_study_is_refused_and_creates_nothing(tmp_path):
+    code, _, err = call(tune_main, "--budget", "psnr=30", "--resume", *SMALL, "--out", str(tmp_path / "tune"))
+    assert code == 2 and "--resume: study 'reference-psnr30' does not exist" in err and "drop --resume" in err
+    assert not (tmp_path / "tune").exists()
+
+
+def test_another_studys_policy_is_kept_unless_overwrite_and_never_left_beside_a_failed_study(tmp_path):
+    out = tmp_path / "tune"
+    out.mkdir()
+    write_marker(out, "tune")
+    policy = json.loads(policies.policy_path("reference-psnr35").read_text())
+    (out / "policy.json").write_text(json.dumps(policy))  # shipped: exported from study 'reference-psnr35'
+    before = tree(out)
+    args = ["--budget", "psnr=100", "--trials", "1", "--no-warm-start", *SMALL, "--out", str(out)]
+    code, _, err = call(tune_main, *args)
+    assert code == 2 and "holds the export of study 'reference-psnr35', not of study 'reference-psnr100'" in err
+    assert tree(out) == before
+    code, out_text, err = call(tune_main, *args, "--overwrite")
+    assert code == 3 and "No policy was written" in err
+    assert not (out / "policy.json").exists() and "removed" in out_text
+
+
+def test_trials_is_the_total_and_labels_name_the_missed_constraint(tmp_path):
+    out = tmp_path / "tune"
+    base = ["--budget", "psnr=20", "--min-speedup", "50", *SMALL, "--out", str(out)]
+    code, stdout, _ = call(tune_main, *base, "--trials", "1")
+    assert code == 3
+    assert "1 completed trials of the --trials 1 it should hold (1 run by this worker" in stdout
+    assert "misses min speedup 50x (" in stdout and "misses budget" not in stdout
+    code, stdout, _ = call(tune_main, *base, "--trials", "2")
+    assert code == 2  # the study exists: continuing it is explicit
+    code, stdout, _ = call(tune_main, *base, "--trials", "2", "--resume")
+    assert code == 3 and "2 completed trials of the --trials 2 it should hold (1 run by this worker" in stdout
+
+
+def test_an_interrupted_trial_prints_no_optuna_traceback(capfd):
+    import optuna
+    from hetcache.tuner.cli import quiet_interrupts
+
+    def interrupted(trial):
+        raise KeyboardInterrupt
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study()
+    with quiet_interrupts(), pytest.raises(KeyboardInterrupt):
+        study.optimize(interrupted, n_trials=1)
+    assert "Traceback" not in capfd.readouterr().err
+    with pytest.raises(KeyboardInterrupt):  # outside, Optuna logs the failed trial as it always did
+        study.optimize(interrupted, n_trials=1)
+    assert "Traceback" in capfd.readouterr().err

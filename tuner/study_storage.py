@@ -1,0 +1,161 @@
+"""Optuna storages of tuning studies, opened here for every part: the tuner (read-write) and the dashboard (read-only).
+
+A study lives in a SQLite or journal file in the run folder, or in a shared database (`postgresql+psycopg://…`)
+through which several machines tune one study. RDB storages opened for tuning get a heartbeat, so that a trial
+whose worker died is marked failed and re-queued (RetryHeartbeatStaleTrialCallback). Opened read-only, a storage is
+never created: a missing file, a file that is not SQLite or holds no Optuna tables is an InputError.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import optuna
+
+from hetcache.errors import InputError
+
+DEFAULT_FILE = "study.db"
+JOURNAL_SUFFIXES = (".log", ".journal", ".jsonl")
+SQLITE_SUFFIXES = (".db", ".sqlite", ".sqlite3")
+SQLITE_PREFIX, JOURNAL_PREFIX = "sqlite:///", "journal:"
+SQLITE_HEADER = b"SQLite format 3\x00"
+READ_FIX = "pass the storage URL hetcache-tune wrote to (--storage), e.g. sqlite:///runs/demo/tune/study.db."
+
+
+@dataclass(frozen=True)
+class Heartbeat:
+    """Heartbeat settings for RDB storages: a trial with no heartbeat for `grace` seconds is stale."""
+
+    interval: int = 30
+    grace: int = 120
+    max_retry: int = 2
+
+
+def display_url(url: str) -> str:
+    """The storage URL with any password replaced by *** and a file under the working directory made relative."""
+    if "://" not in url:
+        return url
+    scheme, _, path = url.partition(":///")
+    if scheme in ("sqlite", "journal") and Path(path).is_absolute():
+        try:
+            return f"{scheme}:///{Path(path).relative_to(Path.cwd())}"
+        except ValueError:
+            return url
+    try:
+        from sqlalchemy.engine import make_url
+
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        return url.split("://", 1)[0] + "://…"
+
+
+def url_for_file(path: Path) -> str:
+    """The storage URL of a study file: sqlite:///<path> for .db files, journal:///<path> for journals."""
+    return f"{'sqlite' if path.suffix in SQLITE_SUFFIXES else 'journal'}:///{path}"
+
+
+def is_study_file(path: Path) -> bool:
+    """Whether a path names a study file by its suffix (a SQLite database or an Optuna journal)."""
+    return path.suffix in SQLITE_SUFFIXES + JOURNAL_SUFFIXES
+
+
+def resolve_url(storage: str | None, out: Path) -> str:
+    """A storage URL from `--storage` (URL, or a .db / .log file path) or the default file in `out`."""
+    if storage is None:
+        return f"{SQLITE_PREFIX}{(out / DEFAULT_FILE).resolve()}"
+    storage = storage.strip()
+    if "://" in storage or storage.startswith(JOURNAL_PREFIX):
+        return storage
+    path = Path(storage).expanduser()
+    if is_study_file(path):
+        return url_for_file(path.resolve())
+    raise InputError(
+        f"--storage '{storage}' is neither a database URL nor a .db / .log file.",
+        "pass e.g. postgresql+psycopg://user:pass@host:5432/db, runs/tune/study.db or runs/tune/study.log.",
+    )
+
+
+def file_of(url: str) -> Path | None:
+    """The file of a sqlite:/// or journal: URL (journal:///abs, journal:relative), None for a database server."""
+    if url.startswith(SQLITE_PREFIX):
+        return Path(url[len(SQLITE_PREFIX) :])
+    if url.startswith(JOURNAL_PREFIX):
+        rest = url[len(JOURNAL_PREFIX) :]
+        return Path("/" + rest.lstrip("/") if rest.startswith("/") else rest)
+    return None
+
+
+def _check_readable(url: str) -> None:
+    """Refuse a missing, non-SQLite or non-Optuna file before Optuna would create anything in it."""
+    path = file_of(url)
+    if path is None:
+        return
+    kind = "study database" if url.startswith(SQLITE_PREFIX) else "journal file"
+    if not path.is_file():
+        raise InputError(f"{kind} '{path}' does not exist.", READ_FIX)
+    if url.startswith(JOURNAL_PREFIX):
+        return
+    with path.open("rb") as handle:
+        header = handle.read(len(SQLITE_HEADER))
+    if header != SQLITE_HEADER:
+        raise InputError(f"'{path}' is not an SQLite database (it may be corrupt or another kind of file).", READ_FIX)
+    try:
+        with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as conn:
+            tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    except sqlite3.DatabaseError as exc:
+        raise InputError(f"SQLite database '{path}' cannot be read ({exc}).", READ_FIX) from None
+    if "studies" not in tables:
+        raise InputError(f"SQLite database '{path}' holds no Optuna studies.", READ_FIX)
+
+
+def open_storage(url: str, heartbeat: Heartbeat | None = None, read_only: bool = False) -> optuna.storages.BaseStorage:
+    """Connect to the storage; unreachable or malformed URLs raise InputError.
+
+    For tuning (the default) a missing file or table set is created and RDB storages get the heartbeat; read-only
+    (the dashboard, exports) nothing is created and a storage that holds no studies is refused.
+    """
+    shown = display_url(url)
+    if read_only:
+        _check_readable(url)
+    if url.startswith(JOURNAL_PREFIX):
+        path = file_of(url)
+        if not read_only:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(path)))
+        except Exception as exc:
+            raise InputError(f"journal file '{path}' cannot be read as an Optuna journal ({exc}).", READ_FIX) from None
+    if url.startswith(SQLITE_PREFIX) and not read_only:
+        file_of(url).parent.mkdir(parents=True, exist_ok=True)
+    engine_kwargs = {"connect_args": {"connect_timeout": 10}} if url.startswith("postgresql") else None
+    beat = heartbeat or Heartbeat()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            if read_only:
+                return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, skip_table_creation=True)
+            return optuna.storages.RDBStorage(
+                url,
+                engine_kwargs=engine_kwargs,
+                heartbeat_interval=beat.interval,
+                grace_period=beat.grace,
+                heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(
+                    max_retry=beat.max_retry
+                ),
+            )
+    except ImportError as exc:
+        driver = getattr(exc, "name", None) or getattr(exc.__cause__, "name", None) or "for this URL"
+        raise InputError(
+            f"storage '{shown}' needs the Python driver '{driver}', which is not installed.",
+            "install it (pip install 'hetcache[postgres]' for psycopg), or use a postgresql+psycopg:// URL.",
+        ) from exc
+    except Exception as exc:
+        reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()
+        raise InputError(
+            f"cannot open the study storage '{shown}' ({reason[0] if reason else type(exc).__name__}).",
+            "check that the database server is running and reachable, and the URL, user and database name "
+            "(e.g. postgresql+psycopg://user:pass@host:5432/db).",
+        ) from exc
