@@ -38,7 +38,7 @@ from hetcache.reference.evaluate import deviation, latent_regions
 from hetcache.stationarity import HELD_OUT
 from hetcache.tokens import classify_tokens, pixel_mask_to_token_mask
 from hetcache.workloads import ClipSource, Workload
-from hetcache.workloads.execute import Session
+from hetcache.workloads.execute import LoadedWorkload
 
 BASE = Policy(name="partial-error").replace(margin_width=2, skip_fill="residual", selection="stride")
 # name: (step letter, policy changes)
@@ -99,7 +99,7 @@ def velocity_deviation(reference: torch.Tensor, other: torch.Tensor, clip) -> di
     return out
 
 
-def run(session: Session, clip, timesteps: dict[int, float], plan=None, policy=None, replace=None):
+def run(session: LoadedWorkload, clip, timesteps: dict[int, float], plan=None, policy=None, replace=None):
     """(final latents, outputs at `timesteps`, decision letter of the plan's one cached step, FLOPs of that step / a
     full step); uncached without a plan."""
     handle = None
@@ -120,7 +120,7 @@ def run(session: Session, clip, timesteps: dict[int, float], plan=None, policy=N
     return latents, tap.outputs, stats["decisions"][step], steps * stats["flops_fraction"] - (steps - 1)
 
 
-def measure_clip(session: Session, clip, positions: Sequence[int]) -> dict[int, dict[str, Any]]:
+def measure_clip(session: LoadedWorkload, clip, positions: Sequence[int]) -> dict[int, dict[str, Any]]:
     timesteps = [float(t) for t in session.timesteps()]
     steps = session.workload.steps
     rows: dict[int, dict[str, Any]] = {}
@@ -210,7 +210,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     positions = [int(p) for p in args.positions.split(",")]
     sources = tuple(ClipSource(f"{kind}-{seed}", kind=kind, seed=seed) for kind, seed in HELD_OUT)
     workload = Workload(height=args.size, width=args.size, num_frames=17, steps=args.steps, clips=sources)
-    session = Session(workload)
+    session = LoadedWorkload(workload)
     per_clip = {clip.name: measure_clip(session, clip, positions) for clip in session.clips}
     summary = summarise(per_clip)
     write_json(

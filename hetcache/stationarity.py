@@ -172,7 +172,7 @@ def context_stationarity(
 
 
 def session_stationarity(session, clip, mid_run: tuple[float, float] = MID_RUN) -> Stationarity:
-    """Context stationarity of a workload Session's transformer on one of its clips (uncached run, its seed)."""
+    """Context stationarity of a LoadedWorkload's transformer on one of its clips (uncached run, its seed)."""
     return context_stationarity(
         session.transformer,
         lambda: session.generate(clip, decode=False),
@@ -239,10 +239,12 @@ def measure(
     finished run saves them."""
     from . import reference
     from .workloads import ClipSource, Workload
-    from .workloads.execute import Session
+    from .workloads.execute import LoadedWorkload
 
     sources = tuple(ClipSource(f"{kind}-{seed}", kind=kind, seed=seed) for kind, seed in clips)
-    session = Session(Workload(weights=weights, height=size, width=size, num_frames=17, steps=steps, clips=sources))
+    session = LoadedWorkload(
+        Workload(weights=weights, height=size, width=size, num_frames=17, steps=steps, clips=sources)
+    )
     if checkpoint is not None:
         saved = torch.load(checkpoint, weights_only=False)
         session.transformer.load_state_dict(saved["model"])

@@ -9,7 +9,7 @@ import torch
 
 from hetcache.stationarity import Stationarity, hole_and_context, session_stationarity
 from hetcache.workloads import ClipSource, Workload
-from hetcache.workloads.execute import Session
+from hetcache.workloads.execute import LoadedWorkload
 
 STEPS = 10
 SMALL = dict(height=128, width=128, num_frames=13, steps=STEPS, clips=(ClipSource("box", kind="box", seed=7001),))
@@ -19,7 +19,7 @@ SMALL = dict(height=128, width=128, num_frames=13, steps=STEPS, clips=(ClipSourc
 def measured() -> dict[str, Stationarity]:
     out = {}
     for weights in ("trained", "random"):
-        session = Session(Workload(weights=weights, **SMALL))
+        session = LoadedWorkload(Workload(weights=weights, **SMALL))
         out[weights] = session_stationarity(session, session.clips[0])
     return out
 
