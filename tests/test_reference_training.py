@@ -88,6 +88,19 @@ def test_a_stopped_run_resumes_to_the_same_weights(trained_folder, tmp_path):
         train.train(out, **small, resume=True)
 
 
+def test_training_continues_from_a_pipeline_folder_with_a_low_noise_share(trained_folder, tmp_path):
+    out, record = trained_folder
+    small = dict(steps=2, batch=2, pool_size=6, seed=0, progress=False, frames=(9,), sides=(64,), calibration_clips=4)
+    continued = train.train(tmp_path / "continued", **small, init=out, low_sigma_share=0.5)
+    assert continued["continued_from"]["steps"] == 3 and continued["continued_from"]["seed"] == 0
+    assert continued["data"]["init"]["transformer"] == record["checksums"][train.INIT_WEIGHTS]
+    assert continued["data"]["low_sigma_share"] == 0.5 and "log-uniform" in continued["data"]["objective"]
+    fresh = train.train(tmp_path / "fresh", **small)
+    assert continued["checksums"][train.INIT_WEIGHTS] != fresh["checksums"][train.INIT_WEIGHTS]
+    again = train.train(tmp_path / "again", **small, init=out, low_sigma_share=0.5)
+    assert again["checksums"] == continued["checksums"]
+
+
 def test_verify_catches_modified_weights_and_unknown_config_keys(trained_folder, tmp_path):
     out, _ = trained_folder
     copy = tmp_path / "copy"

@@ -36,15 +36,29 @@ def token_reuse_plan(steps: int) -> str:
     return "".join("P" if 3 <= i < 0.6 * steps and i % 2 else "F" for i in range(steps))
 
 
-def latent_regions(clip: Clip, latent_shape: Sequence[int]) -> dict[str, torch.Tensor]:
-    """Masks [1, 1, T', H/8, W/8] of the latent cells inside the edit mask (conservative mapping), near it (within
-    the reference VAE's reach, so their control latents show part of the grey hole) and outside (beyond it)."""
-    inside = pixel_mask_to_latent_mask(torch.from_numpy(clip.mask))
+def mask_regions(
+    mask: torch.Tensor, latent_shape: Sequence[int], reach: tuple[int, int] = VAE_REACH
+) -> dict[str, torch.Tensor]:
+    """Masks [1, 1, T', H/8, W/8] of the latent cells inside the pixel edit mask [F, H, W] (conservative mapping),
+    near it (within the VAE's `reach` (latent frames, latent cells), so their control latents show part of the grey
+    hole) and outside (beyond it)."""
+    inside = pixel_mask_to_latent_mask(mask)
     assert tuple(inside.shape[2:]) == tuple(latent_shape[2:])
-    frames, cells = VAE_REACH
-    reach = F.max_pool3d(inside, (2 * frames + 1, 2 * cells + 1, 2 * cells + 1), 1, (frames, cells, cells)) > 0.5
+    return reach_regions(inside, reach)
+
+
+def reach_regions(inside: torch.Tensor, reach: tuple[int, int] = VAE_REACH) -> dict[str, torch.Tensor]:
+    """Inside / near / outside masks from the latent cells inside the edit mask [1, 1, T', H', W']."""
+    inside = inside.float()
+    frames, cells = reach
+    near = F.max_pool3d(inside, (2 * frames + 1, 2 * cells + 1, 2 * cells + 1), 1, (frames, cells, cells)) > 0.5
     inside = inside > 0.5
-    return {"inside": inside, "near": reach & ~inside, "outside": ~reach}
+    return {"inside": inside, "near": near & ~inside, "outside": ~near}
+
+
+def latent_regions(clip: Clip, latent_shape: Sequence[int]) -> dict[str, torch.Tensor]:
+    """`mask_regions` of a clip's mask with the reference VAE's reach."""
+    return mask_regions(torch.from_numpy(clip.mask), latent_shape, VAE_REACH)
 
 
 def deviation(reference: torch.Tensor, cached: torch.Tensor, clip: Clip) -> dict[str, float]:
