@@ -123,7 +123,7 @@ def session_for(model, setup: dict, steps: int, scratch: Path):
     from safetensors.torch import save_file
 
     from hetcache import reference
-    from hetcache.workloads.execute import Session
+    from hetcache.workloads.execute import LoadedWorkload
     from hetcache.workloads.spec import ClipSource, Workload
 
     height, width, frames = setup["size"]
@@ -153,7 +153,7 @@ def session_for(model, setup: dict, steps: int, scratch: Path):
         prompt_embeds=str(path),
         clips=(ClipSource(name="box", kind="box"),),
     )
-    return Session(workload, pipe=pipe)
+    return LoadedWorkload(workload, pipe=pipe)
 
 
 def whole_run(model, setup: dict, scratch: Path) -> dict[str, Any]:

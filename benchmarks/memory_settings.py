@@ -25,7 +25,7 @@ from hetcache.dtypes import CACHE_ONLY_DTYPES
 from hetcache.memory import GIB, plan_memory
 from hetcache.metrics import clip_quality, mean_quality
 from hetcache.policy import Policy, load_policy
-from hetcache.workloads.execute import Session
+from hetcache.workloads.execute import LoadedWorkload
 from hetcache.workloads.spec import Workload
 
 BASE = "reference-psnr30"
@@ -77,7 +77,7 @@ def with_changes(policy: Policy, changes: dict[str, Any]) -> Policy:
 @torch.no_grad()
 def measure(clips: str | None, seed: int, only: str | None = None) -> dict[str, Any]:
     workload = Workload(seed=seed)
-    session = Session(workload)
+    session = LoadedWorkload(workload)
     chosen = [c for c in session.clips if clips is None or c.name in clips.split(",")]
     uncached = {clip.name: session.generate(clip) for clip in chosen}
     base = load_policy(BASE)

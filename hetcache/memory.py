@@ -398,8 +398,12 @@ def _buffers(plan: MemoryPlan, arch: Architecture, policy: Policy, letters: set[
                 add("zero_hint", "context", (b, n, d), model, counted=False)
         if plan.offload and partial:
             kv = (b, n, heads, head_dim)
-            for kind, shape in (("key", kv), ("value", kv), ("skip", (b, nk, d))):
-                out.append(Buffer(f"staging.{kind}", "transformer", None, expert, shape, cache, DEVICE, True, PARTIAL))
+            cached_layers = len(plan.partial_blocks) + len(plan.partial_vace_blocks)
+            for _slot in range(min(2, cached_layers)):  # two slots: the next layer is prefetched while one computes
+                for kind, shape in (("key", kv), ("value", kv), ("skip", (b, nk, d))):
+                    out.append(
+                        Buffer(f"staging.{kind}", "transformer", None, expert, shape, cache, DEVICE, True, PARTIAL)
+                    )
     return out
 
 

@@ -219,10 +219,12 @@ def test_plan_memory_command(capsys):
 
 def test_session_plans_match_the_engine_on_the_reference_workload():
     from hetcache.memory import session_cache_gib, session_plans
-    from hetcache.workloads.execute import Session
+    from hetcache.workloads.execute import LoadedWorkload
     from hetcache.workloads.spec import ClipSource, Workload
 
-    session = Session(Workload(steps=4, clips=(ClipSource(name="box", kind="box"),), height=64, width=64, num_frames=9))
+    session = LoadedWorkload(
+        Workload(steps=4, clips=(ClipSource(name="box", kind="box"),), height=64, width=64, num_frames=9)
+    )
     policy = SOME.replace(partial_blocks=[0, 2])
     handle = apply_hetcache(session.transformer, policy, strict=False, plan="FPRP")
     session.generate(session.clips[0], decode=False)

@@ -15,6 +15,7 @@ from hetcache.profiler.store import SCHEMA
 from torch.overrides import TorchFunctionMode
 
 from hetcache import reference
+from hetcache.atomic import MARKER as OUTPUT_MARKER
 from hetcache.attention_mass import key_attention_mass
 from hetcache.errors import InputError, UnsupportedModelError
 from hetcache.plan import relative_l1_changes, timestep_modulation
@@ -269,7 +270,7 @@ def test_cost_and_headroom(profiled):
 def test_save_load_round_trip(profiled, tmp_path):
     _, result, *_ = profiled
     folder = result.save(tmp_path / "profile")
-    assert sorted(p.name for p in folder.iterdir()) == ["profile.json", "tensors.safetensors"]
+    assert sorted(p.name for p in folder.iterdir()) == [OUTPUT_MARKER, "profile.json", "tensors.safetensors"]
     assert [p.name for p in tmp_path.iterdir()] == ["profile"]  # no temporary folder left behind
     loaded = Profile.load(folder)
     assert loaded.data["schema"] == SCHEMA
