@@ -10,9 +10,6 @@ from ..cost import CostModel
 from ..dtypes import CACHE_ONLY_DTYPES, TORCH_DTYPES
 from ..policy import Policy, StepPlanSpec
 
-CONTEXT_SELECTIONS_WITH_FEATURES = ("kmeans", "kmeans_attention")
-CONTEXT_SELECTIONS_WITH_SCORES = ("attention", "kmeans_attention")
-
 
 def main_layer(index: int) -> str:
     """Name of main block `index`'s caches."""
@@ -93,7 +90,6 @@ def resolve_config(
     config = model.config
     vace_blocks = list(getattr(model, "vace_blocks", []))
     layers, tokens = policy.layers, policy.tokens
-    context = tokens.context_ratio > 0
     attn = model.blocks[0].attn1
     dim = config.num_attention_heads * config.attention_head_dim
     return EngineConfig(
@@ -109,8 +105,8 @@ def resolve_config(
         else frozenset(),
         vace_first=tuple(getattr(block, "proj_in", None) is not None for block in vace_blocks),
         selection_layer=tokens.selection_layer % config.num_layers,
-        capture_features=context and tokens.selection in CONTEXT_SELECTIONS_WITH_FEATURES,
-        capture_scores=context and tokens.selection in CONTEXT_SELECTIONS_WITH_SCORES,
+        capture_features=tokens.needs_features,
+        capture_scores=tokens.needs_scores,
         residual_fill=tokens.skip_fill == "residual",
         mask_threshold=tokens.mask_threshold,
         margin_width=tokens.margin_width,
