@@ -10,6 +10,8 @@ the residual cached at the last FULL step. Variants, through the public knobs on
 - context_skipped: margin computed, context skipped (stale context K/V + stale context residuals);
   its two channels are separated by splicing that step's output into an uncached run: stale_kv_only takes the cached
   output at the computed tokens only, stale_residual_only at the skipped tokens only;
+- kv_refresh: context skipped, but the skipped tokens' keys/values recomputed from their approximated inputs
+  (`tokens.refresh_skipped_kv`): what is left once the stale-K/V channel is closed;
 - margin_half_skipped / margin_skipped: half / all of the margin skipped too (the margin's share);
 - output_fill: skipped tokens take their cached output instead of input + cached residual;
 - <selection>_<ratio>: that share of the context recomputed, chosen by stride, attention or k-means.
@@ -46,6 +48,7 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "reuse": ("R", {}),
     "everything_computed": ("P", {"margin_ratio": 1.0, "context_ratio": 1.0}),
     "context_skipped": ("P", {"margin_ratio": 1.0, "context_ratio": 0.0}),
+    "kv_refresh": ("P", {"margin_ratio": 1.0, "context_ratio": 0.0, "refresh_skipped_kv": True}),
     "margin_half_skipped": ("P", {"margin_ratio": 0.5, "context_ratio": 0.0}),
     "margin_skipped": ("P", {"margin_ratio": 0.0, "context_ratio": 0.0}),
     "output_fill": ("P", {"margin_ratio": 1.0, "context_ratio": 0.0, "skip_fill": "output"}),
@@ -182,7 +185,8 @@ def summarise(per_clip: dict[str, dict[int, dict[str, Any]]]) -> dict[str, Any]:
 
 def table(summary: dict[str, Any]) -> str:
     """README table: median final in-mask deviation (and beyond-reach) by step position, as a share of REUSE's."""
-    names = ["reuse", SPLICED, "stale_kv_only", "stale_residual_only", "margin_half_skipped", "margin_skipped"]
+    names = ["reuse", SPLICED, "stale_kv_only", "stale_residual_only", "kv_refresh", "margin_half_skipped"]
+    names += ["margin_skipped"]
     names += ["output_fill", "stride_0.1", "stride_0.3", "attention_0.3", "kmeans_0.3", "everything_computed"]
     positions = list(summary)
     lines = [

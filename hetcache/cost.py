@@ -63,6 +63,12 @@ class CostModel:
         proj = 2.0 * active * self.dim * self.dim * (2 if first else 1)
         return sum(self.block(active, keys, text_len, text_kv).values()) + proj
 
+    def skipped_kv(self, skipped: int, first_vace: bool = False) -> float:
+        """The skipped-token K/V refresh of one partial block: key and value projections of `skipped` tokens (and the
+        first VACE block's `proj_in` of their control states)."""
+        d2 = self.dim * self.dim
+        return 4.0 * skipped * d2 + (2.0 * skipped * d2 if first_vace else 0.0)
+
     def embed_head(self, tokens: int, text_len: int, vace: bool) -> float:
         """Patch embeddings, time and text embedders, output projection (run on every step, REUSE included)."""
         d = self.dim
@@ -83,8 +89,10 @@ class CostModel:
         run_blocks: bool = True,
         text_kv: bool = True,
         batch: int = 1,
+        refresh_skipped_kv: bool = False,
     ) -> dict[str, float]:
-        """FLOPs split by part of one forward; `active_*[i]` = tokens computed in block i (default: all)."""
+        """FLOPs split by part of one forward; `active_*[i]` = tokens computed in block i (default: all);
+        `refresh_skipped_kv`: blocks computing fewer than `tokens` also project the skipped tokens' keys/values."""
         parts = dict.fromkeys(PARTS, 0.0)
         vace = self.num_vace_layers > 0
         parts["embed_head"] = self.embed_head(tokens, text_len, vace)
@@ -93,9 +101,13 @@ class CostModel:
                 n = tokens if active_blocks is None else active_blocks[i]
                 for part, value in self.block(n, tokens, text_len, text_kv).items():
                     parts[part] += value
+                if refresh_skipped_kv:
+                    parts["self_attention"] += self.skipped_kv(tokens - n)
             for i in range(self.num_vace_layers):
                 n = tokens if active_vace is None else active_vace[i]
                 parts["vace"] += self.vace_block(n, tokens, text_len, first=i == 0, text_kv=text_kv)
+                if refresh_skipped_kv:
+                    parts["vace"] += self.skipped_kv(tokens - n, first_vace=i == 0)
         return {k: v * batch for k, v in parts.items()}
 
     def uncached_forward(self, tokens: int, text_len: int, batch: int = 1) -> float:

@@ -5,8 +5,9 @@ buffer, so that `MemoryPlan.cache_bytes` equals what `handle.stats()["cache_byte
 where each buffer lives (device, or host when the policy offloads). Per cached block and cache context: self-attention
 keys and values [B, N, H, d] and the skip rows [B, Nk, D] of the never-generative tokens (cache dtype, offloadable),
 the VACE hint [B, N, D] and the prompt's cross-attention K/V (model dtype, on the device). Per context: the stack
-input and residual [B, N, D], the selection capture, and working buffers (gather scratch, zero hint). Per transformer
-when offloaded: one device staging buffer per offloaded kind.
+input and residual [B, N, D], the selection capture, and working buffers (gather scratch, the skipped rows' scratch
+when their keys/values are refreshed, zero hint). Per transformer when offloaded: one device staging buffer per
+offloaded kind.
 """
 
 from __future__ import annotations
@@ -40,7 +41,8 @@ FP32_MODULES = ("rope", "time_embedder", "scale_shift_table", "norm1", "norm2", 
 class Buffer:
     """One buffer the engine allocates: what it holds, its shape and dtype, where it lives and when it appears."""
 
-    kind: str  # key, value, skip, hint, text_kv, x_in, residual, features, scores, scratch, zero_hint, staging.*
+    kind: str  # key, value, skip, hint, text_kv, x_in, residual, features, scores, scratch, skipped_scratch,
+    # zero_hint, staging.*
     owner: str  # "block.i" / "vace.i" (per layer), "context" or "transformer"
     context: str | None  # cache context ("cond" / "uncond"), None for buffers shared by the contexts
     expert: int
@@ -394,6 +396,8 @@ def _buffers(plan: MemoryPlan, arch: Architecture, policy: Policy, letters: set[
                 add("scores", "context", (b, n), torch.float32)
             if partial:
                 add("scratch", "context", (b, nu, d), model, counted=False, step=PARTIAL)
+            if partial and spec.refresh_skipped_kv:  # the skipped tokens' block inputs, for their K/V refresh
+                add("skipped_scratch", "context", (b, n - nu, d), model, counted=False, step=PARTIAL)
             if arch.is_vace:  # what REUSE steps hand the main stream as hints
                 add("zero_hint", "context", (b, n, d), model, counted=False)
         if plan.offload and partial:

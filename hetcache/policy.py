@@ -108,6 +108,12 @@ class TokenSpec:
     selection_layer: int = spec(-1, kind="int", doc="block whose features / attention drive the selection")
     skip_fill: str = spec("residual", kind="choice", choices=SKIP_FILLS, doc="what skipped tokens take from cache")
     seed: int = spec(0, kind="int", doc="seed of the k-means initialisation")
+    refresh_skipped_kv: bool = spec(
+        False,
+        kind="bool",
+        optional=True,
+        doc="skipped tokens' keys/values recomputed from their approximated inputs (projections only)",
+    )
 
     @property
     def needs_features(self) -> bool:

@@ -33,9 +33,9 @@ class GraphCounter:
         return self.compile(graph, example_inputs)
 
 
-def _denoise(model, inputs, backend=None, plan=PLAN, times=TIMES, **layers):
+def _denoise(model, inputs, backend=None, plan=PLAN, times=TIMES, **changes):
     """Cond and uncond calls per step, like a pipeline with guidance; returns outputs and graphs added per step."""
-    apply_hetcache(model, SOME.replace(**layers), strict=False, plan=plan)
+    apply_hetcache(model, SOME.replace(**changes), strict=False, plan=plan)
     runner = torch.compile(model, backend=backend) if backend is not None else model
     uncond = {**inputs, "encoder_hidden_states": -inputs["encoder_hidden_states"]}
     outs, added = [], []
@@ -49,12 +49,13 @@ def _denoise(model, inputs, backend=None, plan=PLAN, times=TIMES, **layers):
     return outs, added
 
 
-def test_compiled_engine_adds_no_graph_after_the_first_step_of_each_type():
+@pytest.mark.parametrize("options", [{}, {"refresh_skipped_kv": True}], ids=["plain", "skipped-kv-refresh"])
+def test_compiled_engine_adds_no_graph_after_the_first_step_of_each_type(options):
     torch._dynamo.reset()
     inputs = model_inputs(box_token_mask(1, 3, 8, 8))
-    eager, _ = _denoise(tiny_vace_model(**SMALL), inputs)
+    eager, _ = _denoise(tiny_vace_model(**SMALL), inputs, **options)
     counter = GraphCounter()
-    compiled, added = _denoise(tiny_vace_model(**SMALL), inputs, counter)
+    compiled, added = _denoise(tiny_vace_model(**SMALL), inputs, counter, **options)
     first_of_type = {PLAN.index(letter) for letter in set(PLAN)}
     assert all(added[step] == 0 for step in range(len(PLAN)) if step not in first_of_type), added
     assert all(added[step] > 0 for step in first_of_type), added

@@ -51,6 +51,7 @@ def engine_bytes_by_kind(state) -> dict[str, int]:
             ("features", ctx.capture.features),
             ("scores", ctx.capture.scores),
             ("scratch", ctx.scratch),
+            ("skipped_scratch", ctx.skipped_scratch),
             ("zero_hint", ctx.zero_hint),
         ):
             add(kind, _nbytes(tensor))
@@ -87,6 +88,7 @@ CASES = {
     "no VACE partial, no CFG": (SOME.replace(partial_vace_blocks=[]), "FPPPF", 1, False),
     "FULL-only blocks": (SOME.replace(partial_blocks=[], partial_vace_blocks=[]), "FRFRF", 1, True),
     "batch of two, attention": (SOME.replace(selection="attention", context_ratio=0.0), "FPP", 2, True),
+    "skipped K/V refresh, offload": (SOME.replace(refresh_skipped_kv=True, offload=True), "FPRPF", 1, True),
 }
 
 

@@ -255,7 +255,8 @@ def test_same_seed_gives_the_same_first_trials(tmp_path):
     def first_params(folder: str, seed: str) -> list[dict]:
         out = tmp_path / folder
         code, _, stderr = run_tune(
-            "--budget", "psnr=30", "--trials", "2", "--no-warm-start", "--sampler-seed", seed, *WORKLOAD,
+            "--budget", "psnr=30", "--min-speedup", "1.0", "--trials", "2", "--no-warm-start", "--sampler-seed", seed,
+            *WORKLOAD,
             "--clips", "box", "--out", str(out),
         )  # fmt: skip
         assert code == 0, stderr

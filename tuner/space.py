@@ -97,6 +97,7 @@ PARAMS = (
     Param("partial_blocks", "int", 0, bounds="partial_block_count"),  # the first k blocks of main_order
     Param("partial_vace", "choice", False, choices=(False, True)),  # every VACE block, or none
     Param("cache_dtype", "choice", "auto", choices=TUNED_CACHE_DTYPES, field="dtype"),
+    Param("refresh_skipped_kv", "choice", False, choices=(False, True), field="refresh_skipped_kv"),
 )
 PARAM_NAMES = tuple(p.name for p in PARAMS)
 ALL, QUIET = "all", "quiet"  # warm-start values of partial_blocks: every main block, the least drifting ones
@@ -209,8 +210,9 @@ class SearchSpace:
         return {p.name: p.suggest(trial, self) for p in PARAMS}
 
     def clamp(self, params: dict[str, Any]) -> dict[str, Any]:
-        """Bring a point from elsewhere (another model's values) inside the space."""
-        out = {p.name: p.clamp(params[p.name], self) for p in PARAMS}
+        """Bring a point from elsewhere (another model's values, an older space's) inside the space; a parameter it
+        lacks takes its neutral value."""
+        out = {p.name: p.clamp(params.get(p.name, p.neutral), self) for p in PARAMS}
         out["partial_vace"] = bool(out["partial_vace"]) and bool(self.vace_order)
         return out
 
@@ -309,4 +311,6 @@ def behaviour_key(policy: Policy, plan: str) -> str:
         ]
         if t.needs_features:
             parts.append(f"clusters={t.clusters}")
+        if t.refresh_skipped_kv:  # only when on, so that keys of studies made before the option stay valid
+            parts.append("refresh_kv")
     return ";".join(parts)

@@ -33,15 +33,22 @@ def call_record(config: EngineConfig, run: RunState, ctx: ContextState, context:
     flops = cost.embed_head(tokens, text_len, config.is_vace)
     if ctx.text_fresh:  # the prompt's K/V of every layer hetcache computes itself, once per prompt
         flops += len(config.text_layers) * cost.block(0, 0, text_len, True)["cross_attention"]
+    refresh = decision == PARTIAL and config.refresh_skipped_kv
     if decision != REUSE:
         for index in range(config.num_layers):
             body = config.main_layer_uses_body(index) if decision == FULL else index in config.partial_blocks
-            n = active if decision == PARTIAL and index in config.partial_blocks else tokens
+            partial = decision == PARTIAL and index in config.partial_blocks
+            n = active if partial else tokens
             flops += sum(cost.block(n, tokens, text_len, not body).values())
+            if partial and refresh:
+                flops += cost.skipped_kv(tokens - n)
         for index, first in enumerate(config.vace_first):
             cached = index in config.partial_vace
-            n = active if decision == PARTIAL and cached else tokens
+            partial = decision == PARTIAL and cached
+            n = active if partial else tokens
             flops += cost.vace_block(n, tokens, text_len, first, not cached)
+            if partial and refresh:
+                flops += cost.skipped_kv(tokens - n, first_vace=first)
     selection = 0.0
     if decision == FULL and config.capture_scores:
         generative = sum(g.numel() for g in ctx.capture.generative)

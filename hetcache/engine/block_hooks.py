@@ -1,7 +1,8 @@
 """The hooks that run each step type on the blocks: one class per block kind, one method per path.
 
 FULL: every token; a cached block keeps its keys, values and skip rows, the selection layer records.
-PARTIAL: only the active rows, attending over cached keys/values; skipped tokens come from the skip rows.
+PARTIAL: only the active rows, attending over cached keys/values; skipped tokens come from the skip rows (with
+`tokens.refresh_skipped_kv`, their keys/values are first recomputed from their block inputs: projections only).
 REUSE: blocks are identities (VACE hints are zero) and the head adds the last computed whole-stack residual.
 """
 
@@ -23,6 +24,15 @@ class _BlockHook(ModelHook):
     def __init__(self, state: TransformerState, buffers: CacheBuffers, adapter: BlockAdapter, name: str) -> None:
         super().__init__()
         self.state, self.buffers, self.adapter, self.name = state, buffers, adapter, name
+        self.refresh = state.config.refresh_skipped_kv
+
+    def _refresh_skipped(self, module, staged, rows: Rows, skipped_in: torch.Tensor, temb, rope) -> None:
+        """Keys/values of the skipped tokens from their (approximated) block input, written before attention."""
+        if rows.skipped_cos is None:  # RoPE tables at the skipped rows, once per call
+            rows.skipped_cos = rope[0].index_select(1, rows.skipped)
+            rows.skipped_sin = rope[1].index_select(1, rows.skipped)
+        key, value = self.adapter.kv(module, skipped_in, temb, (rows.skipped_cos, rows.skipped_sin), rows.skipped)
+        self.buffers.write_skipped_kv(staged, rows, key, value)
 
     def _partial_body(self, module, layer: LayerCache, staged, rows: Rows, stream_rows, temb, rope) -> torch.Tensor:
         if rows.cos is None:  # RoPE tables at the active rows, once per call
@@ -85,6 +95,8 @@ class MainBlockHook(_BlockHook):
         staged = self.buffers.device_caches(ctx, self.name)
         rows_in = self.buffers.gather(ctx, hidden, rows)
         temb, rope = get("temb", args, kwargs), get("rope", args, kwargs)
+        if self.refresh:
+            self._refresh_skipped(module, staged, rows, self.buffers.gather_skipped(ctx, hidden, rows), temb, rope)
         computed = self._partial_body(module, layer, staged, rows, rows_in, temb, rope)
         self.buffers.refresh_skip(layer, rows, computed, rows_in)
         self.buffers.fill_skipped(staged, hidden, rows)
@@ -126,15 +138,19 @@ class VaceBlockHook(_BlockHook):
         layer, rows, get, adapter = ctx.layers[self.name], ctx.rows, self.adapter.argument, self.adapter
         hidden, control = get("hidden", args, kwargs), get("control", args, kwargs)
         staged = self.buffers.device_caches(ctx, self.name)
+        temb, rope = get("temb", args, kwargs), get("rope", args, kwargs)
+        if self.refresh:
+            skipped_in = self.buffers.gather_skipped(ctx, control, rows)
+            if self.first:
+                skipped_in = adapter.project_in(module, skipped_in, hidden.index_select(1, rows.skipped))
+            self._refresh_skipped(module, staged, rows, skipped_in, temb, rope)
         control_rows = self.buffers.gather(ctx, control, rows)
         if self.first:
             base_rows = hidden.index_select(1, rows.active)
             stream_rows = adapter.project_in(module, control_rows, base_rows)
         else:
             base_rows = stream_rows = control_rows
-        computed = self._partial_body(
-            module, layer, staged, rows, stream_rows, get("temb", args, kwargs), get("rope", args, kwargs)
-        )
+        computed = self._partial_body(module, layer, staged, rows, stream_rows, temb, rope)
         self.buffers.refresh_skip(layer, rows, computed, base_rows)
         hint = self.buffers.update_hint(layer, rows, adapter.project_out(module, computed))
         out = control

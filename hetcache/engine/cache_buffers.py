@@ -87,9 +87,12 @@ class CacheBuffers:
     def prepare_rows(self, ctx: ContextState, rows: Rows, device: torch.device) -> None:
         """Scratch rows for the active tokens and (offloaded) the staging buffers a PARTIAL step reads."""
         cfg = self.config
-        ctx.scratch = _buffer(
-            ctx.scratch, (ctx.x_in.shape[0], rows.active.numel(), cfg.geometry.dim), cfg.model_dtype, device
-        )
+        batch, dim = ctx.x_in.shape[0], cfg.geometry.dim
+        ctx.scratch = _buffer(ctx.scratch, (batch, rows.active.numel(), dim), cfg.model_dtype, device)
+        if cfg.refresh_skipped_kv:
+            ctx.skipped_scratch = _buffer(
+                ctx.skipped_scratch, (batch, rows.skipped.numel(), dim), cfg.model_dtype, device
+            )
         if not cfg.offload or not self.order:
             return
         layer = ctx.layers[self.order[0]]
@@ -183,6 +186,21 @@ class CacheBuffers:
     def gather(self, ctx: ContextState, tensor: torch.Tensor, rows: Rows) -> torch.Tensor:
         """Rows of the active tokens, into the context's scratch buffer (shared by every layer)."""
         return torch.index_select(tensor, 1, rows.active, out=ctx.scratch)
+
+    def gather_skipped(self, ctx: ContextState, tensor: torch.Tensor, rows: Rows) -> torch.Tensor:
+        """Rows of the skipped tokens, into the context's second scratch buffer (skipped-token K/V refresh)."""
+        return torch.index_select(tensor, 1, rows.skipped, out=ctx.skipped_scratch)
+
+    def write_skipped_kv(
+        self, staged: dict[str, torch.Tensor], rows: Rows, key: torch.Tensor, value: torch.Tensor
+    ) -> None:
+        """The skipped tokens' refreshed keys/values into the cache the active queries read.
+
+        Not written back to offloaded host caches: every PARTIAL step recomputes these rows before reading them, and
+        a FULL step overwrites them.
+        """
+        _index_copy(staged["key"], rows.skipped, key)
+        _index_copy(staged["value"], rows.skipped, value)
 
     def merge_kv(
         self, layer: LayerCache, staged: dict[str, torch.Tensor], rows: Rows, key: torch.Tensor, value: torch.Tensor

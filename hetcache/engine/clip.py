@@ -1,6 +1,6 @@
 """The token sets of the clip being generated: its classes (once per run) and the rows PARTIAL steps compute.
 
-Both run outside the denoising step's hot path, on the device, with tensor ops; they sync once each (`nonzero`).
+Both run outside the denoising step's hot path, on the device, with tensor ops; they sync a few times each (`nonzero`).
 """
 
 from __future__ import annotations
@@ -84,6 +84,7 @@ def partial_rows(config: EngineConfig, clip: ClipTokens, capture: Capture) -> Ro
     )
     active = active_tokens(clip.classes, config.margin_ratio, choice).any(dim=0)
     refresh = (active & clip.skippable_mask).nonzero().squeeze(1)
+    skipped = (~active).nonzero().squeeze(1)
     active_rows = torch.cat([refresh, clip.generative_union])
     slots = clip.compact_slot[refresh]
     stored = (lambda t: t.cpu()) if config.offload else (lambda t: t)
@@ -92,6 +93,7 @@ def partial_rows(config: EngineConfig, clip: ClipTokens, capture: Capture) -> Ro
         n_refresh=refresh.numel(),
         refresh_slots=slots,
         skippable=clip.skippable,
+        skipped=skipped,
         active_stored=stored(active_rows),
         slots_stored=stored(slots),
     )

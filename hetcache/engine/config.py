@@ -45,6 +45,7 @@ class EngineConfig:
     capture_features: bool
     capture_scores: bool
     residual_fill: bool  # skipped tokens get input + cached residual (else the cached output)
+    refresh_skipped_kv: bool  # partial blocks recompute the skipped tokens' keys/values from their inputs
     mask_threshold: float
     margin_width: int
     margin_frames: int
@@ -108,6 +109,7 @@ def resolve_config(
         capture_features=tokens.needs_features,
         capture_scores=tokens.needs_scores,
         residual_fill=tokens.skip_fill == "residual",
+        refresh_skipped_kv=tokens.refresh_skipped_kv,
         mask_threshold=tokens.mask_threshold,
         margin_width=tokens.margin_width,
         margin_frames=tokens.margin_frames,

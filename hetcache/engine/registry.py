@@ -25,7 +25,8 @@ class BlockAdapter:
     arguments: role → parameter name of the block's forward (roles: hidden, text, control, temb, rope).
     stream: the role of the stream the block transforms (hidden for main blocks, control for VACE blocks).
     output_index: element of a tuple output that is the stream out (None: the output itself).
-    body / text_kv / project_in / project_out: the family's maths (engine only; None where not supported).
+    body / kv / text_kv / project_in / project_out: the family's maths (engine only; None where not supported);
+    `kv` gives the self-attention keys and values of some rows from their block input (skipped-token refresh).
     """
 
     kind: str
@@ -33,6 +34,7 @@ class BlockAdapter:
     stream: str = "hidden"
     output_index: int | None = None
     body: Callable[..., Any] | None = None
+    kv: Callable[..., Any] | None = None
     text_kv: Callable[..., Any] | None = None
     project_in: Callable[..., Any] | None = None
     project_out: Callable[..., Any] | None = None

@@ -117,7 +117,7 @@ class RootHook(ModelHook):
             ctx.selection_stale = True
             ctx.capture.generative = run.clip.generative_per_item if self.state.config.capture_scores else []
         elif decision == PARTIAL:
-            ctx.rows.cos = ctx.rows.sin = None
+            ctx.rows.clear_rope()
         return decision
 
     @torch.compiler.disable

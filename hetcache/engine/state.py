@@ -36,10 +36,17 @@ class Rows:
     n_refresh: int  # computed tokens that are also skippable (their cache rows are refreshed)
     refresh_slots: torch.Tensor  # [n_refresh] their positions in the compact skip buffer
     skippable: torch.Tensor  # [Nk] indices of tokens that may be skipped (never generative)
+    skipped: torch.Tensor  # [Ns] indices of the tokens not computed (every token not in `active`)
     active_stored: torch.Tensor  # `active` and `refresh_slots` on the cache's storage device
     slots_stored: torch.Tensor
     cos: torch.Tensor | None = None  # RoPE tables at `active`: cleared per call, filled by the first partial block
     sin: torch.Tensor | None = None
+    skipped_cos: torch.Tensor | None = None  # the same at `skipped` (skipped-token K/V refresh only)
+    skipped_sin: torch.Tensor | None = None
+
+    def clear_rope(self) -> None:
+        """Forget the RoPE tables of the last call (a new call may carry other ones)."""
+        self.cos = self.sin = self.skipped_cos = self.skipped_sin = None
 
 
 @dataclass
@@ -100,6 +107,7 @@ class ContextState(BaseState):
         self.residual: torch.Tensor | None = None
         self.zero_hint: torch.Tensor | None = None
         self.scratch: torch.Tensor | None = None  # gathered rows of the active tokens
+        self.skipped_scratch: torch.Tensor | None = None  # gathered rows of the skipped tokens (K/V refresh)
         self.rows: Rows | None = None
         self.selection_stale = True
         self.capture = Capture()

@@ -7,7 +7,7 @@ from diffusers.models.transformers.transformer_wan import WanTransformer3DModel,
 from diffusers.models.transformers.transformer_wan_vace import WanVACETransformer3DModel, WanVACETransformerBlock
 
 from .registry import MAIN, VACE, BlockAdapter, TransformerAdapter, register_block, register_transformer
-from .wan_blocks import block_body, text_kv, vace_project_in, vace_project_out
+from .wan_blocks import block_body, block_kv, text_kv, vace_project_in, vace_project_out
 
 WAN_ARGUMENTS = {"hidden": "hidden_states", "text": "encoder_hidden_states", "temb": "temb", "rope": "rotary_emb"}
 
@@ -17,6 +17,7 @@ register_block(
         kind=MAIN,
         arguments=WAN_ARGUMENTS,
         body=block_body,
+        kv=block_kv,
         text_kv=lambda block, text: text_kv(block.attn2, text),
     ),
 )
@@ -27,6 +28,7 @@ register_block(
         arguments={**WAN_ARGUMENTS, "control": "control_hidden_states"},
         stream="control",
         body=block_body,
+        kv=block_kv,
         text_kv=lambda block, text: text_kv(block.attn2, text),
         project_in=vace_project_in,
         project_out=vace_project_out,

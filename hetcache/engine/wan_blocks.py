@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
+import torch.nn.functional as F
 from diffusers.models.attention_dispatch import dispatch_attention_fn
 
 from ..attention_mass import key_attention_mass
@@ -51,6 +52,33 @@ def _self_qkv(attn: torch.nn.Module, hidden: torch.Tensor) -> tuple[torch.Tensor
         query, key, value = attn.to_q(hidden), attn.to_k(hidden), attn.to_v(hidden)
     query, key = attn.norm_q(query), attn.norm_k(key)
     return tuple(t.unflatten(2, (attn.heads, -1)) for t in (query, key, value))
+
+
+def _self_kv(attn: torch.nn.Module, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Self-attention keys (normed) and values only: a fused projection is applied through its K/V rows alone."""
+    if getattr(attn, "fused_projections", False):
+        weight, bias = attn.to_qkv.weight, attn.to_qkv.bias
+        inner = weight.shape[0] // 3
+        key, value = F.linear(hidden, weight[inner:], None if bias is None else bias[inner:]).chunk(2, dim=-1)
+    else:
+        key, value = attn.to_k(hidden), attn.to_v(hidden)
+    key = attn.norm_k(key)
+    return key.unflatten(2, (attn.heads, -1)), value.unflatten(2, (attn.heads, -1))
+
+
+def block_kv(
+    block: torch.nn.Module,
+    hidden: torch.Tensor,
+    temb: torch.Tensor,
+    rope: tuple[torch.Tensor, torch.Tensor],
+    rows: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Self-attention keys (post-norm, post-RoPE) and values of the tokens `rows` from their block input `hidden`
+    [B, len(rows), D] and `rope` at those rows: the block's first norm, modulation and K/V projections, nothing else."""
+    shift, scale = _rows(_modulation(block, temb), rows)[:2]
+    normed = (block.norm1(hidden.float()) * (1 + scale) + shift).type_as(hidden)
+    key, value = _self_kv(block.attn1, normed)
+    return apply_rope(key, *rope), value
 
 
 def text_kv(attn: torch.nn.Module, text: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
