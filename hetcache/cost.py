@@ -2,7 +2,8 @@
 
 Counts matrix products only (2 FLOPs per multiply-add), as `torch.utils.flop_counter.FlopCounterMode` does:
 projections, attention scores and values, cross-attention, FFN, VACE in/out projections, embeddings and the head.
-Norms, modulation, RoPE and softmax are O(N·D) and left out on both sides.
+Norms, modulation, RoPE, softmax and the forecast's extrapolation of cached residuals are O(N·D) and left out on both
+sides.
 """
 
 from __future__ import annotations

@@ -3,11 +3,11 @@
 The plan restates the engine's allocation rules (hetcache.engine: session, state, storage, wan_blocks) buffer by
 buffer, so that `MemoryPlan.cache_bytes` equals what `handle.stats()["cache_bytes"]` reports after a run, and says
 where each buffer lives (device, or host when the policy offloads). Per cached block and cache context: self-attention
-keys and values [B, N, H, d] and the skip rows [B, Nk, D] of the never-generative tokens (cache dtype, offloadable),
-the VACE hint [B, N, D] and the prompt's cross-attention K/V (model dtype, on the device). Per context: the stack
-input and residual [B, N, D], the selection capture, and working buffers (gather scratch, the skipped rows' scratch
-when their keys/values are refreshed, zero hint). Per transformer when offloaded: one device staging buffer per
-offloaded kind.
+keys and values [B, N, H, d] and the skip rows [B, Nk, D] of the never-generative tokens (cache dtype, offloadable;
+with a forecast also the previous FULL step's skip rows), the VACE hint [B, N, D] and the prompt's cross-attention
+K/V (model dtype, on the device). Per context: the stack input and residual [B, N, D] (with a forecast also the
+previous residual), the selection capture, and working buffers (gather scratch, the skipped rows' scratch when their
+keys/values are refreshed, zero hint). Per transformer when offloaded: one device staging buffer per offloaded kind.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ EVERY_BLOCK = Policy(name="every-block", description="default settings, every bl
 DEVICE, HOST = "device", "host"
 # Dtypes the plan can size: the model dtypes and the cache-only ones (1-byte float8).
 PLAN_DTYPES: dict[str, torch.dtype] = {**TORCH_DTYPES, **CACHE_ONLY_DTYPES}
-STORAGE_KINDS = ("key", "value", "skip")  # what CacheStorage allocates (cache dtype, host when offloaded)
+STORAGE_KINDS = ("key", "value", "skip", "skip_prev")  # per-layer caches (cache dtype, host when offloaded)
 FP32_MODULES = ("rope", "time_embedder", "scale_shift_table", "norm1", "norm2", "norm3")  # kept fp32 by diffusers
 
 
@@ -118,7 +118,7 @@ class MemoryPlan:
         if not self.offload:
             return 0
         t = self.tokens
-        rows = {"key": t.active, "value": t.active, "skip": t.active - t.generative}
+        rows = {"key": t.active, "value": t.active, "skip": t.active - t.generative, "skip_prev": 0}
         back = sum(b.nbytes // b.shape[1] * rows[b.kind] for b in self.buffers if b.place == HOST and b.shape[1])
         return self.host_bytes + back
 
@@ -367,6 +367,7 @@ def _buffers(plan: MemoryPlan, arch: Architecture, policy: Policy, letters: set[
     features = spec.selection in ("kmeans", "kmeans_attention") and spec.context_ratio > 0
     scores = spec.selection in ("attention", "kmeans_attention") and spec.context_ratio > 0
     partial = PARTIAL in letters and bool(plan.partial_blocks or plan.partial_vace_blocks)
+    forecast = policy.cache.forecast != "none"
     out: list[Buffer] = []
     for expert in range(plan.experts):
         for context in plan.contexts:
@@ -378,6 +379,8 @@ def _buffers(plan: MemoryPlan, arch: Architecture, policy: Policy, letters: set[
                 add("key", owner, (b, n, heads, head_dim), cache, stored)
                 add("value", owner, (b, n, heads, head_dim), cache, stored)
                 add("skip", owner, (b, nk, d), cache, stored)
+                if forecast:  # the skip rows of the FULL step before
+                    add("skip_prev", owner, (b, nk, d), cache, stored)
                 if hint:
                     add("hint", owner, (b, n, d), model)
                 add("text_kv", owner, (2, b, plan.text_len, heads, head_dim), model)
@@ -390,6 +393,8 @@ def _buffers(plan: MemoryPlan, arch: Architecture, policy: Policy, letters: set[
                 add("text_kv", f"block.{selection_layer}", (2, b, plan.text_len, heads, head_dim), model)
             add("x_in", "context", (b, n, d), model)
             add("residual", "context", (b, n, d), torch.float32)  # the stack output enters norm_out as float32
+            if forecast:  # the residual of the computed step before
+                add("residual_prev", "context", (b, n, d), torch.float32)
             if features:
                 add("features", "context", (b, n, d), model)
             if scores:
@@ -404,7 +409,9 @@ def _buffers(plan: MemoryPlan, arch: Architecture, policy: Policy, letters: set[
             kv = (b, n, heads, head_dim)
             cached_layers = len(plan.partial_blocks) + len(plan.partial_vace_blocks)
             for _slot in range(min(2, cached_layers)):  # two slots: the next layer is prefetched while one computes
-                for kind, shape in (("key", kv), ("value", kv), ("skip", (b, nk, d))):
+                kinds = [("key", kv), ("value", kv), ("skip", (b, nk, d))]
+                kinds += [("skip_prev", (b, nk, d))] if forecast else []
+                for kind, shape in kinds:
                     out.append(
                         Buffer(f"staging.{kind}", "transformer", None, expert, shape, cache, DEVICE, True, PARTIAL)
                     )

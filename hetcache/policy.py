@@ -32,6 +32,7 @@ SELECTIONS = ("stride", "kmeans", "attention", "kmeans_attention")
 FEATURE_SELECTIONS = frozenset({"kmeans", "kmeans_attention"})  # cluster hidden states of the last FULL step
 SCORE_SELECTIONS = frozenset({"attention", "kmeans_attention"})  # rank by the generative queries' attention mass
 SKIP_FILLS = ("residual", "output")
+FORECASTS = ("none", "linear")  # how cached residuals are carried to a later step: as they are, or extrapolated
 PLAN_RULES = ("accumulated_change", "explicit")
 CACHE_DTYPE_CHOICES = (*CACHE_DTYPES, *CACHE_ONLY_DTYPES)  # float8: stored in one byte, computed in the model dtype
 
@@ -149,6 +150,13 @@ class CacheSpec:
 
     dtype: str = spec("auto", kind="choice", choices=CACHE_DTYPE_CHOICES, doc='cache dtype ("auto": the model\'s own)')
     offload: bool = spec(False, kind="bool", doc="keep caches in host memory between steps")
+    forecast: str = spec(
+        "none",
+        kind="choice",
+        choices=FORECASTS,
+        optional=True,
+        doc="cached residuals extrapolated in time from the last two computed steps (REUSE, skipped tokens)",
+    )
 
 
 @dataclass(frozen=True)

@@ -49,7 +49,9 @@ def _denoise(model, inputs, backend=None, plan=PLAN, times=TIMES, **changes):
     return outs, added
 
 
-@pytest.mark.parametrize("options", [{}, {"refresh_skipped_kv": True}], ids=["plain", "skipped-kv-refresh"])
+@pytest.mark.parametrize(
+    "options", [{}, {"refresh_skipped_kv": True, "forecast": "linear"}], ids=["plain", "kv-refresh-and-forecast"]
+)
 def test_compiled_engine_adds_no_graph_after_the_first_step_of_each_type(options):
     torch._dynamo.reset()
     inputs = model_inputs(box_token_mask(1, 3, 8, 8))

@@ -42,12 +42,13 @@ def engine_bytes_by_kind(state) -> dict[str, int]:
 
     for ctx in state.contexts.values():
         for layer in ctx.layers.values():
-            for kind in ("key", "value", "skip", "hint"):
+            for kind in ("key", "value", "skip", "skip_prev", "hint"):
                 add(kind, _nbytes(getattr(layer, kind)))
             add("text_kv", sum(_nbytes(t) for t in layer.text or ()))
         for kind, tensor in (
             ("x_in", ctx.x_in),
             ("residual", ctx.residual),
+            ("residual_prev", ctx.residual_prev),
             ("features", ctx.capture.features),
             ("scores", ctx.capture.scores),
             ("scratch", ctx.scratch),
@@ -89,6 +90,13 @@ CASES = {
     "FULL-only blocks": (SOME.replace(partial_blocks=[], partial_vace_blocks=[]), "FRFRF", 1, True),
     "batch of two, attention": (SOME.replace(selection="attention", context_ratio=0.0), "FPP", 2, True),
     "skipped K/V refresh, offload": (SOME.replace(refresh_skipped_kv=True, offload=True), "FPRPF", 1, True),
+    "forecast, offload": (SOME.replace(forecast="linear", offload=True), "FFRPF", 1, True),
+    "forecast, kmeans_attention, no CFG": (
+        SOME.replace(forecast="linear", selection="kmeans_attention"),
+        "FFPR",
+        1,
+        False,
+    ),
 }
 
 
@@ -161,12 +169,13 @@ def test_plan_follows_the_cache_dtype_of_a_bf16_wan_model(dtype):
 
 
 def test_fp8_and_offload_shrink_exactly_what_they_should():
-    common = dict(height=480, width=832, num_frames=33)  # default policy: every block cached
+    # every block cached, with a forecast: every storage kind is there
+    common = dict(height=480, width=832, num_frames=33, policy=Policy(name="every").replace(forecast="linear"))
     bf16 = plan_memory("wan2.1-vace-1.3b", **common)
     fp8 = plan_memory("wan2.1-vace-1.3b", cache_dtype="float8_e4m3fn", **common)
     for kind in STORAGE_KINDS:
         assert fp8.by_kind()[kind] * 2 == bf16.by_kind()[kind]
-    for kind in ("hint", "x_in", "residual", "text_kv"):  # model dtype whatever the cache dtype
+    for kind in ("hint", "x_in", "residual", "residual_prev", "text_kv"):  # not the cache dtype
         assert fp8.by_kind()[kind] == bf16.by_kind()[kind]
     offloaded = plan_memory("wan2.1-vace-1.3b", offload=True, **common)
     assert offloaded.host_bytes == sum(bf16.by_kind()[k] for k in STORAGE_KINDS)

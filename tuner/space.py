@@ -24,6 +24,7 @@ import optuna
 from hetcache.dtypes import CACHE_DTYPES
 from hetcache.plan import rescale, step_changes
 from hetcache.policy import (
+    FORECASTS,
     SELECTIONS,
     SKIP_FILLS,
     ModelSpec,
@@ -33,7 +34,7 @@ from hetcache.policy import (
     field_value,
     load_policy,
 )
-from hetcache.steps import PARTIAL
+from hetcache.steps import FULL, PARTIAL
 
 from .profile_input import ProfileHints
 
@@ -98,6 +99,7 @@ PARAMS = (
     Param("partial_vace", "choice", False, choices=(False, True)),  # every VACE block, or none
     Param("cache_dtype", "choice", "auto", choices=TUNED_CACHE_DTYPES, field="dtype"),
     Param("refresh_skipped_kv", "choice", False, choices=(False, True), field="refresh_skipped_kv"),
+    Param("forecast", "choice", "none", choices=FORECASTS, field="forecast"),
 )
 PARAM_NAMES = tuple(p.name for p in PARAMS)
 ALL, QUIET = "all", "quiet"  # warm-start values of partial_blocks: every main block, the least drifting ones
@@ -300,6 +302,8 @@ def behaviour_key(policy: Policy, plan: str) -> str:
     clusters only for k-means selections.
     """
     parts = [f"plan={plan}", f"cache={policy.cache.dtype}"]
+    if policy.cache.forecast != "none" and set(plan) - {FULL}:  # only when on, as refresh_kv below
+        parts.append(f"forecast={policy.cache.forecast}")
     if PARTIAL in plan:
         t, la = policy.tokens, policy.layers
         parts += [

@@ -3,7 +3,8 @@
 FULL: every token; a cached block keeps its keys, values and skip rows, the selection layer records.
 PARTIAL: only the active rows, attending over cached keys/values; skipped tokens come from the skip rows (with
 `tokens.refresh_skipped_kv`, their keys/values are first recomputed from their block inputs: projections only).
-REUSE: blocks are identities (VACE hints are zero) and the head adds the last computed whole-stack residual.
+REUSE: blocks are identities (VACE hints are zero) and the head adds the last computed whole-stack residual
+(`cache.forecast` "linear": extrapolated in time, as are the skipped tokens' skip rows on PARTIAL steps).
 """
 
 from __future__ import annotations
@@ -99,7 +100,7 @@ class MainBlockHook(_BlockHook):
             self._refresh_skipped(module, staged, rows, self.buffers.gather_skipped(ctx, hidden, rows), temb, rope)
         computed = self._partial_body(module, layer, staged, rows, rows_in, temb, rope)
         self.buffers.refresh_skip(layer, rows, computed, rows_in)
-        self.buffers.fill_skipped(staged, hidden, rows)
+        self.buffers.fill_skipped(ctx, staged, hidden, rows)
         hidden.index_copy_(1, rows.active, computed)
         return hidden
 
@@ -156,7 +157,7 @@ class VaceBlockHook(_BlockHook):
         out = control
         if self.first:
             out.copy_(hidden)
-        self.buffers.fill_skipped(staged, out, rows)
+        self.buffers.fill_skipped(ctx, staged, out, rows)
         out.index_copy_(1, rows.active, computed)
         return hint, out
 
@@ -171,7 +172,7 @@ class HeadHook(ModelHook):
     def pre_forward(self, module, hidden, *args, **kwargs):
         ctx = self.state.active
         if ctx.decision == REUSE:
-            return (hidden + ctx.residual, *args), kwargs
+            return (hidden + self.buffers.reused_residual(ctx), *args), kwargs
         self.buffers.keep_residual(ctx, hidden)
         return (hidden, *args), kwargs
 

@@ -18,12 +18,19 @@ from .state import ContextState, LayerCache, Rows, RunState
 
 
 def _buffer(
-    buffer: torch.Tensor | None, shape: tuple, dtype: torch.dtype, device: torch.device, pin: bool = False
+    buffer: torch.Tensor | None,
+    shape: tuple,
+    dtype: torch.dtype,
+    device: torch.device,
+    pin: bool = False,
+    zero: bool = False,
 ) -> torch.Tensor:
-    """`buffer` if it already has this shape, dtype and device, else a new (uninitialised) one."""
+    """`buffer` if it already has this shape, dtype and device, else a new one (uninitialised, or zeros: a forecast
+    reads the change between two buffers, scaled by 0 until both were written, which must not be 0 · NaN)."""
     if buffer is not None and tuple(buffer.shape) == shape and buffer.dtype == dtype and buffer.device == device:
         return buffer
-    return torch.empty(shape, dtype=dtype, device=device, pin_memory=pin)
+    make = torch.zeros if zero else torch.empty
+    return make(shape, dtype=dtype, device=device, pin_memory=pin)
 
 
 def _index_copy(buffer: torch.Tensor, rows: torch.Tensor, values: torch.Tensor) -> None:
@@ -38,7 +45,10 @@ def _index_copy(buffer: torch.Tensor, rows: torch.Tensor, values: torch.Tensor) 
 
 
 def _kinds(layer: LayerCache) -> dict[str, torch.Tensor]:
-    return {"key": layer.key, "value": layer.value, "skip": layer.skip}
+    kinds = {"key": layer.key, "value": layer.value, "skip": layer.skip}
+    if layer.skip_prev is not None:
+        kinds["skip_prev"] = layer.skip_prev
+    return kinds
 
 
 class CacheBuffers:
@@ -64,8 +74,13 @@ class CacheBuffers:
         cfg = self.config
         batch, tokens, dim = run.batch, run.tokens, cfg.geometry.dim
         stream = (batch, tokens, dim)
+        forecast = cfg.forecast
         ctx.x_in = _buffer(ctx.x_in, stream, cfg.model_dtype, device)
-        ctx.residual = _buffer(ctx.residual, stream, self.head_dtype, device)
+        ctx.residual = _buffer(ctx.residual, stream, self.head_dtype, device, zero=forecast)
+        if forecast:
+            ctx.residual_prev = _buffer(ctx.residual_prev, stream, self.head_dtype, device, zero=True)
+            ctx.forecast.reuse = _buffer(ctx.forecast.reuse, (), torch.float32, device, zero=True)
+            ctx.forecast.skip = _buffer(ctx.forecast.skip, (), torch.float32, device, zero=True)
         if cfg.is_vace and (ctx.zero_hint is None or tuple(ctx.zero_hint.shape) != stream):
             ctx.zero_hint = torch.zeros(stream, dtype=cfg.model_dtype, device=device)
         if cfg.capture_features:
@@ -80,7 +95,9 @@ class CacheBuffers:
             layer = ctx.layer(name)
             layer.key = _buffer(layer.key, kv, cfg.cache_dtype, store, pin)
             layer.value = _buffer(layer.value, kv, cfg.cache_dtype, store, pin)
-            layer.skip = _buffer(layer.skip, skip, cfg.cache_dtype, store, pin)
+            layer.skip = _buffer(layer.skip, skip, cfg.cache_dtype, store, pin, zero=forecast)
+            if forecast:
+                layer.skip_prev = _buffer(layer.skip_prev, skip, cfg.cache_dtype, store, pin, zero=True)
             if name.startswith("vace."):
                 layer.hint = _buffer(layer.hint, stream, cfg.model_dtype, device)
 
@@ -154,7 +171,15 @@ class CacheBuffers:
 
     def keep_residual(self, ctx: ContextState, out: torch.Tensor) -> None:
         """The whole-stack residual (last block output − first block input) that REUSE steps add."""
+        if self.config.forecast:
+            ctx.residual_prev.copy_(ctx.residual)
         ctx.residual.copy_(out - ctx.x_in.to(out.dtype))
+
+    def reused_residual(self, ctx: ContextState) -> torch.Tensor:
+        """What a REUSE step adds: the last computed residual, or (forecast) its linear extrapolation to this step."""
+        if not self.config.forecast:
+            return ctx.residual
+        return ctx.residual + (ctx.residual - ctx.residual_prev) * ctx.forecast.reuse
 
     def keep_full(
         self,
@@ -167,6 +192,8 @@ class CacheBuffers:
     ) -> None:
         """After a full computation: keys, values and the residual (or output) of the skippable tokens."""
         offload = self.config.offload
+        if self.config.forecast:  # offloaded: a host copy, after the last FULL step's writes (the step's timestep
+            layer.skip_prev.copy_(layer.skip)  # read synchronised the stream since)
         layer.key.copy_(key, non_blocking=offload)
         layer.value.copy_(value, non_blocking=offload)
         source = out - base if self.config.residual_fill else out
@@ -215,15 +242,24 @@ class CacheBuffers:
         return keys, values
 
     def refresh_skip(self, layer: LayerCache, rows: Rows, computed: torch.Tensor, base: torch.Tensor) -> None:
-        """Skip rows of the computed skippable tokens (the first `n_refresh` active ones)."""
+        """Skip rows of the computed skippable tokens (the first `n_refresh` active ones).
+
+        Not with a forecast: its history must hold FULL-step rows only (these rows are computed on every PARTIAL
+        step until the next FULL step, which rewrites them all).
+        """
+        if self.config.forecast:
+            return
         fresh = computed[:, : rows.n_refresh]
         if self.config.residual_fill:
             fresh = fresh - base[:, : rows.n_refresh]
         _index_copy(layer.skip, rows.slots_stored, fresh)
 
-    def fill_skipped(self, staged: dict[str, torch.Tensor], out: torch.Tensor, rows: Rows) -> None:
-        """Skipped tokens of `out` (in place): input + cached residual, or the cached output."""
+    def fill_skipped(self, ctx: ContextState, staged: dict[str, torch.Tensor], out: torch.Tensor, rows: Rows) -> None:
+        """Skipped tokens of `out` (in place): input + cached residual, or the cached output (forecast: either
+        extrapolated linearly from the last two FULL steps to this one)."""
         skip = staged["skip"].to(out.dtype)
+        if self.config.forecast:
+            skip = skip + (skip - staged["skip_prev"].to(out.dtype)) * ctx.forecast.skip
         if self.config.residual_fill:
             out.index_add_(1, rows.skippable, skip)
         else:

@@ -56,6 +56,7 @@ class EngineConfig:
     seed: int
     cache_dtype: torch.dtype
     offload: bool
+    forecast: bool  # REUSE steps and skipped tokens extrapolate their cached residuals linearly in time
     model_dtype: torch.dtype
     patch_size: tuple[int, int, int]
     is_vace: bool
@@ -120,6 +121,7 @@ def resolve_config(
         seed=tokens.seed,
         cache_dtype={**TORCH_DTYPES, **CACHE_ONLY_DTYPES}.get(policy.cache.dtype, model.dtype),
         offload=policy.cache.offload,
+        forecast=policy.cache.forecast == "linear",
         model_dtype=model.dtype,
         patch_size=tuple(config.patch_size),
         is_vace=bool(vace_blocks),

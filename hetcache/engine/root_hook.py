@@ -21,7 +21,7 @@ from ..steps import FULL, PARTIAL, REUSE
 from .accounting import call_record
 from .cache_buffers import CacheBuffers
 from .clip import clip_tokens, partial_rows
-from .state import ContextState, RunState, TransformerState
+from .state import ContextState, RunState, TransformerState, extrapolation
 
 
 def partial_possible(state: TransformerState) -> bool:
@@ -98,6 +98,8 @@ class RootHook(ModelHook):
         signature = _text_signature(inputs["encoder_hidden_states"])
         ctx.text_fresh, ctx.text_signature = signature != ctx.text_signature, signature
         ctx.decision, ctx.last_step = self._runnable(ctx, decision), step
+        if state.config.forecast:
+            _advance_forecast(ctx, run.last_t)
         state.phase_seconds["engine"] += time.perf_counter() - started
         ctx.started = started
 
@@ -205,6 +207,19 @@ class RootHook(ModelHook):
         self.state.staging_bytes = self.buffers.staging_bytes()
         ctx.selection_stale = False
         self.state.phase_seconds["select"] += time.perf_counter() - started
+
+
+def _advance_forecast(ctx: ContextState, t: float) -> None:
+    """This call's extrapolation factors from the steps computed before it, then its own place in the history."""
+    forecast = ctx.forecast
+    if ctx.decision == REUSE:
+        forecast.reuse.fill_(extrapolation(forecast.computed, t))
+        return
+    if ctx.decision == PARTIAL:
+        forecast.skip.fill_(extrapolation(forecast.full, t))
+    forecast.computed = [*forecast.computed, t][-2:]
+    if ctx.decision == FULL:
+        forecast.full = [*forecast.full, t][-2:]
 
 
 def _text_signature(text: torch.Tensor) -> tuple:

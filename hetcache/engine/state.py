@@ -56,11 +56,37 @@ class LayerCache:
     key: torch.Tensor | None = None  # [B, N, H, d] post-norm, post-RoPE self-attention keys (all tokens)
     value: torch.Tensor | None = None  # [B, N, H, d]
     skip: torch.Tensor | None = None  # [B, Nk, D] residual (or output) of the skippable tokens
+    skip_prev: torch.Tensor | None = None  # [B, Nk, D] the same at the FULL step before (forecast only)
     hint: torch.Tensor | None = None  # [B, N, D] VACE hint (conditioning states) of all tokens
     text: tuple[torch.Tensor, torch.Tensor] | None = None  # cross-attention K/V of the prompt
 
     def nbytes(self) -> int:
-        return _nbytes(self.key, self.value, self.skip, self.hint, *(self.text or ()))
+        return _nbytes(self.key, self.value, self.skip, self.skip_prev, self.hint, *(self.text or ()))
+
+
+@dataclass
+class Forecast:
+    """Timesteps of the last computed steps and the extrapolation factors of this call (first-order forecast).
+
+    `reuse` scales the change of the whole-stack residual between the last two computed steps (FULL or PARTIAL),
+    `skip` that of the skip rows between the last two FULL steps; both are 0 until two such steps ran. They are
+    0-dim device tensors, filled when a call is decided, so that a compiled graph never sees a new constant.
+    """
+
+    computed: list[float] = field(default_factory=list)  # timesteps of the last two computed steps (oldest first)
+    full: list[float] = field(default_factory=list)  # timesteps of the last two FULL steps
+    reuse: torch.Tensor | None = None
+    skip: torch.Tensor | None = None
+
+    def restart(self) -> None:
+        self.computed, self.full = [], []
+
+
+def extrapolation(history: list[float], t: float) -> float:
+    """(t − t_last) / (t_last − t_prev) from the last two timesteps of `history`; 0 without two distinct ones."""
+    if len(history) < 2 or history[1] == history[0]:
+        return 0.0
+    return (t - history[1]) / (history[1] - history[0])
 
 
 @dataclass
@@ -105,6 +131,8 @@ class ContextState(BaseState):
         self.ready = False  # a computed step of this run filled the caches
         self.x_in: torch.Tensor | None = None
         self.residual: torch.Tensor | None = None
+        self.residual_prev: torch.Tensor | None = None  # the residual of the computed step before (forecast only)
+        self.forecast = Forecast()
         self.zero_hint: torch.Tensor | None = None
         self.scratch: torch.Tensor | None = None  # gathered rows of the active tokens
         self.skipped_scratch: torch.Tensor | None = None  # gathered rows of the skipped tokens (K/V refresh)
@@ -121,6 +149,7 @@ class ContextState(BaseState):
         self.ready = False
         self.rows = None
         self.selection_stale = True
+        self.forecast.restart()
         self.capture = Capture(chunk=self.capture.chunk, features=self.capture.features)
         self.text_signature = None
 
@@ -130,7 +159,7 @@ class ContextState(BaseState):
         return self.layers[name]
 
     def nbytes(self) -> int:
-        own = _nbytes(self.x_in, self.residual, self.capture.features, self.capture.scores)
+        own = _nbytes(self.x_in, self.residual, self.residual_prev, self.capture.features, self.capture.scores)
         return own + sum(layer.nbytes() for layer in self.layers.values())
 
 

@@ -1,0 +1,93 @@
+"""First-order forecast of cached residuals (`cache.forecast`): REUSE steps and PARTIAL steps' skipped tokens."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import box_token_mask, model_inputs, tiny_vace_model
+
+from hetcache import apply_hetcache, remove_hetcache
+from hetcache.policy import Policy
+
+SOME = Policy(name="some").replace(margin_ratio=0.5, context_ratio=0.25, selection="stride")
+FORECAST = SOME.replace(forecast="linear")
+TIMES = (900.0, 800.0, 650.0)  # the third step is 1.5 of the second interval after the second step
+
+
+@pytest.fixture(autouse=True)
+def _inference():
+    with torch.no_grad():
+        yield
+
+
+def _inputs():
+    mask = box_token_mask(1, 3, 8, 8)
+    return [model_inputs(mask, seed=s) for s in range(len(TIMES))]
+
+
+def _run(model, policy, plan, edit=None):
+    """Outputs of one step per time of TIMES; `edit(step, ctx)` may read or change the caches before each step."""
+    handle = apply_hetcache(model, policy, strict=False, plan=plan)
+    outs = []
+    with model.cache_context("cond"):
+        for step, (inputs, t) in enumerate(zip(_inputs(), TIMES, strict=True)):
+            if edit is not None and step:
+                edit(step, handle.state.contexts["cond"])
+            outs.append(model(timestep=torch.tensor([t]), return_dict=False, **inputs)[0])
+    remove_hetcache(model)
+    return outs, handle
+
+
+def _extrapolated(last: torch.Tensor, prev: torch.Tensor) -> torch.Tensor:
+    """r_last + (r_last − r_prev) · (t_now − t_last) / (t_last − t_prev), by hand, for the third of TIMES."""
+    return last + (last - prev) * ((TIMES[2] - TIMES[1]) / (TIMES[1] - TIMES[0]))
+
+
+@pytest.mark.parametrize("plan", ["FFR", "FPR"])
+def test_reuse_step_adds_the_residual_extrapolated_from_the_last_two_computed_steps(plan):
+    model = tiny_vace_model()
+    first = {}
+
+    def by_hand(step, ctx):  # the plain engine, its whole-stack residual replaced by the formula before REUSE
+        if step == 1:
+            first["residual"] = ctx.residual.clone()
+        else:
+            ctx.residual.copy_(_extrapolated(ctx.residual, first["residual"]))
+
+    plain, _ = _run(model, SOME, plan, by_hand)
+    forecast, handle = _run(model, FORECAST, plan)
+    assert handle.stats()["decisions"] == plan
+    assert torch.equal(plain[0], forecast[0]) and torch.equal(plain[1], forecast[1])  # nothing forecast yet
+    torch.testing.assert_close(forecast[2], plain[2], rtol=1e-6, atol=1e-6)
+    unforecast, _ = _run(model, SOME, plan)
+    assert not torch.allclose(forecast[2], unforecast[2], atol=1e-4)  # the forecast changed the step
+
+
+def test_partial_step_fills_skipped_tokens_with_skip_rows_extrapolated_from_the_last_two_full_steps():
+    model = tiny_vace_model()
+    first = {}
+
+    def by_hand(step, ctx):  # the plain engine, every layer's skip rows replaced by the formula before PARTIAL
+        for name, layer in ctx.layers.items():
+            if step == 1:
+                first[name] = layer.skip.clone()
+            else:
+                layer.skip.copy_(_extrapolated(layer.skip, first[name]))
+
+    plain, _ = _run(model, SOME, "FFP", by_hand)
+    forecast, handle = _run(model, FORECAST, "FFP")
+    assert handle.stats()["decisions"] == "FFP"
+    torch.testing.assert_close(forecast[2], plain[2], rtol=1e-6, atol=1e-6)
+    unforecast, _ = _run(model, SOME, "FFP")
+    assert not torch.allclose(forecast[2], unforecast[2], atol=1e-4)
+
+
+def test_forecast_with_one_computed_step_is_the_plain_reuse_and_offload_gives_the_resident_result():
+    model = tiny_vace_model()
+    plain, _ = _run(model, SOME, "FRR")
+    forecast, _ = _run(model, FORECAST, "FRR")
+    assert all(torch.equal(a, b) for a, b in zip(plain, forecast, strict=True))  # one computed step: factor 0
+    for plan in ("FFR", "FFP"):
+        resident, _ = _run(model, FORECAST.replace(refresh_skipped_kv=True), plan)
+        offloaded, _ = _run(model, FORECAST.replace(refresh_skipped_kv=True, offload=True), plan)
+        assert all(torch.equal(a, b) for a, b in zip(resident, offloaded, strict=True)), plan
