@@ -12,6 +12,8 @@ the residual cached at the last FULL step. Variants, through the public knobs on
   output at the computed tokens only, stale_residual_only at the skipped tokens only;
 - kv_refresh: context skipped, but the skipped tokens' keys/values recomputed from their approximated inputs
   (`tokens.refresh_skipped_kv`): what is left once the stale-K/V channel is closed;
+- kv_refresh_forecast / reuse_forecast: the same, or a REUSE step, with the cached residuals extrapolated from the
+  last two computed steps (`cache.forecast: "linear"`);
 - margin_half_skipped / margin_skipped: half / all of the margin skipped too (the margin's share);
 - output_fill: skipped tokens take their cached output instead of input + cached residual;
 - <selection>_<ratio>: that share of the context recomputed, chosen by stride, attention or k-means.
@@ -21,11 +23,13 @@ Deviation: mean squared deviation of the final latents inside the mask, near it 
 same regions. Numbers come from the tiny reference model; use them for orderings, not magnitudes.
 
     python benchmarks/partial_error.py [--positions 3,10,17] [--out benchmarks/results/partial_error.json]
+        [--variants kv_refresh,...]  (only these, merged into the existing --out file of the same workload)
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 from collections.abc import Sequence
 from pathlib import Path
@@ -49,6 +53,11 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "everything_computed": ("P", {"margin_ratio": 1.0, "context_ratio": 1.0}),
     "context_skipped": ("P", {"margin_ratio": 1.0, "context_ratio": 0.0}),
     "kv_refresh": ("P", {"margin_ratio": 1.0, "context_ratio": 0.0, "refresh_skipped_kv": True}),
+    "kv_refresh_forecast": (
+        "P",
+        {"margin_ratio": 1.0, "context_ratio": 0.0, "refresh_skipped_kv": True, "forecast": "linear"},
+    ),
+    "reuse_forecast": ("R", {"forecast": "linear"}),
     "margin_half_skipped": ("P", {"margin_ratio": 0.5, "context_ratio": 0.0}),
     "margin_skipped": ("P", {"margin_ratio": 0.0, "context_ratio": 0.0}),
     "output_fill": ("P", {"margin_ratio": 1.0, "context_ratio": 0.0, "skip_fill": "output"}),
@@ -123,7 +132,9 @@ def run(session: LoadedWorkload, clip, timesteps: dict[int, float], plan=None, p
     return latents, tap.outputs, stats["decisions"][step], steps * stats["flops_fraction"] - (steps - 1)
 
 
-def measure_clip(session: LoadedWorkload, clip, positions: Sequence[int]) -> dict[int, dict[str, Any]]:
+def measure_clip(
+    session: LoadedWorkload, clip, positions: Sequence[int], variants: Sequence[str]
+) -> dict[int, dict[str, Any]]:
     timesteps = [float(t) for t in session.timesteps()]
     steps = session.workload.steps
     rows: dict[int, dict[str, Any]] = {}
@@ -133,7 +144,8 @@ def measure_clip(session: LoadedWorkload, clip, positions: Sequence[int]) -> dic
         ref_out = ref_outputs[position]
         row: dict[str, Any] = {}
         cached_out = None
-        for name, (letter, changes) in VARIANTS.items():
+        for name in variants:
+            letter, changes = VARIANTS[name]
             plan = "".join(letter if i == position else "F" for i in range(steps))
             latents, outputs, decision, cost = run(session, clip, tap, plan, BASE.replace(**changes))
             outputs = outputs[position]
@@ -145,6 +157,9 @@ def measure_clip(session: LoadedWorkload, clip, positions: Sequence[int]) -> dic
             }
             if name == SPLICED:
                 cached_out = outputs
+        rows[position] = row
+        if cached_out is None:
+            continue
         cells = computed_cells(clip, ref_out[0].shape, BASE.tokens.margin_width)
         for name, where in (("stale_kv_only", cells), ("stale_residual_only", ~cells)):
             spliced = [torch.where(where, c, r) for c, r in zip(cached_out, ref_out, strict=True)]
@@ -153,8 +168,16 @@ def measure_clip(session: LoadedWorkload, clip, positions: Sequence[int]) -> dic
                 "final": deviation(reference, latents, clip),
                 "step_velocity": velocity_deviation(ref_out[0], outputs[position][0], clip),
             }
-        rows[position] = row
     return rows
+
+
+def merged(previous: dict[str, Any], fresh: dict[str, dict[int, dict[str, Any]]]) -> dict[str, dict[int, dict]]:
+    """Per-clip rows of an earlier results file with the freshly measured variants put in (or replaced)."""
+    out = {name: {int(p): dict(row) for p, row in rows.items()} for name, rows in previous["clips"].items()}
+    for name, rows in fresh.items():
+        for position, row in rows.items():
+            out.setdefault(name, {}).setdefault(position, {}).update(row)
+    return out
 
 
 def summarise(per_clip: dict[str, dict[int, dict[str, Any]]]) -> dict[str, Any]:
@@ -188,12 +211,13 @@ def table(summary: dict[str, Any]) -> str:
     names = ["reuse", SPLICED, "stale_kv_only", "stale_residual_only", "kv_refresh", "margin_half_skipped"]
     names += ["margin_skipped"]
     names += ["output_fill", "stride_0.1", "stride_0.3", "attention_0.3", "kmeans_0.3", "everything_computed"]
+    names += ["kv_refresh_forecast", "reuse_forecast"]
     positions = list(summary)
     lines = [
         "| variant | " + " | ".join(f"step {p}: inside (share of reuse) / outside" for p in positions) + " |",
         "|---|" + "---|" * len(positions),
     ]
-    for name in names:
+    for name in (n for n in names if n in summary[positions[0]]):
         cells = []
         for p in positions:
             entry = summary[p][name]["final"]
@@ -210,12 +234,34 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--size", type=int, default=128)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/partial_error.json"))
+    parser.add_argument(
+        "--variants",
+        default=None,
+        help="comma-separated variants to measure, merged into the existing --out file (default: every variant)",
+    )
     args = parser.parse_args(argv)
     positions = [int(p) for p in args.positions.split(",")]
     sources = tuple(ClipSource(f"{kind}-{seed}", kind=kind, seed=seed) for kind, seed in HELD_OUT)
     workload = Workload(height=args.size, width=args.size, num_frames=17, steps=args.steps, clips=sources)
+    variants = list(VARIANTS) if args.variants is None else args.variants.split(",")
+    previous = None
+    if args.variants is not None:
+        unknown = sorted(set(variants) - set(VARIANTS))
+        if unknown:
+            parser.error(f"unknown variant(s) {', '.join(unknown)}; known: {', '.join(VARIANTS)}")
+        if not args.out.is_file():
+            parser.error(f"--variants merges into an existing results file, and {args.out} does not exist")
+        previous = json.loads(args.out.read_text(encoding="utf-8"))
+        if previous["workload"] != workload.to_dict() or any(str(p) not in previous["summary"] for p in positions):
+            parser.error(f"{args.out} holds another workload or other positions: run without --variants")
+        if "reuse" not in variants and any(
+            "reuse" not in row for rows in previous["clips"].values() for row in rows.values()
+        ):
+            parser.error(f"{args.out} has no reuse rows to compare with: add reuse to --variants")
     session = LoadedWorkload(workload)
-    per_clip = {clip.name: measure_clip(session, clip, positions) for clip in session.clips}
+    per_clip = {clip.name: measure_clip(session, clip, positions, variants) for clip in session.clips}
+    if previous is not None:
+        per_clip = merged(previous, per_clip)
     summary = summarise(per_clip)
     write_json(
         args.out,

@@ -91,3 +91,21 @@ def test_forecast_with_one_computed_step_is_the_plain_reuse_and_offload_gives_th
         resident, _ = _run(model, FORECAST.replace(refresh_skipped_kv=True), plan)
         offloaded, _ = _run(model, FORECAST.replace(refresh_skipped_kv=True, offload=True), plan)
         assert all(torch.equal(a, b) for a, b in zip(resident, offloaded, strict=True)), plan
+
+
+def test_forecast_lowers_the_error_of_reuse_steps_on_the_trained_reference_model():
+    """Held-out clip (tiny trained reference model): two REUSE steps in a row after two FULL ones, with and without
+    the forecast (measured: 2.4x lower inside the mask here, 5-14x over three held-out clips at 20 steps)."""
+    from hetcache.reference.evaluate import TOKEN_REUSE, caching_deviation
+    from hetcache.stationarity import HELD_OUT
+    from hetcache.workloads import ClipSource, Workload
+    from hetcache.workloads.execute import LoadedWorkload
+
+    kind, seed = HELD_OUT[2]
+    clips = (ClipSource(f"{kind}-{seed}", kind=kind, seed=seed),)
+    session = LoadedWorkload(Workload(weights="trained", height=128, width=128, num_frames=13, steps=10, clips=clips))
+    plan = "FFFRRFRRFF"
+    plain = caching_deviation(session, session.clips[0], plan, TOKEN_REUSE)
+    forecast = caching_deviation(session, session.clips[0], plan, TOKEN_REUSE.replace(forecast="linear"))
+    assert 0 < forecast["inside"] < 0.6 * plain["inside"]
+    assert forecast["outside"] < plain["outside"]

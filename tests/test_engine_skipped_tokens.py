@@ -165,6 +165,10 @@ def test_refresh_flops_match_the_flop_counter(partial_vace):
     extra = 4 * cost.skipped_kv(skipped) + sum(cost.skipped_kv(skipped, first) for first in vace)
     assert on[1] - off[1] == pytest.approx(extra, rel=1e-6)  # exactly the projections, nothing else
     assert on_calls[1].flops - off_calls[1].flops == pytest.approx(extra, rel=1e-9)
+    if partial_vace is None:  # every block partial: the whole-forward estimate says the same
+        active, vace_active = [on_calls[1].active] * cost.num_layers, [on_calls[1].active] * cost.num_vace_layers
+        estimate = cost.forward(192, 8, active, vace_active, text_kv=False, refresh_skipped_kv=True)
+        assert sum(estimate.values()) == pytest.approx(on_calls[1].flops, rel=1e-9)
 
 
 def test_refresh_lowers_the_in_mask_error_on_the_trained_reference_model():
