@@ -59,7 +59,7 @@ def _budget_arguments(
     """The budget flags; `tuning` (not exporting): defaults of a new study, and where the memory bound is measured
     (fixed when the study is created)."""
     min_speedup = 1.1 if tuning else None
-    group = parser.add_argument_group("quality budget")
+    group = parser.add_argument_group("budget (quality, speed, memory)")
     group.add_argument(
         "--budget",
         required=required,
@@ -77,6 +77,7 @@ def _budget_arguments(
     group.add_argument(
         "--max-cache-gib",
         type=cli_types.number(0.0, low_open=True),
+        metavar="GIB",
         help="most device memory (GiB, > 0) hetcache may hold for a policy: caches, working buffers, offload "
         "staging, not the weights (docs/memory.md); a trial whose policy exceeds it is not run"
         + ("" if tuning else " (default the study’s)"),
