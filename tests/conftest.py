@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from hetcache import reference
+from hetcache.policy import Policy
 from hetcache.workloads.clips import Clip
 
 if os.environ.get("HETCACHE_TEST_THREADS"):
@@ -31,6 +32,26 @@ TINY_VACE = dict(
     vace_in_channels=96,
 )
 TINY_WAN = {k: v for k, v in TINY_VACE.items() if not k.startswith("vace")}
+# the engine tests' usual token-level policy: half the margin and a quarter of the context recomputed
+SOME = Policy(name="some").replace(margin_ratio=0.5, context_ratio=0.25, selection="stride")
+
+
+@pytest.fixture
+def no_grad():
+    """Inference mode for a test module (`pytestmark = pytest.mark.usefixtures("no_grad")`)."""
+    with torch.no_grad():
+        yield
+
+
+def forward(model, inputs: dict, t: float) -> torch.Tensor:
+    """One transformer call at timestep `t` (one per batch item), the output tensor only."""
+    return model(timestep=torch.tensor([t] * inputs["hidden_states"].shape[0]), return_dict=False, **inputs)[0]
+
+
+def denoise(model, inputs: dict, times, context: str = "cond") -> list[torch.Tensor]:
+    """One call per timestep in one cache context, as a pipeline's denoising loop makes them."""
+    with model.cache_context(context):
+        return [forward(model, inputs, t) for t in times]
 
 
 def tiny_vace_model(seed: int = 0, **overrides):

@@ -6,7 +6,7 @@ import contextlib
 
 import pytest
 import torch
-from conftest import box_token_mask, model_inputs, tiny_vace_model
+from conftest import SOME, box_token_mask, denoise, forward, model_inputs, tiny_vace_model
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -17,24 +17,10 @@ from hetcache.fingerprint import model_fingerprint
 from hetcache.plan import plan_from_changes, relative_l1_changes, resolve_plan, timestep_modulation
 from hetcache.policy import Policy, StepPlanSpec, model_spec_from_fingerprint
 
-
-@pytest.fixture(autouse=True)
-def _inference():
-    with torch.no_grad():
-        yield
+pytestmark = pytest.mark.usefixtures("no_grad")
 
 
-SOME = Policy(name="some").replace(margin_ratio=0.5, context_ratio=0.25, selection="stride")
 TIMES = (900.0, 800.0, 700.0, 600.0, 500.0)
-
-
-def _call(model, inputs, t):
-    return model(timestep=torch.tensor([t] * inputs["hidden_states"].shape[0]), return_dict=False, **inputs)[0]
-
-
-def _run(model, inputs, times=TIMES, context="cond"):
-    with model.cache_context(context):
-        return [_call(model, inputs, t) for t in times]
 
 
 def test_cond_and_uncond_states_never_mix():
@@ -45,14 +31,14 @@ def test_cond_and_uncond_states_never_mix():
     for name, inputs in (("cond", cond), ("uncond", uncond)):
         model = tiny_vace_model()
         apply_hetcache(model, SOME, strict=False, plan="FPRPP")
-        separate[name] = _run(model, inputs, context=name)
+        separate[name] = denoise(model, inputs, TIMES, context=name)
     model = tiny_vace_model()
     handle = apply_hetcache(model, SOME, strict=False, plan="FPRPP")
     interleaved = {"cond": [], "uncond": []}
     for t in TIMES:
         for name, inputs in (("cond", cond), ("uncond", uncond)):
             with model.cache_context(name):
-                interleaved[name].append(_call(model, inputs, t))
+                interleaved[name].append(forward(model, inputs, t))
     for name in ("cond", "uncond"):
         for a, b in zip(separate[name], interleaved[name], strict=True):
             assert torch.equal(a, b)
@@ -64,12 +50,12 @@ def test_batch_of_two_clips_with_different_masks_shares_the_union_of_active_toke
     inputs = model_inputs(masks)
     model = tiny_vace_model()
     everything = SOME.replace(margin_ratio=1.0, context_ratio=1.0)
-    plain = _call(model, inputs, 500.0)
+    plain = forward(model, inputs, 500.0)
     apply_hetcache(model, everything, strict=False, plan="FP")
-    assert torch.equal(_run(model, inputs, (600.0, 500.0))[1], plain)
+    assert torch.equal(denoise(model, inputs, (600.0, 500.0))[1], plain)
     remove_hetcache(model)
     handle = apply_hetcache(model, SOME.replace(margin_width=0, context_ratio=0.0), strict=False, plan="FP")
-    _run(model, inputs, (600.0, 500.0))
+    denoise(model, inputs, (600.0, 500.0))
     stats = handle.stats()
     assert stats["token_classes"]["generative"] == [27, 27]
     assert stats["active_fraction"][1] == pytest.approx(54 / 192)
@@ -88,7 +74,7 @@ def test_hand_made_masks(name, region, expect_partial):
     mask = torch.zeros(1, 3, 8, 8, dtype=torch.bool) if region is None else box_token_mask(1, 3, 8, 8, region)
     model = tiny_vace_model()
     handle = apply_hetcache(model, SOME, strict=False, plan="FPRP")
-    outs = _run(model, model_inputs(mask), TIMES[:4])
+    outs = denoise(model, model_inputs(mask), TIMES[:4])
     stats = handle.stats()
     assert all(torch.isfinite(o).all() for o in outs)
     assert stats["decisions"] == ("FPRP" if expect_partial else "FFRF")
@@ -107,7 +93,7 @@ def test_moving_mask_and_zero_margin():
     handle = apply_hetcache(
         model, SOME.replace(margin_width=0, margin_ratio=1.0, context_ratio=0.0), strict=False, plan="FP"
     )
-    _run(model, model_inputs(mask), TIMES[:2])
+    denoise(model, model_inputs(mask), TIMES[:2])
     stats = handle.stats()
     assert stats["token_classes"] == {"generative": [12], "margin": [0], "context": [180]}
     assert stats["active_fraction"][1] == pytest.approx(12 / 192)
@@ -117,7 +103,7 @@ def test_reuse_step_returns_input_plus_last_residual():
     model = tiny_vace_model()
     inputs = model_inputs(box_token_mask(1, 3, 8, 8))
     apply_hetcache(model, SOME, strict=False, plan="FR")
-    full, reused = _run(model, inputs, (500.0, 499.999))
+    full, reused = denoise(model, inputs, (500.0, 499.999))
     # the same input and practically the same timestep: the reused output matches a computed one closely
     assert (reused - full).abs().max().item() < 1e-3 * full.abs().max().item()
 
@@ -134,14 +120,14 @@ def test_flops_accounting_matches_flop_counter():
     inputs = model_inputs(box_token_mask(1, 3, 8, 8), text_len=8)
     cost = CostModel.from_model(model)
     with counted() as counter:
-        _call(model, inputs, 500.0)
+        forward(model, inputs, 500.0)
     assert cost.uncached_forward(192, 8) == pytest.approx(counter.get_total_flops(), rel=0.02)
     handle = apply_hetcache(model, SOME.replace(context_ratio=0.1), strict=False, plan="FPR")
     with model.cache_context("cond"):
         counts = []
         for t in (900.0, 800.0, 700.0):
             with counted() as counter:
-                _call(model, inputs, t)
+                forward(model, inputs, t)
             counts.append(counter.get_total_flops())
     engine = [c.flops for c in handle.state.run.calls]
     for measured, analytic in zip(counts, engine, strict=True):
@@ -177,7 +163,7 @@ def test_plan_from_the_model_timesteps_is_computed_once_and_used():
     scheduler = Scheduler()
     scheduler.timesteps = timesteps
     handle = apply_hetcache(model, SOME, strict=False, scheduler=scheduler)
-    _run(model, model_inputs(box_token_mask(1, 3, 8, 8)))
+    denoise(model, model_inputs(box_token_mask(1, 3, 8, 8)), TIMES)
     assert handle.stats()["plan"] == expected == handle.stats()["decisions"]
 
 
@@ -187,7 +173,7 @@ def test_every_selection_strategy_runs_and_refreshes_after_full_steps(selection)
     inputs = model_inputs(box_token_mask(1, 3, 8, 8))
     policy = SOME.replace(selection=selection, context_ratio=0.2, clusters=4)
     handle = apply_hetcache(model, policy, strict=False, plan="FPPFP")
-    outs = _run(model, inputs)
+    outs = denoise(model, inputs, TIMES)
     assert all(torch.isfinite(o).all() for o in outs)
     capture = handle.state.contexts["cond"].capture
     if selection in ("attention", "kmeans_attention"):

@@ -5,31 +5,27 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import box_token_mask, model_inputs, small_clip, tiny_pipeline, tiny_vace_model, tiny_wan_model
+from conftest import (
+    SOME,
+    box_token_mask,
+    denoise,
+    forward,
+    model_inputs,
+    small_clip,
+    tiny_pipeline,
+    tiny_vace_model,
+    tiny_wan_model,
+)
 
 from hetcache import apply_hetcache, remove_hetcache
 from hetcache.errors import CacheConflictError
 from hetcache.policy import Policy
 from hetcache.workloads.execute import pipeline_inputs
 
-
-@pytest.fixture(autouse=True)
-def _inference():
-    with torch.no_grad():
-        yield
+pytestmark = pytest.mark.usefixtures("no_grad")
 
 
 EVERYTHING = Policy(name="everything").replace(margin_ratio=1.0, context_ratio=1.0, selection="stride")
-SOME = Policy(name="some").replace(margin_ratio=0.5, context_ratio=0.25, selection="stride")
-
-
-def _call(model, inputs, t):
-    return model(timestep=torch.tensor([t] * inputs["hidden_states"].shape[0]), return_dict=False, **inputs)[0]
-
-
-def _steps(model, inputs, timesteps, context="cond"):
-    with model.cache_context(context):
-        return [_call(model, inputs, t) for t in timesteps]
 
 
 def test_all_full_plan_equals_unhooked_pipeline():
@@ -60,17 +56,17 @@ def test_all_full_plan_equals_unhooked_pipeline():
 
 def test_partial_step_with_every_token_active_equals_full_step(tiny_vace):
     inputs = model_inputs(box_token_mask(1, 3, 8, 8))
-    plain = _call(tiny_vace, inputs, 400.0)
+    plain = forward(tiny_vace, inputs, 400.0)
     apply_hetcache(tiny_vace, EVERYTHING, strict=False, plan="FP")
-    _, partial = _steps(tiny_vace, inputs, (500.0, 400.0))
+    _, partial = denoise(tiny_vace, inputs, (500.0, 400.0))
     assert torch.equal(partial, plain)
 
 
 def test_partial_step_right_after_full_step_on_identical_inputs_equals_it(tiny_vace):
     inputs = model_inputs(box_token_mask(1, 3, 8, 8))
-    plain = _call(tiny_vace, inputs, 500.0)
+    plain = forward(tiny_vace, inputs, 500.0)
     handle = apply_hetcache(tiny_vace, SOME, strict=False, plan="FP")
-    full, partial = _steps(tiny_vace, inputs, (500.0, 500.0 - 1e-3))
+    full, partial = denoise(tiny_vace, inputs, (500.0, 500.0 - 1e-3))
     assert handle.stats()["active_fraction"][1] < 0.9
     assert (full - plain).abs().max().item() <= 1e-6
     # same input, (practically) same timestep: cached keys, values and residuals are exact for the skipped tokens
@@ -79,13 +75,13 @@ def test_partial_step_right_after_full_step_on_identical_inputs_equals_it(tiny_v
 
 def test_remove_restores_exact_behaviour_and_double_apply_is_refused(tiny_vace):
     inputs = model_inputs(box_token_mask(1, 3, 8, 8))
-    plain = _call(tiny_vace, inputs, 500.0)
+    plain = forward(tiny_vace, inputs, 500.0)
     apply_hetcache(tiny_vace, SOME, strict=False, plan="FPRP")
     with pytest.raises(CacheConflictError, match="already applied"):
         apply_hetcache(tiny_vace, SOME, strict=False)
-    _steps(tiny_vace, inputs, (900.0, 800.0, 700.0, 600.0))
+    denoise(tiny_vace, inputs, (900.0, 800.0, 700.0, 600.0))
     remove_hetcache(tiny_vace)
-    assert torch.equal(_call(tiny_vace, inputs, 500.0), plain)
+    assert torch.equal(forward(tiny_vace, inputs, 500.0), plain)
     assert not hasattr(tiny_vace.blocks[0].forward, "func") or "hetcache" not in repr(tiny_vace.blocks[0].forward)
 
 
@@ -101,14 +97,14 @@ def test_plain_wan_transformer_with_explicit_masks():
     model = tiny_wan_model()
     token_mask = box_token_mask(1, 3, 8, 8)
     inputs = {k: v for k, v in model_inputs(token_mask).items() if k != "control_hidden_states"}
-    plain = _call(model, inputs, 400.0)
+    plain = forward(model, inputs, 400.0)
     apply_hetcache(model, EVERYTHING, strict=False, plan="FP", mask=token_mask[0])
-    assert torch.equal(_steps(model, inputs, (500.0, 400.0))[1], plain)
+    assert torch.equal(denoise(model, inputs, (500.0, 400.0))[1], plain)
     remove_hetcache(model)
     pixel = torch.zeros(9, 128, 128)
     pixel[:, 32:96, 32:96] = 1
     handle = apply_hetcache(model, SOME, strict=False, plan="FPP", mask=pixel)
-    _steps(model, inputs, (500.0, 400.0, 300.0))
+    denoise(model, inputs, (500.0, 400.0, 300.0))
     stats = handle.stats()
     assert stats["token_classes"]["generative"] == [3 * 4 * 4]
     assert stats["decisions"] == "FPP"
@@ -121,31 +117,31 @@ def test_plain_wan_without_mask_is_refused_with_a_clear_message():
     inputs = {k: v for k, v in model_inputs(box_token_mask(1, 3, 8, 8)).items() if k != "control_hidden_states"}
     apply_hetcache(model, SOME, strict=False, plan="FP")
     with pytest.raises(InputError, match="pass mask="):
-        _steps(model, inputs, (500.0,))
+        denoise(model, inputs, (500.0,))
 
 
 def test_offload_output_fill_and_bf16_cache(tiny_vace):
     inputs = model_inputs(box_token_mask(1, 3, 8, 8))
-    plain = [_call(tiny_vace, inputs, t) for t in (500.0, 499.0)]
+    plain = [forward(tiny_vace, inputs, t) for t in (500.0, 499.0)]
     offloaded = apply_hetcache(tiny_vace, SOME.replace(offload=True), strict=False, plan="FPPFP")
-    staged = _steps(tiny_vace, inputs, (500.0, 499.0, 498.0, 497.0, 496.0))
+    staged = denoise(tiny_vace, inputs, (500.0, 499.0, 498.0, 497.0, 496.0))
     remove_hetcache(tiny_vace)
     apply_hetcache(tiny_vace, SOME, strict=False, plan="FPPFP")
-    resident = _steps(tiny_vace, inputs, (500.0, 499.0, 498.0, 497.0, 496.0))
+    resident = denoise(tiny_vace, inputs, (500.0, 499.0, 498.0, 497.0, 496.0))
     remove_hetcache(tiny_vace)
     assert all(torch.equal(a, b) for a, b in zip(staged, resident, strict=True))
     assert offloaded.stats()["decisions"] == "FPPFP"
     for policy in (SOME.replace(skip_fill="output"), SOME.replace(dtype="bfloat16")):
         apply_hetcache(tiny_vace, policy, strict=False, plan="FP")
-        outs = _steps(tiny_vace, inputs, (500.0, 499.0))
+        outs = denoise(tiny_vace, inputs, (500.0, 499.0))
         remove_hetcache(tiny_vace)
         scale = plain[1].abs().max().item()
         assert (outs[1] - plain[1]).abs().max().item() < 0.05 * scale
     handle = apply_hetcache(tiny_vace, SOME.replace(dtype="bfloat16"), strict=False, plan="FP")
-    _steps(tiny_vace, inputs, (500.0, 499.0))
+    denoise(tiny_vace, inputs, (500.0, 499.0))
     fp32_model = tiny_vace_model()
     fp32 = apply_hetcache(fp32_model, SOME, strict=False, plan="FP")
-    _steps(fp32_model, inputs, (500.0, 499.0))
+    denoise(fp32_model, inputs, (500.0, 499.0))
     assert 0 < handle.stats()["cache_bytes"] < fp32.stats()["cache_bytes"]
 
 

@@ -4,20 +4,14 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import box_token_mask, model_inputs, tiny_vace_model
+from conftest import SOME, box_token_mask, model_inputs, tiny_vace_model
 
 from hetcache import apply_hetcache, remove_hetcache
-from hetcache.policy import Policy
 
-SOME = Policy(name="some").replace(margin_ratio=0.5, context_ratio=0.25, selection="stride")
+pytestmark = pytest.mark.usefixtures("no_grad")
+
 FORECAST = SOME.replace(forecast="linear")
 TIMES = (900.0, 800.0, 650.0)  # the third step is 1.5 of the second interval after the second step
-
-
-@pytest.fixture(autouse=True)
-def _inference():
-    with torch.no_grad():
-        yield
 
 
 def _inputs():

@@ -6,27 +6,17 @@ import warnings
 
 import pytest
 import torch
-from conftest import box_token_mask, model_inputs, tiny_vace_model
+from conftest import SOME, box_token_mask, denoise, model_inputs, tiny_vace_model
 
 from hetcache import apply_hetcache
 from hetcache.plan import StepRule, plan_from_changes, resolve_plan, step_changes
 from hetcache.policy import Policy, load_policy
 from hetcache.steps import FULL, PARTIAL, REUSE
 
-SOME = Policy(name="some").replace(margin_ratio=0.5, context_ratio=0.25, selection="stride")
+pytestmark = pytest.mark.usefixtures("no_grad")
+
 NO_PARTIAL = SOME.replace(partial_blocks=(), partial_vace_blocks=())
 TIMES = (900.0, 800.0, 700.0, 600.0)
-
-
-@pytest.fixture(autouse=True)
-def _inference():
-    with torch.no_grad():
-        yield
-
-
-def _run(model, inputs, times=TIMES):
-    with model.cache_context("cond"):
-        return [model(timestep=torch.tensor([t]), return_dict=False, **inputs)[0] for t in times]
 
 
 def test_partial_step_without_partial_blocks_is_full_and_warned_about_once():
@@ -37,7 +27,7 @@ def test_partial_step_without_partial_blocks_is_full_and_warned_about_once():
     assert len(caught) == 1 and "partial_blocks" in str(caught[0].message)
     reference = tiny_vace_model()
     apply_hetcache(reference, NO_PARTIAL, strict=False, plan="FFRF")
-    outs, expected = _run(model, inputs), _run(reference, inputs)
+    outs, expected = denoise(model, inputs, TIMES), denoise(reference, inputs, TIMES)
     stats = handle.stats()
     assert stats["decisions"] == "FFRF"
     assert stats["decisions_by_context"] == {"cond": "FFRF"}
@@ -52,7 +42,7 @@ def test_some_partial_blocks_keep_partial_labels_without_warning():
         handle = apply_hetcache(
             model, SOME.replace(partial_blocks=(), partial_vace_blocks=(1,)), strict=False, plan="FP"
         )
-    _run(model, model_inputs(box_token_mask(1, 3, 8, 8)), TIMES[:2])
+    denoise(model, model_inputs(box_token_mask(1, 3, 8, 8)), TIMES[:2])
     assert handle.stats()["decisions"] == "FP"
 
 
@@ -65,7 +55,7 @@ def test_plan_from_the_rule_is_labelled_as_run():
     policy = NO_PARTIAL.replace(reuse_threshold=0.0, full_threshold=1e9, warmup_steps=1, final_full_steps=0)
     assert resolve_plan(model, Scheduler.timesteps, policy.step_plan) == "FPPF"
     handle = apply_hetcache(model, policy, strict=False, scheduler=Scheduler())
-    _run(model, model_inputs(box_token_mask(1, 3, 8, 8)))
+    denoise(model, model_inputs(box_token_mask(1, 3, 8, 8)), TIMES)
     assert handle.stats()["plan"] == handle.stats()["decisions"] == "FFFF"
 
 
@@ -73,7 +63,7 @@ def test_every_token_active_is_a_full_step():
     model = tiny_vace_model()
     everything = SOME.replace(margin_ratio=1.0, context_ratio=1.0)
     handle = apply_hetcache(model, everything, strict=False, plan="FP")
-    _run(model, model_inputs(box_token_mask(1, 3, 8, 8)), TIMES[:2])
+    denoise(model, model_inputs(box_token_mask(1, 3, 8, 8)), TIMES[:2])
     assert handle.stats()["decisions"] == "FF"
 
 
@@ -112,6 +102,6 @@ def test_step_by_step_decisions_equal_the_whole_plan():
     expected = resolve_plan(model, torch.tensor(times), policy.step_plan)
     assert expected == "FPRPRF"  # changes .28 .24 .23 .23 .20 into steps 1-5; the last step is FULL
     handle = apply_hetcache(model, policy, strict=False, num_inference_steps=len(times))
-    _run(model, model_inputs(box_token_mask(1, 3, 8, 8)), times)
+    denoise(model, model_inputs(box_token_mask(1, 3, 8, 8)), times)
     assert handle.stats()["plan"] is None  # decided step by step: no scheduler
     assert handle.stats()["decisions"] == expected

@@ -6,24 +6,14 @@ import dataclasses
 
 import pytest
 import torch
-from conftest import box_token_mask, model_inputs, tiny_vace_model
+from conftest import SOME, box_token_mask, denoise, model_inputs, tiny_vace_model
 
 from hetcache import apply_hetcache, remove_hetcache
 from hetcache.policy import Policy
 
-SOME = Policy(name="some").replace(margin_ratio=0.5, context_ratio=0.25, selection="stride")
+pytestmark = pytest.mark.usefixtures("no_grad")
+
 TIMES = (500.0, 499.0, 498.0, 497.0)
-
-
-@pytest.fixture(autouse=True)
-def _inference():
-    with torch.no_grad():
-        yield
-
-
-def _run(model, inputs, times=TIMES):
-    with model.cache_context("cond"):
-        return [model(timestep=torch.tensor([t]), return_dict=False, **inputs)[0] for t in times]
 
 
 def _with_cache(policy: Policy, **cache) -> Policy:
@@ -35,7 +25,7 @@ def test_only_blocks_that_run_partially_hold_caches_and_bytes_add_up():
     model = tiny_vace_model()
     inputs = model_inputs(box_token_mask(1, 3, 8, 8))
     handle = apply_hetcache(model, SOME.replace(partial_blocks=(1,), partial_vace_blocks=()), strict=False, plan="FPP")
-    _run(model, inputs, TIMES[:3])
+    denoise(model, inputs, TIMES[:3])
     layers = handle.state.contexts["cond"].layers
     assert sorted(layers) == ["block.1"]  # FULL-only blocks keep no keys, values or skip rows
     tokens, skippable, text_len, dim, heads, head_dim = 192, 192 - 48, 8, 32, 2, 16
@@ -54,7 +44,7 @@ def test_float8_cache_is_stored_in_one_byte_and_stays_close():
     results = {}
     for name in ("auto", "bfloat16", "float8_e4m3fn"):
         handle = apply_hetcache(model, _with_cache(SOME, dtype=name), strict=False, plan="FPPP")
-        outs = _run(model, inputs)
+        outs = denoise(model, inputs, TIMES)
         results[name] = handle.stats()["cache_bytes"]
         layer = handle.state.contexts["cond"].layers["block.0"]
         remove_hetcache(model)
@@ -73,7 +63,7 @@ def test_offloaded_caches_give_the_resident_result():
     outs, cache_bytes = {}, {}
     for offload in (False, True):
         handle = apply_hetcache(model, _with_cache(SOME, offload=offload), strict=False, plan="FPPRP")
-        outs[offload] = _run(model, inputs, (500.0, 499.0, 498.0, 497.0, 496.0))
+        outs[offload] = denoise(model, inputs, (500.0, 499.0, 498.0, 497.0, 496.0))
         assert handle.stats()["decisions"] == "FPPRP"
         cache_bytes[offload] = handle.stats()["cache_bytes"]
         remove_hetcache(model)

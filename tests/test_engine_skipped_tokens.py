@@ -6,23 +6,17 @@ import contextlib
 
 import pytest
 import torch
-from conftest import box_token_mask, model_inputs, tiny_vace_model, tiny_wan_model
+from conftest import SOME, box_token_mask, model_inputs, tiny_vace_model, tiny_wan_model
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
 from hetcache import apply_hetcache, remove_hetcache
 from hetcache.engine.registry import engine_block_adapter
 from hetcache.engine.wan_blocks import block_body, text_kv
-from hetcache.policy import Policy
 
-SOME = Policy(name="some").replace(margin_ratio=0.5, context_ratio=0.25, selection="stride")
+pytestmark = pytest.mark.usefixtures("no_grad")
+
 REFRESH = SOME.replace(refresh_skipped_kv=True)
-
-
-@pytest.fixture(autouse=True)
-def _inference():
-    with torch.no_grad():
-        yield
 
 
 def _timestep(inputs, t, per_token):

@@ -7,7 +7,7 @@ import json
 
 import pytest
 import torch
-from conftest import box_token_mask, model_inputs, small_clip, tiny_pipeline, tiny_vace_model, tiny_wan_model
+from conftest import SOME, box_token_mask, model_inputs, small_clip, tiny_pipeline, tiny_vace_model, tiny_wan_model
 
 from hetcache import apply_hetcache
 from hetcache.dtypes import CACHE_DTYPES, CACHE_ONLY_DTYPES
@@ -17,14 +17,9 @@ from hetcache.policy import CacheSpec, Policy
 from hetcache.tokens import pixel_mask_to_token_mask
 from hetcache.workloads.execute import pipeline_inputs
 
-
-@pytest.fixture(autouse=True)
-def _inference():
-    with torch.no_grad():
-        yield
+pytestmark = pytest.mark.usefixtures("no_grad")
 
 
-SOME = Policy(name="some").replace(margin_ratio=0.5, context_ratio=0.25, selection="stride")
 TIMES = (900.0, 800.0, 700.0, 600.0, 500.0)
 
 
