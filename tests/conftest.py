@@ -133,3 +133,25 @@ def small_clip(frames: int = 9, height: int = 64, width: int = 64, kind: str = "
     elif kind == "full":
         mask[:] = True
     return Clip(name=kind, frames=video, mask=mask)
+
+
+def pipeline_call(clip: Clip, steps: int, guidance_scale: float) -> dict:
+    """Keyword arguments of a latent-output WanVACEPipeline call on `clip` with fixed random prompt embeddings
+    (pass `generator=` per call so that two calls draw the same noise)."""
+    from hetcache.workloads.execute import pipeline_inputs
+
+    video, mask = pipeline_inputs(clip)
+    embeds = torch.randn(1, 8, 32, generator=torch.Generator().manual_seed(3))
+    frames, height, width = clip.frames.shape[:3]
+    return dict(
+        video=video,
+        mask=mask,
+        prompt_embeds=embeds,
+        negative_prompt_embeds=-embeds,
+        height=height,
+        width=width,
+        num_frames=frames,
+        num_inference_steps=steps,
+        guidance_scale=guidance_scale,
+        output_type="latent",
+    )

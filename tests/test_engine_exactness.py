@@ -11,6 +11,7 @@ from conftest import (
     denoise,
     forward,
     model_inputs,
+    pipeline_call,
     small_clip,
     tiny_pipeline,
     tiny_vace_model,
@@ -20,7 +21,6 @@ from conftest import (
 from hetcache import apply_hetcache, remove_hetcache
 from hetcache.errors import CacheConflictError
 from hetcache.policy import Policy
-from hetcache.workloads.execute import pipeline_inputs
 
 pytestmark = pytest.mark.usefixtures("no_grad")
 
@@ -31,20 +31,7 @@ EVERYTHING = Policy(name="everything").replace(margin_ratio=1.0, context_ratio=1
 def test_all_full_plan_equals_unhooked_pipeline():
     pipe = tiny_pipeline()
     clip = small_clip()
-    video, mask = pipeline_inputs(clip)
-    embeds = torch.randn(1, 8, 32, generator=torch.Generator().manual_seed(3))
-    kwargs = dict(
-        video=video,
-        mask=mask,
-        prompt_embeds=embeds,
-        negative_prompt_embeds=-embeds,
-        height=64,
-        width=64,
-        num_frames=9,
-        num_inference_steps=4,
-        guidance_scale=4.0,
-        output_type="latent",
-    )
+    kwargs = pipeline_call(clip, steps=4, guidance_scale=4.0)
     reference = pipe(**kwargs, generator=torch.Generator().manual_seed(0)).frames
     handle = apply_hetcache(pipe.transformer, SOME, strict=False, plan="FFFF", scheduler=pipe.scheduler)
     cached = pipe(**kwargs, generator=torch.Generator().manual_seed(0)).frames
@@ -148,24 +135,11 @@ def test_offload_output_fill_and_bf16_cache(tiny_vace):
 def test_second_pipeline_call_starts_clean():
     pipe = tiny_pipeline()
     clip = small_clip()
-    video, mask = pipeline_inputs(clip)
-    embeds = torch.randn(1, 8, 32, generator=torch.Generator().manual_seed(3))
+    kwargs = pipeline_call(clip, steps=5, guidance_scale=3.0)
     apply_hetcache(pipe.transformer, SOME, strict=False, plan="FFPRP", scheduler=pipe.scheduler)
 
     def call():
-        return pipe(
-            video=video,
-            mask=mask,
-            prompt_embeds=embeds,
-            negative_prompt_embeds=-embeds,
-            height=64,
-            width=64,
-            num_frames=9,
-            num_inference_steps=5,
-            guidance_scale=3.0,
-            output_type="latent",
-            generator=torch.Generator().manual_seed(0),
-        ).frames
+        return pipe(**kwargs, generator=torch.Generator().manual_seed(0)).frames
 
     first, second = call(), call()
     assert torch.equal(first, second)
@@ -187,20 +161,7 @@ def test_wan22_two_experts_are_both_hooked_through_the_pipeline():
         boundary_ratio=0.5,
     )
     pipe.set_progress_bar_config(disable=True)
-    video, mask = pipeline_inputs(small_clip())
-    embeds = torch.randn(1, 8, 32, generator=torch.Generator().manual_seed(3))
-    kwargs = dict(
-        video=video,
-        mask=mask,
-        prompt_embeds=embeds,
-        negative_prompt_embeds=-embeds,
-        height=64,
-        width=64,
-        num_frames=9,
-        num_inference_steps=6,
-        guidance_scale=3.0,
-        output_type="latent",
-    )
+    kwargs = pipeline_call(small_clip(), steps=6, guidance_scale=3.0)
     plain = pipe(**kwargs, generator=torch.Generator().manual_seed(0)).frames
     handle = apply_hetcache(pipe, SOME, strict=False, plan="FFFFFF")
     full = pipe(**kwargs, generator=torch.Generator().manual_seed(0)).frames

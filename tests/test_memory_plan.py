@@ -7,7 +7,16 @@ import json
 
 import pytest
 import torch
-from conftest import SOME, box_token_mask, model_inputs, small_clip, tiny_pipeline, tiny_vace_model, tiny_wan_model
+from conftest import (
+    SOME,
+    box_token_mask,
+    model_inputs,
+    pipeline_call,
+    small_clip,
+    tiny_pipeline,
+    tiny_vace_model,
+    tiny_wan_model,
+)
 
 from hetcache import apply_hetcache
 from hetcache.dtypes import CACHE_DTYPES, CACHE_ONLY_DTYPES
@@ -15,7 +24,6 @@ from hetcache.errors import InputError
 from hetcache.memory import DEVICE, GIB, HOST, STORAGE_KINDS, cache_gib_of, plan_memory
 from hetcache.policy import CacheSpec, Policy
 from hetcache.tokens import pixel_mask_to_token_mask
-from hetcache.workloads.execute import pipeline_inputs
 
 pytestmark = pytest.mark.usefixtures("no_grad")
 
@@ -120,25 +128,11 @@ def test_plan_equals_engine_buffers(case):
 
 def test_plan_equals_engine_after_a_cfg_pipeline_run_and_without_cfg():
     clip = small_clip()
-    video, mask = pipeline_inputs(clip)
     token_mask = pixel_mask_to_token_mask(torch.as_tensor(clip.mask))
-    embeds = torch.randn(1, 8, 32, generator=torch.Generator().manual_seed(3))
     for guidance, cfg in ((4.0, True), (1.0, False)):
         pipe = tiny_pipeline()
         handle = apply_hetcache(pipe, SOME, strict=False, plan="FPRP")
-        pipe(
-            video=video,
-            mask=mask,
-            prompt_embeds=embeds,
-            negative_prompt_embeds=-embeds,
-            height=64,
-            width=64,
-            num_frames=9,
-            num_inference_steps=4,
-            guidance_scale=guidance,
-            output_type="latent",
-            generator=torch.Generator().manual_seed(0),
-        )
+        pipe(**pipeline_call(clip, steps=4, guidance_scale=guidance), generator=torch.Generator().manual_seed(0))
         stats = handle.stats()
         assert len(stats["decisions_by_context"]) == (2 if cfg else 1)
         memory = plan_memory(
