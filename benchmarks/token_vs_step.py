@@ -50,7 +50,7 @@ from hetcache.plan import plan_from_changes, step_changes
 from hetcache.policy import SECTIONS, Policy, StepPlanSpec, TokenSpec, WorkloadSpec, load_policy
 from hetcache.stationarity import HELD_OUT
 from hetcache.steps import FULL, PARTIAL, REUSE
-from hetcache.tokens import pixel_mask_to_token_mask
+from hetcache.tokens import classify_tokens, pixel_mask_to_token_mask
 from hetcache.workloads import CLIP_KINDS, ClipSource, Workload
 from hetcache.workloads.execute import LoadedWorkload
 
@@ -209,6 +209,14 @@ class ClipRunner:
             self.uncached_seconds = time.process_time() - started
         return self.reference
 
+    def partial_guess(self, config: Config) -> float:
+        """The share of tokens a PARTIAL step of `config` computes (from the token classes): a first cost guess."""
+        tokens = policy_for(self.base, config, FULL * self.session.workload.steps).tokens
+        mask = pixel_mask_to_token_mask(torch.from_numpy(self.clip.mask))
+        counts = classify_tokens(mask, tokens.margin_width, tokens.margin_frames).counts()
+        g, m, c = (counts[name][0] for name in ("generative", "margin", "context"))
+        return (g + tokens.margin_ratio * m + tokens.context_ratio * c) / (g + m + c)
+
     def cached(self, config: Config, plan: str) -> dict[str, Any]:
         policy = policy_for(self.base, config, plan)
         reference = self.uncached()
@@ -240,9 +248,10 @@ class ClipRunner:
         }
 
 
-def letter_costs(runs: list[dict[str, Any]], config: Config) -> tuple[float, float]:
-    """(REUSE, PARTIAL) step cost as a share of a FULL step, solved from measured runs (guesses before any)."""
-    reuse, partial = 0.05, 0.4
+def letter_costs(runs: list[dict[str, Any]], config: Config, partial: float) -> tuple[float, float]:
+    """(REUSE, PARTIAL) step cost as a share of a FULL step, solved from measured runs (`partial` and a REUSE guess
+    before any)."""
+    reuse = 0.02
     for run in runs:
         plan, total = run["plan"], run["flops_fraction"] * len(run["plan"])
         if PARTIAL not in plan and plan.count(REUSE):
@@ -277,7 +286,7 @@ def runs_for_config(
     for target in targets:
         for _ in range(6):
             measured = {r["plan"]: r["flops_fraction"] for r in done if r["config"] == config.name}
-            reuse, partial = letter_costs(done, config)
+            reuse, partial = letter_costs(done, config, runner.partial_guess(config))
             cost = [measured.get(plan, cost_of(plan, reuse, partial)) for plan in candidates]
             index = max((i for i, c in enumerate(cost) if c >= target), default=None)
             if index is None:  # even the fewest cached steps cost less than the target
@@ -366,14 +375,20 @@ def _delta(diff: dict[str, float] | None) -> str:
 
 def markdown(report: dict[str, Any]) -> str:
     """The crossover table: per target, each point's best step-only and token-level quality and their difference."""
+    seeds = sorted({seed for point in report["points"].values() for seed in point["seeds"]})
     lines = [
         "Token-level (PARTIAL steps) vs step-only (REUSE) caching at equal FLOPs, tiny reference model, held-out "
-        f"seeds {', '.join(map(str, report['seeds']))}; whole-frame / in-mask PSNR (dB) against the uncached run, "
+        f"seeds {', '.join(seeds)}; whole-frame / in-mask PSNR (dB) against the uncached run, "
         "interpolated at the FLOPs fraction; the best configuration of each family by its mean over seeds. "
-        f"'wins' = token-level ahead by ≥ {WIN_DB:g} dB in both. Ran: `{report['command']}`.",
+        f"'wins' = token-level ahead by ≥ {WIN_DB:g} dB in both.",
+        "",
+        "Commands:",
+        "",
+        *(f"    {command}" for command in report.get("commands", [])),
         "",
     ]
-    for target in report["targets"]:
+    targets = sorted({t for p in report["points"].values() for t in p.get("targets", report["targets"])}, reverse=True)
+    for target in targets:
         key = f"{target:g}"
         lines += [
             f"At {key} of the uncached FLOPs ({1 / target:.2g}× fewer):",
@@ -438,6 +453,25 @@ def load_checkpoint(path: Path, settings: dict[str, Any]) -> dict[str, Any]:
     return report
 
 
+def merge_reports(report: dict[str, Any], other: dict[str, Any], out: Path) -> None:
+    """Add the points, seeds and runs of `other` (a sweep run separately, e.g. in parallel) to `report`."""
+    mine, theirs = report["settings"], other["settings"]
+    clash = [k for k in mine if k != "configs" and mine[k] != theirs.get(k)]
+    clash += [f"configs.{n}" for n, v in theirs["configs"].items() if mine["configs"].get(n, v) != v]
+    if clash:
+        raise InputError(f"--merge: results made with other settings than '{out}' ({', '.join(clash)}).", "")
+    mine["configs"] = {**theirs["configs"], **mine["configs"]}
+    report["commands"] = [*report.get("commands", []), *other.get("commands", [])]
+    for key, point in other["points"].items():
+        target = report["points"].setdefault(key, {**point, "seeds": {}})
+        target["targets"] = sorted(set(target.get("targets", [])) | set(point.get("targets", [])), reverse=True)
+        for seed, entry in point["seeds"].items():
+            have = target["seeds"].setdefault(seed, {**entry, "runs": []})
+            known = {(r["config"], r["plan"]) for r in have["runs"]}
+            have["runs"] += [r for r in entry["runs"] if (r["config"], r["plan"]) not in known]
+            have["complete"] = bool(have.get("complete") or entry.get("complete"))
+
+
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__
@@ -465,6 +499,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/token_vs_step.json"))
     parser.add_argument("--restart", action="store_true", help="discard results in --out instead of resuming")
     parser.add_argument("--render", action="store_true", help="only re-write the summaries and table of --out")
+    parser.add_argument(
+        "--merge", action="append", type=Path, default=[], help="add the results of another --out file (repeatable)"
+    )
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args(argv)
     defaults = QUICK if args.quick else DEFAULTS
@@ -522,13 +559,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "split": args.split,
         "configs": {c.name: {"family": c.family, **c.overrides} for c in configs},
     }
-    if args.render:
-        report = read_report(args.out)
-        write_text(args.out.with_suffix(".md"), markdown(report) + "\n")
-        print(markdown(report))
-        return 0
     fresh = {"schema": SCHEMA, "settings": settings, "points": {}}
-    report = fresh if args.restart else load_checkpoint(args.out, settings)
+    report = read_report(args.out) if args.render else fresh if args.restart else load_checkpoint(args.out, settings)
+    others = [read_report(path) for path in args.merge]  # all read before anything is written
     for config in configs:  # every override must make a valid policy before anything runs
         try:
             for steps in args.steps:
@@ -536,15 +569,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         except PolicyError as exc:
             raise InputError(f"configuration {config.name}: {exc.what}", exc.fix) from None
     command = "python benchmarks/token_vs_step.py " + shlex.join(list(argv if argv is not None else sys.argv[1:]))
-    report.update(tool=f"hetcache {__version__}", targets=args.targets, seeds=args.seeds, command=command)
+    report.setdefault("targets", args.targets)
+    report["tool"] = f"hetcache {__version__}"
+    if not (args.render or args.merge):  # the commands that ran something
+        report["commands"] = [*report.get("commands", []), command]
+    for other in others:
+        merge_reports(report, other, args.out)
 
     def save() -> None:
         report["created"] = _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
         for point in report["points"].values():
-            point["summary"] = summarise_point(point, report["targets"])
+            point["summary"] = summarise_point(point, point.get("targets", report["targets"]))
         write_json(args.out, report)
         write_text(args.out.with_suffix(".md"), markdown(report) + "\n")
 
+    if args.render or args.merge:
+        save()
+        print(markdown(report))
+        return 0
     pipe = None
     for steps in args.steps:
         for size in args.sizes:
@@ -557,6 +599,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 session = LoadedWorkload(workload, pipe=pipe)
                 pipe = session.pipe
                 point = report["points"].setdefault(key, {"kind": kind, "size": size, "steps": steps, "seeds": {}})
+                point["targets"] = sorted(set(point.get("targets", [])) | set(args.targets), reverse=True)
                 point["mask_share"] = statistics.fmean(float(c.mask.mean()) for c in session.clips)
                 point["token_share"] = statistics.fmean(
                     float(pixel_mask_to_token_mask(torch.from_numpy(c.mask)).float().mean()) for c in session.clips
