@@ -321,10 +321,12 @@ def interpolate(runs: list[dict[str, Any]], target: float, metric: str) -> float
 
 
 def summarise_point(point: dict[str, Any], targets: Sequence[float]) -> dict[str, Any]:
-    """Per target: each configuration's interpolated quality per seed and mean, the best step-only and best
-    token-level configuration per metric, and token − step (mean, min, max over seeds)."""
+    """Per target: each configuration's interpolated quality per seed and mean (configurations run on every
+    complete seed), the best step-only and best token-level configuration per metric, and token − step (mean, min,
+    max over seeds)."""
     seeds = [s for s in point["seeds"].values() if s.get("complete")]
-    names = sorted({r["config"] for s in seeds for r in s["runs"]})
+    ran = [{r["config"] for r in s["runs"]} for s in seeds]
+    names = sorted(set.intersection(*ran)) if ran else []  # configurations run on every seed only
     out: dict[str, Any] = {}
     for target in targets:
         per_config: dict[str, dict[str, Any]] = {}
@@ -379,8 +381,9 @@ def markdown(report: dict[str, Any]) -> str:
     lines = [
         "Token-level (PARTIAL steps) vs step-only (REUSE) caching at equal FLOPs, tiny reference model, held-out "
         f"seeds {', '.join(seeds)}; whole-frame / in-mask PSNR (dB) against the uncached run, "
-        "interpolated at the FLOPs fraction; the best configuration of each family by its mean over seeds. "
-        f"'wins' = token-level ahead by ≥ {WIN_DB:g} dB in both.",
+        "interpolated at the FLOPs fraction; the best configuration of each family by its mean over seeds "
+        "(per metric: whole / in-mask when they differ); token − step: mean [min, max] over seeds. 'out of reach': no "
+        f"plan of the family gets that cheap. 'wins': token-level ahead by ≥ {WIN_DB:g} dB in both.",
         "",
         "Commands:",
         "",
@@ -393,28 +396,53 @@ def markdown(report: dict[str, Any]) -> str:
         lines += [
             f"At {key} of the uncached FLOPs ({1 / target:.2g}× fewer):",
             "",
-            "| mask | area: pixels / tokens | size | steps | step-only | token-level (best config) | "
+            "| mask | area: pixels / tokens | size | steps | seeds | step-only | token-level (best config) | "
             "token − step whole | token − step in-mask | wins |",
-            "|---|---|---|---|---|---|---|---|---|",
+            "|---|---|---|---|---|---|---|---|---|---|",
         ]
         for point in report["points"].values():
             summary = point.get("summary", {}).get(key)
-            if summary is None:
+            seeds = sum(bool(entry.get("complete")) for entry in point["seeds"].values())
+            if summary is None or not seeds:
                 continue
             best, diff = summary["best"], summary["token_minus_step"]
-            token_name = best["token"]["psnr"]["config"] if best["token"]["psnr"] else ""
+            names = dict.fromkeys(best["token"][m]["config"] for m in METRICS if best["token"][m])
             win = all(diff[m] is not None and diff[m]["mean"] >= WIN_DB for m in METRICS)
             ahead = all(diff[m] is not None and diff[m]["mean"] > 0 for m in METRICS)
             verdict = "**yes**" if win else ("ahead < 1 dB" if ahead else "no")
             area = f"{100 * point['mask_share']:.1f} % / {100 * point.get('token_share', math.nan):.0f} %"
             lines.append(
-                f"| {point['kind']} | {area} | {point['size']}² | {point['steps']} | "
-                f"{_pair(best['step'])} | {_pair(best['token'])} ({token_name}) | {_delta(diff['psnr'])} | "
-                f"{_delta(diff['psnr_mask'])} | "
-                f"{verdict} |"
+                f"| {point['kind']} | {area} | {point['size']}² | {point['steps']} | {seeds} | "
+                f"{_pair(best['step'])} | {_pair(best['token'])} ({' / '.join(names) or '–'}) | "
+                f"{_delta(diff['psnr'])} | {_delta(diff['psnr_mask'])} | {verdict} |"
             )
         lines.append("")
-    return "\n".join(lines)
+    return "\n".join(lines + config_tables(report, targets))
+
+
+def config_tables(report: dict[str, Any], targets: Sequence[float]) -> list[str]:
+    """Per target, every configuration's mean whole / in-mask PSNR at each point ('–': out of reach)."""
+    summaries = [s for p in report["points"].values() for s in p.get("summary", {}).values()]
+    names = sorted({n for s in summaries for n in s["configs"]}, key=lambda n: (n.split(":")[0] != "step", n))
+    lines = []
+    for target in targets:
+        key = f"{target:g}"
+        rows = []
+        for point in report["points"].values():
+            configs = point.get("summary", {}).get(key, {}).get("configs")
+            if not configs or not any(entry.get("complete") for entry in point["seeds"].values()):
+                continue
+            cells = []
+            for name in names:
+                entry = configs.get(name)
+                whole, inside = (entry[m]["mean"] if entry else None for m in METRICS)
+                cells.append("" if entry is None else "–" if None in (whole, inside) else f"{whole:.1f} / {inside:.1f}")
+            rows.append(f"| {point['kind']} | {point['size']}² | {point['steps']} | " + " | ".join(cells) + " |")
+        if rows:
+            lines += [f"Every configuration at {key} of the FLOPs (whole / in-mask PSNR, mean over seeds):", ""]
+            lines += ["| mask | size | steps | " + " | ".join(names) + " |", "|---|---|---|" + "---|" * len(names)]
+            lines += [*rows, ""]
+    return lines
 
 
 # ---------------------------------------------------------------------------------------------------------
