@@ -87,6 +87,18 @@ def size(raw: str) -> int:
     return value
 
 
+def clip_size(raw: str) -> tuple[int, int, int]:
+    """A clip size HEIGHTxWIDTHxFRAMES, e.g. 720x1280x81: sizes as `size`, frames as `frames`."""
+    parts = raw.lower().split("x")
+    if len(parts) != 3:
+        raise argparse.ArgumentTypeError(f"must be HEIGHTxWIDTHxFRAMES, e.g. 720x1280x81, got {raw!r}")
+    height, width, count = parts
+    try:
+        return size(height), size(width), frames(count)
+    except argparse.ArgumentTypeError as exc:
+        raise argparse.ArgumentTypeError(f"{raw!r}: {exc}") from None
+
+
 def fraction_open(raw: str) -> float:
     """A level strictly between 0 and 1 (a mask threshold)."""
     return number(0.0, 1.0, low_open=True, high_open=True)(raw)

@@ -209,9 +209,31 @@ def test_export_command_and_pareto_ladder(tuned, tmp_path):
     for trial in steps_only:
         speed, psnr = trial.value, trial.user_attrs["quality"]["psnr"]
         assert any(rung["speedup"] >= speed and rung["psnr"] >= psnr for rung in ladder), trial.number
-        # another budget, read from the same study
+    # another budget, read from the same study
     code, _, _ = run_tune("export", "--storage", str(out / "study.db"), "--study-name", name, "--budget", "psnr=99")
     assert code == 3
+
+
+def test_the_pareto_front_holds_or_beats_every_timestep_only_plan(tmp_path):
+    """Timestep-only plans are in the space and seed every study: the exported front is at least as good as step
+    reuse alone at every cost, also when the budget (every clip ≥ 35 dB) rules most of them out on the first clip."""
+    out = tmp_path / "run"
+    code, _, stderr = run_tune(
+        "--budget", "psnr=35", "--worst", "--trials", "8", *WORKLOAD, *CLIPS, "--out", str(out),
+        "--export-pareto", str(out / "pareto"),
+    )  # fmt: skip
+    assert code in (0, 3), stderr
+    study = load_study(out, "reference-psnr35-worst")
+    ladder = json.loads((out / "pareto" / "index.json").read_text())["ladder"]
+    steps_only = [t for t in study.trials if str(t.user_attrs.get("warm_start", "")).startswith("timestep-only")]
+    assert len(steps_only) == 4
+    assert any(t.user_attrs["quality_worst"]["psnr"] < 35 for t in steps_only), "the budget never bound"
+    front = {rung["trial"]: rung for rung in ladder}
+    for trial in steps_only:
+        speed, psnr = trial.value, trial.user_attrs["quality_worst"]["psnr"]
+        assert set(trial.user_attrs["quality_per_clip"]) == {"box", "moving"}, trial.number  # scored fully
+        on_front = trial.number in front or trial.user_attrs.get("same_as") in front
+        assert on_front or any(r["speedup"] >= speed and r["psnr"] >= psnr for r in ladder), trial.number
 
 
 def test_impossible_budget_fails_cleanly_with_the_closest_trial(tmp_path):
@@ -224,7 +246,14 @@ def test_impossible_budget_fails_cleanly_with_the_closest_trial(tmp_path):
     assert not list(out.glob("*.json"))
     trials = load_study(out, "reference-psnr100").trials
     assert len(trials) == 2  # --trials is the total: only the first warm starts are enqueued
-    stopped = [t for t in trials if "pruned_at_clip" in t.user_attrs]
+    # warm starts anchor the Pareto front: scored on every clip even when the first proves the budget out of reach
+    assert [t.user_attrs["warm_start"] for t in trials] == ["paper", "timestep-only"]
+    assert all(set(t.user_attrs["quality_per_clip"]) == {"box", "moving"} for t in trials)
+    assert all("pruned_at_clip" not in t.user_attrs for t in trials) and trials[1].constraints["psnr"] > 0
+    # sampled trials stop at the first clip that proves the budget out of reach
+    code, _, _ = run_tune("--budget", "psnr=100", "--trials", "4", *WORKLOAD, *CLIPS, "--out", str(out), "--resume")
+    assert code == 3
+    stopped = [t for t in load_study(out, "reference-psnr100").trials[2:] if "pruned_at_clip" in t.user_attrs]
     assert stopped and all(t.user_attrs["pruned_at_clip"] == "box" for t in stopped)
     assert all(set(t.user_attrs["quality_per_clip"]) == {"box"} for t in stopped)
     assert all(t.constraints["psnr"] > 0 for t in stopped)

@@ -2,7 +2,8 @@
 
 A budget holds one bound per metric of `hetcache.metrics.METRICS`; a higher-is-better metric must reach its bound,
 a lower-is-better one must stay at or below it. It is met on the mean over the calibration clips, or with `--worst`
-on every clip. Constraint values follow Optuna's convention: feasible when every value is ≤ 0.
+on every clip. It may also bound the device memory hetcache holds for a policy (`--max-cache-gib`, a MemoryBound).
+Constraint values follow Optuna's convention: feasible when every value is ≤ 0.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from hetcache.errors import InputError
 from hetcache.metrics import METRICS, PSNR_CAP
 
 MIN_SPEEDUP_KEY = "min_speedup"
+MAX_CACHE_KEY = "max_cache_gib"  # constraint name and study attr of the memory bound
+MEMORY_AT_KEY = "memory_at"
 
 
 def best_possible(metric: str) -> float:
@@ -34,12 +37,68 @@ def _number(value: Any) -> float | None:
 
 
 @dataclass(frozen=True)
+class MemoryBound:
+    """At most `max_gib` GiB of device memory held by hetcache (caches, working buffers, offload staging; not the
+    weights) for a policy: on the workload's clips, or at `at` = (height, width, frames) with the clips' masks
+    scaled to that size. Measured by the memory plan (`hetcache.memory`), before a trial runs."""
+
+    max_gib: float
+    at: tuple[int, int, int] | None = None
+
+    def violation(self, cache_gib: Any) -> float:
+        """cache_gib − max_gib (≤ 0: fits); an unknown size misses by +inf."""
+        number = _number(cache_gib)
+        return math.inf if number is None else number - self.max_gib
+
+    def describe(self) -> str:
+        """e.g. 'cache ≤ 8 GiB at 720x1280x81' or 'cache ≤ 8 GiB at the workload size'."""
+        where = "x".join(map(str, self.at)) if self.at else "the workload size"
+        return f"cache ≤ {self.max_gib:g} GiB at {where}"
+
+    def cache_gib(self, policy: Any, session: Any) -> float:
+        """Device GiB hetcache holds for `policy` on a workload session (its largest clip), at `at` if set."""
+        from hetcache.memory import session_cache_gib
+
+        if self.at is None:
+            return session_cache_gib(policy, session)
+        return cache_gib_at(policy, session, self.at)
+
+
+def cache_gib_at(policy: Any, session: Any, at: tuple[int, int, int]) -> float:
+    """Device GiB for `policy` with the session's model, CFG and prompt at size `at` = (height, width, frames):
+    each clip's token mask scaled (nearest) to that size's token grid, as `hetcache.memory.session_plans` reads it
+    at the clip's own size; the largest over clips."""
+    import torch
+
+    from hetcache.architectures import architecture_of
+    from hetcache.memory import GIB, plan_memory, token_grid
+    from hetcache.policy import load_policy
+    from hetcache.tokens import pixel_mask_to_token_mask
+
+    policy = load_policy(policy)
+    height, width, frames = at
+    transformer = session.transformer
+    patch = tuple(transformer.config.patch_size)
+    grid = token_grid(architecture_of(transformer), height, width, frames)
+    common = dict(policy=policy, cfg=session.workload.guidance_scale > 1.0, text_len=session.prompt_embeds.shape[1])
+    largest = 0
+    for clip in session.clips:
+        mask = pixel_mask_to_token_mask(torch.as_tensor(clip.mask), patch, policy.tokens.mask_threshold)
+        cells = mask.reshape(1, 1, *mask.shape[-3:]).float()
+        scaled = torch.nn.functional.interpolate(cells, size=grid, mode="nearest")[0].bool()
+        plan = plan_memory(transformer, height=height, width=width, num_frames=frames, mask=scaled, **common)
+        largest = max(largest, plan.device_bytes)
+    return largest / GIB
+
+
+@dataclass(frozen=True)
 class Budget:
     """Bounds per metric, how they aggregate over clips, and the least speedup worth a policy."""
 
     bounds: tuple[tuple[str, float], ...]
     mode: str = "mean"
     min_speedup: float = 1.1
+    memory: MemoryBound | None = None
 
     @property
     def metrics(self) -> list[str]:
@@ -57,7 +116,8 @@ class Budget:
         """Human-readable, e.g. 'psnr ≥ 30 (mean over clips)'."""
         parts = [f"{m} {'≥' if METRICS[m] else '≤'} {b:g}" for m, b in self.bounds]
         where = "every clip" if self.mode == "worst" else "mean over clips"
-        return f"{', '.join(parts)} ({where})"
+        memory = f", {self.memory.describe()}" if self.memory is not None else ""
+        return f"{', '.join(parts)} ({where}){memory}"
 
     def slug(self) -> str:
         """A file-name-safe name, e.g. 'psnr30' or 'psnr_mask28-ssim0.95-worst'."""
@@ -72,26 +132,31 @@ class Budget:
             return math.inf
         return bound - number if METRICS[metric] else number - bound
 
-    def constraints(self, aggregate: dict[str, Any], speedup: float) -> dict[str, float]:
-        """Constraint values (feasible: all ≤ 0) for an aggregate quality dict and the trial's speedup."""
+    def constraints(self, aggregate: dict[str, Any], speedup: float, cache_gib: Any = None) -> dict[str, float]:
+        """Constraint values (feasible: all ≤ 0) for an aggregate quality dict, the trial's speedup and (with a
+        memory bound) the device GiB of its policy."""
         out = {metric: self.violation(metric, aggregate.get(metric)) for metric in self.metrics}
         out[MIN_SPEEDUP_KEY] = self.min_speedup - speedup
+        if self.memory is not None:
+            out[MAX_CACHE_KEY] = self.memory.violation(cache_gib)
         return out
 
     def aggregate(self, quality: dict[str, Any], quality_worst: dict[str, Any]) -> dict[str, Any]:
         """The quality dict this budget is judged on (mean or worst over clips)."""
         return quality_worst if self.mode == "worst" else quality
 
-    def feasible(self, aggregate: dict[str, Any], speedup: float) -> bool:
-        return all(v <= 0 for v in self.constraints(aggregate, speedup).values())
+    def feasible(self, aggregate: dict[str, Any], speedup: float, cache_gib: Any = None) -> bool:
+        return all(v <= 0 for v in self.constraints(aggregate, speedup, cache_gib).values())
 
-    def distance(self, aggregate: dict[str, Any], speedup: float) -> float:
+    def distance(self, aggregate: dict[str, Any], speedup: float, cache_gib: Any = None) -> float:
         """Total relative miss over all bounds (0 when feasible); ranks infeasible trials by closeness."""
         total = 0.0
         for metric, bound in self.bounds:
             miss = max(0.0, self.violation(metric, aggregate.get(metric)))
             total += miss / (abs(bound) if bound else 1.0)
         total += max(0.0, self.min_speedup - speedup) / self.min_speedup
+        if self.memory is not None:
+            total += max(0.0, self.memory.violation(cache_gib)) / self.memory.max_gib
         return total
 
     def hopeless(self, per_clip: list[dict[str, Any]], remaining: int) -> dict[str, float] | None:
@@ -118,7 +183,12 @@ class Budget:
         return {metric: proven.get(metric, 0.0) for metric in self.metrics}
 
     def to_attrs(self) -> dict[str, Any]:
-        return {"budget": self.as_dict(), "budget_mode": self.mode, "min_speedup": self.min_speedup}
+        """The study user attrs of this budget (the memory bound's only when there is one)."""
+        attrs = {"budget": self.as_dict(), "budget_mode": self.mode, "min_speedup": self.min_speedup}
+        if self.memory is not None:
+            attrs[MAX_CACHE_KEY] = self.memory.max_gib
+            attrs[MEMORY_AT_KEY] = list(self.memory.at) if self.memory.at else None
+        return attrs
 
 
 def parse_budget(text: str | None, worst: bool = False, min_speedup: float = 1.1) -> Budget:
@@ -158,8 +228,13 @@ def budget_from_attrs(attrs: dict[str, Any]) -> Budget:
     bounds = attrs.get("budget")
     if not isinstance(bounds, dict) or not bounds:
         raise InputError("the study records no budget (was it created by hetcache-tune?).", "pass --budget.")
+    memory = None
+    if attrs.get(MAX_CACHE_KEY) is not None:
+        at = attrs.get(MEMORY_AT_KEY)
+        memory = MemoryBound(float(attrs[MAX_CACHE_KEY]), tuple(int(v) for v in at) if at else None)
     return Budget(
         tuple((str(k), float(v)) for k, v in bounds.items()),
         attrs.get("budget_mode", "mean"),
         float(attrs.get("min_speedup", 1.0)),
+        memory,
     )

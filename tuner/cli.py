@@ -38,6 +38,7 @@ EXAMPLES = (
     "hetcache-tune --budget psnr=30 --trials 60 --out runs/tune --resume         # continue it to 60 trials",
     "hetcache-tune --budget psnr_mask=28,ssim=0.95 --worst --profile runs/profile --export-pareto runs/tune/pareto",
     "hetcache-tune --budget psnr=30 --storage postgresql+psycopg://user:pass@db:5432/hetcache --study-name s1 --join",
+    "hetcache-tune --budget psnr=30 --max-cache-gib 40 --memory-at 720x1280x81   # caches that fit 40 GiB at 720p",
     "hetcache-tune export --storage runs/tune/study.db --study-name reference-psnr30 --export policy.json",
     "hetcache-tune reference-policies --budget psnr=30 --budget psnr=35 --trials 60 --policies-dir policies",
 )
@@ -45,6 +46,7 @@ EXPORT_EXAMPLES = (
     "hetcache-tune export --storage runs/tune/study.db --study-name reference-psnr30 --export policy.json",
     "hetcache-tune export --storage postgresql+psycopg://user:pass@db:5432/hetcache --study-name s1 \\",
     "    --budget psnr=35 --export policy-35.json --export-pareto pareto/",
+    "hetcache-tune export --storage runs/tune/study.db --study-name reference-psnr30 --max-cache-gib 0.05",
 )
 REFERENCE_EXAMPLES = (
     "hetcache-tune reference-policies --budget psnr=30 --budget psnr=35 --trials 60 --policies-dir policies",
@@ -52,9 +54,12 @@ REFERENCE_EXAMPLES = (
 
 
 def _budget_arguments(
-    parser: argparse.ArgumentParser, required: bool, repeat: bool = False, min_speedup: float | None = 1.1
+    parser: argparse.ArgumentParser, required: bool, repeat: bool = False, tuning: bool = True
 ) -> None:
-    group = parser.add_argument_group("quality budget")
+    """The budget flags; `tuning` (not exporting): defaults of a new study, and where the memory bound is measured
+    (fixed when the study is created)."""
+    min_speedup = 1.1 if tuning else None
+    group = parser.add_argument_group("budget (quality, speed, memory)")
     group.add_argument(
         "--budget",
         required=required,
@@ -69,6 +74,22 @@ def _budget_arguments(
         default=min_speedup,
         help=f"least speedup (> 0) a policy must bring to count (default {min_speedup or 'the study’s'})",
     )
+    group.add_argument(
+        "--max-cache-gib",
+        type=cli_types.number(0.0, low_open=True),
+        metavar="GIB",
+        help="most device memory (GiB, > 0) hetcache may hold for a policy: caches, working buffers, offload "
+        "staging, not the weights (docs/memory.md); a trial whose policy exceeds it is not run"
+        + ("" if tuning else " (default the study’s)"),
+    )
+    if tuning:
+        group.add_argument(
+            "--memory-at",
+            type=cli_types.clip_size,
+            metavar="HxWxF",
+            help="measure --max-cache-gib at this clip size, e.g. 720x1280x81, with the clips' masks scaled to it "
+            "(default: the tuned workload's clips)",
+        )
 
 
 def _search_arguments(parser: argparse.ArgumentParser, default_out: str) -> None:
@@ -141,7 +162,7 @@ def build_export_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--storage", required=True, help="database URL or .db / .log file holding the study")
     parser.add_argument("--study-name", required=True)
-    _budget_arguments(parser, required=False, min_speedup=None)
+    _budget_arguments(parser, required=False, tuning=False)
     _export_arguments(parser, "default policy.json")
     return parser
 
@@ -199,6 +220,23 @@ def _config(args: argparse.Namespace, budget, workload, **overrides):
     return TuneConfig(**values)
 
 
+def with_memory_bound(budget, args: argparse.Namespace, study_budget=None):
+    """The budget with the memory bound the flags ask for (--max-cache-gib, --memory-at), or the study's."""
+    from .budget import MemoryBound
+
+    at = getattr(args, "memory_at", None)
+    if at is not None and args.max_cache_gib is None:
+        raise InputError(
+            "--memory-at says where to measure --max-cache-gib, but no --max-cache-gib was given.",
+            "add --max-cache-gib GIB, or drop --memory-at.",
+        )
+    memory = study_budget.memory if study_budget is not None else None
+    if args.max_cache_gib is not None:
+        where = at if study_budget is None else (memory.at if memory is not None else None)
+        memory = MemoryBound(float(args.max_cache_gib), where)
+    return dataclasses.replace(budget, memory=memory)
+
+
 def check_budget_bounds(budget) -> None:
     """Refuse, before any compute, a bound outside the range its metric can take (hetcache.metrics.check_bound)."""
     from hetcache.metrics import bound_range
@@ -223,6 +261,8 @@ def miss_label(result, budget) -> str:
     ]
     if result.value < budget.min_speedup:
         misses.append(f"min speedup {budget.min_speedup:g}x ({result.value:.2f}x)")
+    if not result.fits(budget):
+        misses.append(f"max cache {budget.memory.max_gib:g} GiB ({format_value(result.cache_gib)} GiB)")
     return "misses " + ", ".join(misses) if misses else "misses budget"
 
 
@@ -241,6 +281,13 @@ def _print_summary(result, budget, trials: int | None = None) -> None:
         f"\nstudy '{result.info.name}' in {result.info.storage}: {len(result.results)} completed trials{asked} "
         f"({result.ran} run by this worker in {result.seconds:.0f} s), {feasible} meet {budget.describe()}"
     )
+    if result.over_memory:
+        shown = ", ".join(f"trial {n}: {format_value(gib)} GiB" for n, gib in result.over_memory[:5])
+        more = f" and {len(result.over_memory) - 5} more" if len(result.over_memory) > 5 else ""
+        print(
+            f"{len(result.over_memory)} more trials were not run: their policy misses max cache "
+            f"{budget.memory.max_gib:g} GiB ({shown}{more})"
+        )
 
 
 def _export(results, budget, info, export: Path | None, pareto: Path | None, name: str | None) -> int:
@@ -371,7 +418,7 @@ def command_tune(argv: Sequence[str]) -> int:
     from .study_storage import file_of, resolve_url
 
     args = build_parser().parse_args(argv)
-    budget = parse_budget(args.budget, args.worst, args.min_speedup)
+    budget = with_memory_bound(parse_budget(args.budget, args.worst, args.min_speedup), args)
     check_budget_bounds(budget)
     workload = workload_from_args(args)
     config = _config(args, budget, workload)
@@ -416,6 +463,7 @@ def command_export(argv: Sequence[str]) -> int:
         budget = parse_budget(args.budget, args.worst, min_speedup)
     else:
         budget = dataclasses.replace(study_budget, min_speedup=min_speedup)
+    budget = with_memory_bound(budget, args, study_budget)
     return _export(results, budget, info, export, args.export_pareto, args.name)
 
 
@@ -426,7 +474,7 @@ def command_reference(argv: Sequence[str]) -> int:
     from .ship import reference_policy_name, tune_reference_policies
 
     args = build_reference_parser().parse_args(argv)
-    budgets = [parse_budget(text, args.worst, args.min_speedup) for text in args.budget]
+    budgets = [with_memory_bound(parse_budget(text, args.worst, args.min_speedup), args) for text in args.budget]
     for budget in budgets:
         check_budget_bounds(budget)
     workload = workload_from_args(args)

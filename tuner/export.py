@@ -59,6 +59,9 @@ def provenance(result: TrialResult, study: StudyInfo, budget: Budget) -> dict[st
             "quality_worst": attrs.get("quality_worst"),
             "quality_per_clip": attrs.get("quality_per_clip"),
             "decisions": attrs.get("decisions"),
+            "cache_gib": attrs.get("cache_gib"),
+            "max_cache_gib": budget.memory.max_gib if budget.memory is not None else None,
+            "memory_at": list(budget.memory.at) if budget.memory is not None and budget.memory.at else None,
             "clips": list((attrs.get("quality_per_clip") or {}).keys()),
             "profile": study.attrs.get("profile"),
             "workload": study.attrs.get("workload"),
@@ -91,9 +94,10 @@ def policy_of(
 def no_feasible_message(results: list[TrialResult], budget: Budget, study: StudyInfo) -> NoFeasibleTrial:
     near = closest(results, budget)
     if near is None:
+        memory = " (trials whose cache exceeds the memory bound are not run)" if budget.memory is not None else ""
         return NoFeasibleTrial(
-            f"study '{study.name}' has no completed trials yet, so no policy meets {budget.describe()}.",
-            "run hetcache-tune (more --trials) first.",
+            f"study '{study.name}' has no scored trials yet{memory}, so no policy meets {budget.describe()}.",
+            "run hetcache-tune (more --trials) first" + (", or raise --max-cache-gib." if memory else "."),
         )
     aggregate = near.aggregate(budget)
     misses = ", ".join(f"{m} {format_value(aggregate.get(m, float('nan')))}" for m in budget.metrics)
@@ -145,6 +149,7 @@ def export_pareto(results: list[TrialResult], budget: Budget, study: StudyInfo, 
                         "speedup_flops": result.attrs["speedup_flops"],
                         "speedup_time": result.attrs["speedup_time"],
                         budget.primary: result.aggregate(budget).get(budget.primary),
+                        "cache_gib": result.cache_gib,
                         "feasible": result.feasible(budget),
                     }
                 )

@@ -3,6 +3,10 @@
 The engine is `hetcache.engine.apply_hetcache` (never re-implemented here). A trial stops early, and is recorded as a
 completed but infeasible trial with `pruned_at_clip`, as soon as the clips seen prove that the budget cannot be met;
 completed-infeasible (rather than Optuna's PRUNED state) keeps its constraint values, so TPE learns from it.
+Warm starts (the timestep-only ladder among them) are never stopped early: scored on every clip, they can stand on
+the Pareto front, which is then at least as good as step reuse alone at every cost.
+With `--max-cache-gib`, the memory plan (`hetcache.memory`) sizes each trial's policy first: one whose cache exceeds
+the bound is not run at all, but recorded as completed and infeasible with its `max_cache_gib` constraint value.
 """
 
 from __future__ import annotations
@@ -18,12 +22,14 @@ import torch
 
 from hetcache.atomic import json_safe
 from hetcache.engine import apply_hetcache, remove_hetcache
+from hetcache.memory import session_cache_gib
 from hetcache.metrics import clip_quality, mean_quality, worst_quality
 from hetcache.plan import resolve_plan
 from hetcache.policy import ModelSpec, Policy, WorkloadSpec
 
-from .budget import Budget
+from .budget import MAX_CACHE_KEY, Budget
 from .references import ReferenceStore
+from .results import CACHE_GIB_ATTR, OVER_MEMORY_ATTR
 from .space import SearchSpace, behaviour_key
 
 OBJECTIVES = ("flops", "time")
@@ -88,8 +94,17 @@ class Evaluator:
         """The per-step plan the engine will follow on this workload (hetcache.plan, as the engine computes it)."""
         return resolve_plan(self.session.transformer, self.session.timesteps(), policy.step_plan)
 
-    def evaluate(self, policy: Policy, prune: bool = True) -> Outcome:
-        """Run `policy` clip by clip; stop once the budget is proven out of reach (when `prune`)."""
+    def cache_gib(self, policy: Policy, plan: str) -> float:
+        """Device GiB hetcache holds for `policy` following `plan` (at the memory bound's size, if it names one)."""
+        planned = policy.replace(plan=plan)
+        memory = self.budget.memory
+        return (
+            memory.cache_gib(planned, self.session) if memory is not None else session_cache_gib(planned, self.session)
+        )
+
+    def evaluate(self, policy: Policy, prune: bool = True, cache_gib: float | None = None) -> Outcome:
+        """Run `policy` clip by clip; stop once the budget is proven out of reach (when `prune`); `cache_gib` is the
+        policy's memory, judged against the budget's memory bound."""
         session, clips = self.session, self.session.clips
         per_clip: dict[str, dict[str, Any]] = {}
         decisions: dict[str, str] = {}
@@ -129,10 +144,9 @@ class Evaluator:
         speedup_flops = flops_uncached / max(flops, 1.0)
         speedup_time = uncached_seconds / max(cached_seconds, 1e-9)
         speedup = speedup_time if self.objective == "time" else speedup_flops
+        constraints = self.budget.constraints(self.budget.aggregate(mean, worst), speedup, cache_gib)
         if pruned_at is not None and proven is not None:
-            constraints = {**proven, "min_speedup": self.budget.min_speedup - speedup}
-        else:
-            constraints = self.budget.constraints(self.budget.aggregate(mean, worst), speedup)
+            constraints = {**constraints, **proven}  # the misses proven so far, not those of the clips seen
         return Outcome(
             speedup_flops=speedup_flops,
             speedup_time=speedup_time,
@@ -174,10 +188,15 @@ class Objective:
     def policy_for(self, params: dict[str, Any], number: int) -> Policy:
         return self.space.policy(params, f"{self.study_name}-trial{number}", self.model, self.workload)
 
-    def _twin(self, study: optuna.Study, key: str, number: int) -> optuna.trial.FrozenTrial | None:
-        """An earlier completed trial whose policy behaves identically on this workload (its result is reused)."""
+    def _twin(self, study: optuna.Study, key: str, number: int, scored_fully: bool) -> optuna.trial.FrozenTrial | None:
+        """An earlier completed trial whose policy behaves identically on this workload (its result is reused);
+        with `scored_fully`, only one that was scored on every clip."""
         for other in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
-            if other.number != number and other.user_attrs.get("behaviour") == key and other.constraints:
+            same = other.number != number and other.user_attrs.get("behaviour") == key
+            usable = not other.user_attrs.get(OVER_MEMORY_ATTR) and not (
+                scored_fully and other.user_attrs.get("pruned_at_clip")
+            )
+            if same and other.constraints and usable:
                 return other
         return None
 
@@ -189,16 +208,27 @@ class Objective:
         trial.set_user_attr("policy", policy.to_dict())
         trial.set_user_attr("worker", self.worker)
         trial.set_user_attr("behaviour", key)
-        twin = self._twin(trial.study, key, trial.number)
+        cache_gib = self.evaluator.cache_gib(policy, plan)
+        trial.set_user_attr(CACHE_GIB_ATTR, cache_gib)
+        memory = self.evaluator.budget.memory
+        if memory is not None and memory.violation(cache_gib) > 0:  # cannot fit: not run, TPE learns the miss
+            trial.set_user_attr(OVER_MEMORY_ATTR, True)
+            trial.set_constraint(MAX_CACHE_KEY, memory.violation(cache_gib))
+            return 0.0
+        anchor = "warm_start" in trial.user_attrs  # a warm start anchors the Pareto front: scored on every clip
+        twin = self._twin(trial.study, key, trial.number, scored_fully=anchor)
         if twin is not None:
             for name, value in twin.user_attrs.items():
-                if name not in ("policy", "worker", "behaviour", "warm_start", "same_as"):
+                if name not in ("policy", "worker", "behaviour", "warm_start", "same_as", CACHE_GIB_ATTR):
                     trial.set_user_attr(name, value)
             trial.set_user_attr("same_as", twin.number)
             for name, value in twin.constraints.items():
-                trial.set_constraint(name, value)
+                if name != MAX_CACHE_KEY:
+                    trial.set_constraint(name, value)
+            if memory is not None:
+                trial.set_constraint(MAX_CACHE_KEY, memory.violation(cache_gib))
             return float(twin.value)
-        outcome = self.evaluator.evaluate(policy)
+        outcome = self.evaluator.evaluate(policy, prune=not anchor, cache_gib=cache_gib)
         for name, value in outcome.attrs().items():
             trial.set_user_attr(name, value)
         for name, value in outcome.constraints.items():

@@ -1,8 +1,10 @@
 """Reading a tuning study back: per-trial results, the best feasible trial, the closest miss, the Pareto front.
 
-Feasibility is judged from the recorded quality (mean or worst over clips) and speedup, so a study can be exported
-under its own budget or under another one (`hetcache-tune export --budget …`). Trials stopped early
-(`pruned_at_clip`) saw only some clips: they are never feasible and never on the Pareto front.
+Feasibility is judged from the recorded quality (mean or worst over clips), speedup and cache size (`cache_gib`),
+so a study can be exported under its own budget or under another one (`hetcache-tune export --budget …`). Trials
+stopped early (`pruned_at_clip`) saw only some clips: they are never feasible and never on the Pareto front; nor is a
+trial whose cache exceeds the budget's memory bound. Trials whose cache exceeded the bound when they were drawn were
+not run (`over_memory`): they hold no quality and are not results.
 """
 
 from __future__ import annotations
@@ -16,6 +18,9 @@ import optuna
 from hetcache.metrics import METRICS
 
 from .budget import Budget
+
+CACHE_GIB_ATTR = "cache_gib"  # trial user attr: the memory plan's device GiB for the trial's policy
+OVER_MEMORY_ATTR = "over_memory"  # trial user attr of a trial not run because its cache exceeded --max-cache-gib
 
 
 @dataclass(frozen=True)
@@ -35,14 +40,23 @@ class TrialResult:
     def policy(self) -> dict[str, Any]:
         return self.attrs["policy"]
 
+    @property
+    def cache_gib(self) -> float | None:
+        """Device GiB hetcache holds for the trial's policy (at the study's memory target; None if not recorded)."""
+        return self.attrs.get(CACHE_GIB_ATTR)
+
     def aggregate(self, budget: Budget) -> dict[str, Any]:
         return budget.aggregate(self.attrs.get("quality") or {}, self.attrs.get("quality_worst") or {})
 
+    def fits(self, budget: Budget) -> bool:
+        """Whether the policy meets the budget's memory bound (always, without one)."""
+        return budget.memory is None or budget.memory.violation(self.cache_gib) <= 0
+
     def feasible(self, budget: Budget) -> bool:
-        return self.pruned_at is None and budget.feasible(self.aggregate(budget), self.value)
+        return self.pruned_at is None and budget.feasible(self.aggregate(budget), self.value, self.cache_gib)
 
     def distance(self, budget: Budget) -> float:
-        return budget.distance(self.aggregate(budget), self.value)
+        return budget.distance(self.aggregate(budget), self.value, self.cache_gib)
 
     def plan(self) -> str:
         decisions = self.attrs.get("decisions") or {}
@@ -59,6 +73,12 @@ def trial_results(study: optuna.Study, objective: str) -> list[TrialResult]:
         value = attrs["speedup_time"] if objective == "time" else attrs["speedup_flops"]
         out.append(TrialResult(trial.number, float(value), dict(attrs), dict(trial.params)))
     return out
+
+
+def over_memory(study: optuna.Study) -> list[tuple[int, float]]:
+    """(number, cache GiB) of the completed trials that were not run because their cache exceeded the bound."""
+    trials = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    return [(t.number, float(t.user_attrs[CACHE_GIB_ATTR])) for t in trials if t.user_attrs.get(OVER_MEMORY_ATTR)]
 
 
 def best_feasible(results: list[TrialResult], budget: Budget) -> TrialResult | None:
@@ -84,7 +104,8 @@ def pareto_front(
     """Trials not beaten on both speed and quality, slowest (best quality) first; one trial per point.
 
     Quality is `metric` (default: the budget's first) aggregated as the budget says (mean or worst over clips);
-    speed is the trial's objective value unless `speed` reads another one. Trials stopped early are left out.
+    speed is the trial's objective value unless `speed` reads another one. Trials stopped early and trials whose
+    cache exceeds the budget's memory bound are left out.
     """
     metric = metric or budget.primary
     higher = METRICS[metric]
@@ -92,7 +113,8 @@ def pareto_front(
     for r in results:
         value = r.aggregate(budget).get(metric)
         fast = r.value if speed is None else speed(r)
-        if r.pruned_at is None and isinstance(value, (int, float)) and isinstance(fast, (int, float)):
+        scored_fully = r.pruned_at is None and r.fits(budget)
+        if scored_fully and isinstance(value, (int, float)) and isinstance(fast, (int, float)):
             scored.append((r, float(fast), float(value) if higher else -float(value)))
     scored.sort(key=lambda item: (-item[1], -item[2], item[0].number))
     front: list[TrialResult] = []

@@ -28,13 +28,13 @@ from hetcache.metrics import regions
 from hetcache.policy import WorkloadSpec, model_spec_from_fingerprint
 from hetcache.workloads.spec import Workload
 
-from .budget import Budget
+from .budget import MAX_CACHE_KEY, MEMORY_AT_KEY, Budget
 from .export import StudyInfo
 from .objective import OBJECTIVES, Evaluator, Objective
 from .profile_input import ProfileHints, read_profile
 from .references import FOLDER as REFERENCE_FOLDER
 from .references import ReferenceStore, weights_signature
-from .results import TrialResult, best_feasible, trial_results
+from .results import TrialResult, best_feasible, over_memory, trial_results
 from .space import SearchSpace
 from .study_storage import Heartbeat, display_url, open_storage, resolve_url
 
@@ -76,11 +76,16 @@ class TuneResult:
     ran: int
     created: bool
     seconds: float
+    over_memory: list[tuple[int, float]] = field(default_factory=list)  # trials not run: (number, cache GiB)
 
 
 def _comparable_workload(data: dict[str, Any]) -> dict[str, Any]:
     """A workload dict without the fields that may differ between workers (the device)."""
     return {k: v for k, v in data.items() if k != "device"}
+
+
+def _shown(value: Any) -> str:
+    return "none" if value is None else repr(value)
 
 
 def _check_same_study(attrs: dict[str, Any], expected: dict[str, Any], name: str) -> None:
@@ -90,12 +95,16 @@ def _check_same_study(attrs: dict[str, Any], expected: dict[str, Any], name: str
         ("budget_mode", "--worst"),
         ("min_speedup", "--min-speedup"),
         ("objective", "--objective"),
+        (MAX_CACHE_KEY, "--max-cache-gib"),
+        (MEMORY_AT_KEY, "--memory-at"),
     )
     for key, flag in checks:
-        if attrs.get(key) != expected[key]:
+        if attrs.get(key) != expected.get(key):
             raise InputError(
-                f"study '{name}' was tuned with {key} {attrs.get(key)!r}; this run asks for {expected[key]!r}.",
-                f"use the study's {flag} to resume it, or choose another --study-name.",
+                f"study '{name}' was tuned with {key} {_shown(attrs.get(key))}; this run asks for "
+                f"{_shown(expected.get(key))}.",
+                f"use the study's {flag} to resume it (or leave it out if the study has none), "
+                "or choose another --study-name.",
             )
     if _comparable_workload(attrs.get("workload") or {}) != _comparable_workload(expected["workload"]):
         raise InputError(
@@ -298,7 +307,8 @@ def tune(config: TuneConfig, session: Any = None) -> TuneResult:
     objective = Objective(evaluator, space, model_spec_from_fingerprint(fp), workload_spec, config.name())
     ran = run_worker(study, objective, config, isinstance(storage, optuna.storages.RDBStorage))
     info = StudyInfo(config.name(), display_url(url), config.objective, dict(study.user_attrs))
-    return TuneResult(info, trial_results(study, config.objective), ran, created, time.monotonic() - started)
+    results = trial_results(study, config.objective)
+    return TuneResult(info, results, ran, created, time.monotonic() - started, over_memory(study))
 
 
 def load_results(storage: str, study_name: str) -> tuple[StudyInfo, list[TrialResult]]:
