@@ -362,6 +362,11 @@ def summarise_point(point: dict[str, Any], targets: Sequence[float]) -> dict[str
     return out
 
 
+def ordered(report: dict[str, Any]) -> list[dict[str, Any]]:
+    """The points by step count, size and mask area (the order the tables read in)."""
+    return sorted(report["points"].values(), key=lambda p: (p["steps"], p["size"], p["mask_share"]))
+
+
 def _pair(best: dict[str, Any]) -> str:
     """'whole / in-mask' mean PSNR of a family's best configurations, or why there is none."""
     whole, inside = best["psnr"], best["psnr_mask"]
@@ -400,7 +405,7 @@ def markdown(report: dict[str, Any]) -> str:
             "token − step whole | token − step in-mask | wins |",
             "|---|---|---|---|---|---|---|---|---|---|",
         ]
-        for point in report["points"].values():
+        for point in ordered(report):
             summary = point.get("summary", {}).get(key)
             seeds = sum(bool(entry.get("complete")) for entry in point["seeds"].values())
             if summary is None or not seeds:
@@ -428,7 +433,7 @@ def config_tables(report: dict[str, Any], targets: Sequence[float]) -> list[str]
     for target in targets:
         key = f"{target:g}"
         rows = []
-        for point in report["points"].values():
+        for point in ordered(report):
             configs = point.get("summary", {}).get(key, {}).get("configs")
             if not configs or not any(entry.get("complete") for entry in point["seeds"].values()):
                 continue
