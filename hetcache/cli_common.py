@@ -14,7 +14,7 @@ from typing import Any
 from . import __version__, cli_types
 from .atomic import MARKER, holds_only_marker, is_marked
 from .errors import HetCacheError, InputError
-from .workloads.clips import MASK_KINDS
+from .workloads.clips import CLIP_KINDS
 from .workloads.spec import ClipSource, Workload, load_workload
 
 # exit code → meaning; every command lists the ones it uses in its --help
@@ -67,7 +67,7 @@ def add_workload_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--prompt-embeds", type=Path, help="safetensors/torch file with prompt_embeds, negative_prompt_embeds"
     )
-    group.add_argument("--clips", help=f"reference clips to use, comma-separated from {','.join(MASK_KINDS)}")
+    group.add_argument("--clips", help=f"reference clips to use, comma-separated from {','.join(CLIP_KINDS)}")
     group.add_argument("--steps", type=cli_types.integer(2), help="denoising steps (≥ 2)")
     group.add_argument("--guidance-scale", type=cli_types.number(0.0), help="classifier-free guidance scale (≥ 0)")
     group.add_argument(
@@ -98,9 +98,9 @@ def workload_from_args(args: argparse.Namespace) -> Workload:
         changes["clips"] = (ClipSource(name=args.video.stem, video=str(args.video), mask=str(args.mask)),)
     if args.clips:
         kinds = [k.strip() for k in args.clips.split(",") if k.strip()]
-        unknown = [k for k in kinds if k not in MASK_KINDS]
+        unknown = [k for k in kinds if k not in CLIP_KINDS]
         if unknown:
-            raise InputError(f"--clips names unknown kinds {', '.join(unknown)}.", f"use {', '.join(MASK_KINDS)}.")
+            raise InputError(f"--clips names unknown kinds {', '.join(unknown)}.", f"use {', '.join(CLIP_KINDS)}.")
         sources = {s.kind: s for s in workload.clip_sources() if s.kind}
         changes["clips"] = tuple(sources.get(k, ClipSource(name=k, kind=k)) for k in kinds)
     for flag, field in (

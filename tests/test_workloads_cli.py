@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import subprocess
 import sys
@@ -13,9 +14,11 @@ from conftest import tiny_pipeline
 from safetensors.torch import save_file
 
 from hetcache.cli import main
+from hetcache.cli_common import add_workload_arguments, workload_from_args
 from hetcache.errors import InputError, UnsupportedModelError
 from hetcache.video import write_mask, write_video
-from hetcache.workloads import ClipSource, Workload, load_workload
+from hetcache.workloads import CLIP_KINDS, MASK_KINDS, SMALL_MASK_KINDS, ClipSource, Workload, load_workload
+from hetcache.workloads.clips import SMALL_MASK_AREA, synthetic_clip
 from hetcache.workloads.execute import LoadedWorkload
 
 SMALL = dict(weights="random", height=64, width=64, num_frames=9, steps=3, clips=(ClipSource("box", kind="box"),))
@@ -51,6 +54,41 @@ def test_reference_calibration_set_has_every_mask_kind_at_the_reference_size():
     assert workload.synthetic_size() == (17, 256, 256)
     tokens = 5 * (256 // 16) * (256 // 16)
     assert tokens >= 1000
+
+
+@pytest.mark.parametrize("size", [128, 256])
+@pytest.mark.parametrize("kind", SMALL_MASK_KINDS)
+def test_small_mask_kinds_cover_their_stated_share_of_every_frame(kind, size):
+    low, high = SMALL_MASK_AREA[kind]
+    assert 0.03 <= low < high <= 0.10
+    shares = np.concatenate([synthetic_clip(kind, seed, 17, size, size).mask.mean(axis=(1, 2)) for seed in range(12)])
+    assert shares.min() >= low and shares.max() <= high
+    assert shares.max() - shares.min() > 0.01  # the size varies with the seed
+
+
+@pytest.mark.parametrize("kind", SMALL_MASK_KINDS)
+def test_small_mask_kinds_are_deterministic_per_seed_and_leave_the_training_kinds_alone(kind):
+    first, again, other = (synthetic_clip(kind, seed, 9, 128, 128) for seed in (7001, 7001, 7002))
+    assert np.array_equal(first.frames, again.frames) and np.array_equal(first.mask, again.mask)
+    assert not np.array_equal(first.mask, other.mask)
+    # same seed, same scene: only the mask differs from the calibration kind it is drawn after
+    assert np.array_equal(first.frames, synthetic_clip("box", 7001, 9, 128, 128).frames)
+    assert kind not in MASK_KINDS and kind in CLIP_KINDS
+    if kind == "small_moving":  # it follows the first object: the mask moves between frames
+        assert not np.array_equal(first.mask[0], first.mask[-1])
+
+
+def test_small_mask_kinds_are_selectable_from_flags_and_workload_files(tmp_path):
+    parser = argparse.ArgumentParser()
+    add_workload_arguments(parser)
+    workload = workload_from_args(parser.parse_args(["--clips", "small_box,small_moving,box"]))
+    assert [s.kind for s in workload.clip_sources()] == ["small_box", "small_moving", "box"]
+    path = tmp_path / "w.json"
+    small = Workload(**{**SMALL, "clips": (ClipSource("s", kind="small_box", seed=7001),)})
+    path.write_text(json.dumps(small.to_dict()))
+    assert load_workload(path).clips[0].kind == "small_box"
+    with pytest.raises(InputError, match="small_box, small_moving"):
+        workload_from_args(parser.parse_args(["--clips", "tiny_box"]))
 
 
 @pytest.fixture

@@ -1,10 +1,12 @@
 """Workloads: the embedded reference workload and real Wan-VACE pipelines with clips from files."""
 
-from .clips import MASK_KINDS, Clip, calibration_clips, synthetic_clip
+from .clips import CLIP_KINDS, MASK_KINDS, SMALL_MASK_KINDS, Clip, calibration_clips, synthetic_clip
 from .spec import ClipSource, Workload, load_workload, reference_workload, workload_from_dict
 
 __all__ = [
+    "CLIP_KINDS",
     "MASK_KINDS",
+    "SMALL_MASK_KINDS",
     "Clip",
     "ClipSource",
     "Workload",

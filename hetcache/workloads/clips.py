@@ -2,6 +2,8 @@
 
 They are the reference workload's calibration set and the reference model's training data. Each clip is an RGB
 uint8 video [F, H, W, 3] with a binary mask [F, H, W] (1 = region to generate) of one of the kinds below.
+MASK_KINDS are the calibration and training kinds; SMALL_MASK_KINDS cover a few percent of the frame (where
+token-level caching can save most) and serve held-out evaluations only, so neither tuning nor training changes.
 """
 
 from __future__ import annotations
@@ -13,6 +15,10 @@ import numpy as np
 import torch
 
 MASK_KINDS = ("box", "ellipse", "moving", "band", "two_regions")
+SMALL_MASK_KINDS = ("small_box", "small_moving")
+CLIP_KINDS = MASK_KINDS + SMALL_MASK_KINDS  # every kind `synthetic_clip` makes
+# share of the frame a small kind's mask covers in every frame (by construction, up to pixel rounding)
+SMALL_MASK_AREA = {"small_box": (0.03, 0.06), "small_moving": (0.04, 0.08)}
 
 
 @dataclass
@@ -107,11 +113,20 @@ def _mask(kind: str, gen: torch.Generator, frames: int, height: int, width: int,
         first = box(_uniform(gen, 0.2, 0.8) * height, _uniform(gen, 0.15, 0.3) * width, hh, hw)
         second = box(_uniform(gen, 0.2, 0.8) * height, _uniform(gen, 0.7, 0.85) * width, hh, hw)
         return first | second
-    raise ValueError(f"unknown mask kind {kind!r}; known: {', '.join(MASK_KINDS)}")
+    if kind == "small_box":  # a fixed box of 2·[0.09, 0.12] of each side: 3.2–5.8 % of the frame
+        hh, hw = _uniform(gen, 0.09, 0.12) * height, _uniform(gen, 0.09, 0.12) * width
+        return box(_uniform(gen, hh, height - hh), _uniform(gen, hw, width - hw), hh, hw)
+    if kind == "small_moving":  # an ellipse of π·[0.115, 0.16]² of the frame (4.2–8 %) on the first object's path
+        obj, share = objects[0], _uniform(gen, 0.115, 0.16)
+        ry, rx = share * height, share * width
+        cy = (obj["cy"] + obj["vy"] * t).clamp(ry, height - ry)  # kept inside the frame, so the area stays put
+        cx = (obj["cx"] + obj["vx"] * t).clamp(rx, width - rx)
+        return (((y - cy) / ry) ** 2 + ((x - cx) / rx) ** 2) <= 1.0
+    raise ValueError(f"unknown mask kind {kind!r}; known: {', '.join(CLIP_KINDS)}")
 
 
 def synthetic_clip(kind: str, seed: int, num_frames: int = 17, height: int = 256, width: int = 256) -> Clip:
-    """One deterministic clip of `kind` (one of MASK_KINDS) for `seed`."""
+    """One deterministic clip of `kind` (one of CLIP_KINDS) for `seed`."""
     gen = torch.Generator().manual_seed(seed)
     video, objects = _scene(gen, num_frames, height, width)
     mask = _mask(kind, gen, num_frames, height, width, objects)

@@ -16,7 +16,7 @@ from typing import Any
 
 from .. import cli_types
 from ..errors import InputError
-from .clips import MASK_KINDS
+from .clips import CLIP_KINDS, MASK_KINDS
 
 SCHEMA = "hetcache.workload/v1"
 DTYPES = ("float32", "bfloat16", "float16")
@@ -137,8 +137,8 @@ def workload_from_dict(data: dict[str, Any], origin: str = "workload") -> Worklo
     for i, raw in enumerate(data.get("clips") or []):
         if not isinstance(raw, dict) or "name" not in raw:
             raise _fail(origin, f"clips[{i}]", "must be an object with a name")
-        if raw.get("kind") is not None and raw["kind"] not in MASK_KINDS:
-            raise _fail(origin, f"clips[{i}].kind", f"must be one of {', '.join(MASK_KINDS)}, got {raw['kind']!r}")
+        if raw.get("kind") is not None and raw["kind"] not in CLIP_KINDS:
+            raise _fail(origin, f"clips[{i}].kind", f"must be one of {', '.join(CLIP_KINDS)}, got {raw['kind']!r}")
         if raw.get("kind") is None and not (raw.get("video") and raw.get("mask")):
             raise _fail(origin, f"clips[{i}]", "needs either a synthetic kind or both video and mask files")
         try:
