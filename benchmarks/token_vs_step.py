@@ -124,10 +124,19 @@ def parse_overrides(text: str) -> tuple[str, dict[str, Any], str | None]:
 
 def configs_from_args(args: argparse.Namespace, log: Callable[[str], None]) -> list[Config]:
     """Every configuration the run compares (built-in and extra variants; extras naming absent fields skipped)."""
-    unknown = [v for v in args.token_variants + args.mixed if v not in TOKEN_VARIANTS]
+    extra = {}  # --variants by name: usable in --mixed as well
+    for text in args.variants:
+        name, overrides, skipped = parse_overrides(text)
+        if skipped:
+            log(f"skipping variant {name!r}: {skipped}")
+        else:
+            extra[name] = {**TOKEN_VARIANTS["stride0.1"], **overrides}
+    known = {**TOKEN_VARIANTS, **extra}
+    unknown = [v for v in args.token_variants if v not in TOKEN_VARIANTS] + [v for v in args.mixed if v not in known]
     if unknown:
         raise InputError(
-            f"--token-variants/--mixed name unknown variants {', '.join(unknown)}.", f"use {', '.join(TOKEN_VARIANTS)}."
+            f"--token-variants/--mixed name unknown variants {', '.join(unknown)}.",
+            f"use {', '.join(TOKEN_VARIANTS)} or a named --variants entry.",
         )
     configs = [Config("step", "step", {})]
     for text in args.step_variants:
@@ -137,13 +146,8 @@ def configs_from_args(args: argparse.Namespace, log: Callable[[str], None]) -> l
         else:
             configs.append(Config(f"step:{name}", "step", overrides))
     configs += [Config(f"token:{v}", "token", TOKEN_VARIANTS[v]) for v in args.token_variants]
-    for text in args.variants:
-        name, overrides, skipped = parse_overrides(text)
-        if skipped:
-            log(f"skipping variant {name!r}: {skipped}")
-        else:
-            configs.append(Config(f"token:{name}", "token", {**TOKEN_VARIANTS["stride0.1"], **overrides}))
-    configs += [Config(f"mixed:{v}", "mixed", TOKEN_VARIANTS[v]) for v in args.mixed]
+    configs += [Config(f"token:{name}", "token", overrides) for name, overrides in extra.items()]
+    configs += [Config(f"mixed:{v}", "mixed", known[v]) for v in args.mixed]
     return configs
 
 
