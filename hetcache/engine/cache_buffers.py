@@ -259,7 +259,8 @@ class CacheBuffers:
         extrapolated linearly from the last two FULL steps to this one)."""
         skip = staged["skip"].to(out.dtype)
         if self.config.forecast:
-            skip = skip + (skip - staged["skip_prev"].to(out.dtype)) * ctx.forecast.skip
+            # skip + f·(skip − prev) as one lerp (one temporary, not three); weight 1 gives `skip` exactly
+            skip = torch.lerp(staged["skip_prev"].to(out.dtype), skip, 1 + ctx.forecast.skip)
         if self.config.residual_fill:
             out.index_add_(1, rows.skippable, skip)
         else:
