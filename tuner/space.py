@@ -116,6 +116,8 @@ class WarmStart:
 
 
 TOKEN_LEVEL = {"margin_width": 2, "margin_ratio": 0.5, "context_ratio": 0.1, "selection": "kmeans_attention"}
+# the skipped tokens' keys/values refreshed and cached residuals forecast: the cheapest error fixes (docs/method.md)
+REFRESHED = {"refresh_skipped_kv": True, "forecast": "linear", "partial_vace": True}
 # timestep-only plans are a subset of the space: a ladder of them (every other value neutral: step reuse only)
 # seeds every study, so that its Pareto front is at least as good as step reuse at every cost
 TIMESTEP_LADDER = (1.5, 0.5, 1.0, 2.5)
@@ -123,6 +125,8 @@ WARM_STARTS = (
     WarmStart("timestep-only", TIMESTEP_LADDER[0]),
     WarmStart("balanced", 1.2, {**TOKEN_LEVEL, "full_ratio": 2.5, "partial_blocks": ALL, "partial_vace": True}),
     *(WarmStart(f"timestep-only@{scale:g}x", scale) for scale in TIMESTEP_LADDER[1:]),
+    WarmStart("balanced-refreshed", 1.2, {**TOKEN_LEVEL, **REFRESHED, "full_ratio": 2.5, "partial_blocks": ALL}),
+    WarmStart("timestep-only-forecast", TIMESTEP_LADDER[0], {"forecast": "linear"}),
     WarmStart(
         "profile-quiet-blocks", 1.0, {**TOKEN_LEVEL, "full_ratio": 2.0, "partial_blocks": QUIET}, needs_profile=True
     ),
