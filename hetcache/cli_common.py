@@ -15,7 +15,7 @@ from . import __version__, cli_types
 from .atomic import MARKER, holds_only_marker, is_marked
 from .errors import HetCacheError, InputError
 from .workloads.clips import CLIP_KINDS
-from .workloads.spec import ClipSource, Workload, load_workload
+from .workloads.spec import ClipSource, Workload, load_workload, parse_clip_names
 
 # exit code → meaning; every command lists the ones it uses in its --help
 EXIT_OK, EXIT_WRITE_FAILED, EXIT_BAD_INPUT, EXIT_NO_FEASIBLE, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
@@ -67,7 +67,10 @@ def add_workload_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--prompt-embeds", type=Path, help="safetensors/torch file with prompt_embeds, negative_prompt_embeds"
     )
-    group.add_argument("--clips", help=f"reference clips to use, comma-separated from {','.join(CLIP_KINDS)}")
+    group.add_argument(
+        "--clips",
+        help=f"synthetic clips, comma-separated: kinds from {','.join(CLIP_KINDS)}, or kind-seed (box-7001)",
+    )
     group.add_argument("--steps", type=cli_types.integer(2), help="denoising steps (≥ 2)")
     group.add_argument("--guidance-scale", type=cli_types.number(0.0), help="classifier-free guidance scale (≥ 0)")
     group.add_argument(
@@ -97,12 +100,7 @@ def workload_from_args(args: argparse.Namespace) -> Workload:
             raise InputError("--video and --mask must be given together.", "pass both files.")
         changes["clips"] = (ClipSource(name=args.video.stem, video=str(args.video), mask=str(args.mask)),)
     if args.clips:
-        kinds = [k.strip() for k in args.clips.split(",") if k.strip()]
-        unknown = [k for k in kinds if k not in CLIP_KINDS]
-        if unknown:
-            raise InputError(f"--clips names unknown kinds {', '.join(unknown)}.", f"use {', '.join(CLIP_KINDS)}.")
-        sources = {s.kind: s for s in workload.clip_sources() if s.kind}
-        changes["clips"] = tuple(sources.get(k, ClipSource(name=k, kind=k)) for k in kinds)
+        changes["clips"] = parse_clip_names(args.clips, workload)
     for flag, field in (
         ("weights", "weights"),
         ("prompt_embeds", "prompt_embeds"),

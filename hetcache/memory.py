@@ -376,8 +376,9 @@ def _buffers(plan: MemoryPlan, arch: Architecture, policy: Policy, letters: set[
                 out.append(Buffer(kind, owner, ctx, ex, tuple(shape), dtype, place, counted, step))
 
             def cached_layer(owner: str, hint: bool) -> None:
-                add("key", owner, (b, n, heads, head_dim), cache, stored)
-                add("value", owner, (b, n, heads, head_dim), cache, stored)
+                if not spec.refresh_skipped_kv:  # refreshed: PARTIAL steps rewrite every row (shared_key below)
+                    add("key", owner, (b, n, heads, head_dim), cache, stored)
+                    add("value", owner, (b, n, heads, head_dim), cache, stored)
                 add("skip", owner, (b, nk, d), cache, stored)
                 if forecast:  # the skip rows of the FULL step before
                     add("skip_prev", owner, (b, nk, d), cache, stored)
@@ -401,15 +402,18 @@ def _buffers(plan: MemoryPlan, arch: Architecture, policy: Policy, letters: set[
                 add("scores", "context", (b, n), torch.float32)
             if partial:
                 add("scratch", "context", (b, nu, d), model, counted=False, step=PARTIAL)
-            if partial and spec.refresh_skipped_kv:  # the skipped tokens' block inputs, for their K/V refresh
+            if partial and spec.refresh_skipped_kv:  # the skipped tokens' block inputs, for their K/V refresh,
                 add("skipped_scratch", "context", (b, n - nu, d), model, counted=False, step=PARTIAL)
+                for kind in ("shared_key", "shared_value"):  # and one K/V pair every cached layer fills in turn
+                    add(kind, "context", (b, n, heads, head_dim), cache, counted=False, step=PARTIAL)
             if arch.is_vace:  # what REUSE steps hand the main stream as hints
                 add("zero_hint", "context", (b, n, d), model, counted=False)
         if plan.offload and partial:
             kv = (b, n, heads, head_dim)
             cached_layers = len(plan.partial_blocks) + len(plan.partial_vace_blocks)
             for _slot in range(min(2, cached_layers)):  # two slots: the next layer is prefetched while one computes
-                kinds = [("key", kv), ("value", kv), ("skip", (b, nk, d))]
+                kinds = [] if spec.refresh_skipped_kv else [("key", kv), ("value", kv)]
+                kinds += [("skip", (b, nk, d))]
                 kinds += [("skip_prev", (b, nk, d))] if forecast else []
                 for kind, shape in kinds:
                     out.append(
@@ -432,9 +436,12 @@ def _activation_estimate(plan: MemoryPlan, arch: Architecture) -> int:
     return stream + hints + block
 
 
-def session_plans(policy: str | os.PathLike | dict | Policy, session: Any) -> list[MemoryPlan]:
+def session_plans(
+    policy: str | os.PathLike | dict | Policy, session: Any, at: tuple[int, int, int] | None = None
+) -> list[MemoryPlan]:
     """The plan of each clip of a workload session (hetcache.workloads.execute.Session): its transformer, clip size,
-    mask, prompt length and CFG setting."""
+    mask, prompt length and CFG setting; with `at` = (height, width, frames), at that size instead, each clip's token
+    mask scaled (nearest) to its token grid."""
     policy = load_policy(policy)
     transformer = session.transformer
     patch = tuple(transformer.config.patch_size)
@@ -443,14 +450,21 @@ def session_plans(policy: str | os.PathLike | dict | Policy, session: Any) -> li
     for clip in session.clips:
         frames, height, width = clip.frames.shape[:3]
         mask = pixel_mask_to_token_mask(torch.as_tensor(clip.mask), patch, policy.tokens.mask_threshold)
+        if at is not None:
+            height, width, frames = at
+            grid = token_grid(architecture_of(transformer), height, width, frames)
+            cells = mask.reshape(1, 1, *mask.shape[-3:]).float()
+            mask = torch.nn.functional.interpolate(cells, size=grid, mode="nearest")[0].bool()
         plans.append(plan_memory(transformer, height=height, width=width, num_frames=frames, mask=mask, **common))
     return plans
 
 
-def session_cache_gib(policy: str | os.PathLike | dict | Policy, session: Any) -> float:
-    """Device GiB hetcache holds for `policy` on a workload session (its largest clip): what a tuner's
-    `--max-cache-gib` bound constrains (feasible when `session_cache_gib(...) - max_gib <= 0`)."""
-    return max(plan.device_bytes for plan in session_plans(policy, session)) / GIB
+def session_cache_gib(
+    policy: str | os.PathLike | dict | Policy, session: Any, at: tuple[int, int, int] | None = None
+) -> float:
+    """Device GiB hetcache holds for `policy` on a workload session (its largest clip; at size `at` if given): what a
+    tuner's `--max-cache-gib` bound constrains (feasible when `session_cache_gib(...) - max_gib <= 0`)."""
+    return max(plan.device_bytes for plan in session_plans(policy, session, at)) / GIB
 
 
 def cache_gib_of(policy: str | os.PathLike | dict | Policy, model: Any, **workload: Any) -> float:

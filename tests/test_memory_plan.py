@@ -56,6 +56,8 @@ def engine_bytes_by_kind(state) -> dict[str, int]:
             ("scores", ctx.capture.scores),
             ("scratch", ctx.scratch),
             ("skipped_scratch", ctx.skipped_scratch),
+            ("shared_key", ctx.shared_key),
+            ("shared_value", ctx.shared_value),
             ("zero_hint", ctx.zero_hint),
         ):
             add(kind, _nbytes(tensor))
@@ -170,6 +172,24 @@ def test_fp8_and_offload_shrink_exactly_what_they_should():
     assert offloaded.host_bytes == sum(bf16.by_kind()[k] for k in STORAGE_KINDS)
     assert offloaded.device_bytes < bf16.device_bytes / 3
     assert bf16.tokens.total == 9 * 30 * 52
+
+
+def test_the_kv_refresh_replaces_the_per_layer_kv_caches_by_one_shared_pair():
+    """With the skipped-token K/V refresh every K/V row is rewritten on PARTIAL steps before it is read: per layer
+    only the skip rows stay, plus one key/value pair per context and the skipped tokens' gathered inputs."""
+    clip = dict(height=720, width=1280, num_frames=81)
+    plain = plan_memory("wan2.1-vace-14b", **clip)
+    refreshed = plan_memory("wan2.1-vace-14b", policy=Policy(name="every").replace(refresh_skipped_kv=True), **clip)
+    kinds, before = refreshed.by_kind(), plain.by_kind()
+    assert "key" not in kinds and "value" not in kinds and kinds["skip"] == before["skip"]
+    layers = len(plain.partial_blocks) + len(plain.partial_vace_blocks)
+    assert kinds["shared_key"] == kinds["shared_value"] == before["key"] // layers  # both contexts
+    saved = before["key"] + before["value"] - kinds["shared_key"] - kinds["shared_value"] - kinds["skipped_scratch"]
+    assert plain.device_bytes - refreshed.device_bytes == saved > 0.6 * plain.cache_bytes
+    offloaded = plan_memory(
+        "wan2.1-vace-14b", policy=Policy(name="r").replace(refresh_skipped_kv=True), offload=True, **clip
+    )
+    assert offloaded.host_bytes == kinds["skip"] and not {"staging.key", "staging.value"} & set(offloaded.by_kind())
 
 
 def test_wan_14b_720p_81_frames_fits_80_gib_only_with_the_documented_setting():

@@ -184,7 +184,7 @@ def test_runs_without_cache_dit(monkeypatch):
 def test_bad_arguments_exit_2(tmp_path, capsys):
     out = tmp_path / "peers"
     assert run_cli(peers.main, [*TINY[:-2], "--clips", "boxx", "--out", str(out)], prog="peers") == 2
-    assert "--clips names unknown kinds boxx" in capsys.readouterr().err
+    assert "--clips names unknown clips boxx" in capsys.readouterr().err
     assert run_cli(peers.main, [*TINY, "--methods", "fbc,TeaCache", "--out", str(out)], prog="peers") == 2
     err = capsys.readouterr().err
     assert "--methods names unknown rows TeaCache" in err and "use uncached, steps, timestep" in err

@@ -20,6 +20,7 @@ from hetcache.video import write_mask, write_video
 from hetcache.workloads import CLIP_KINDS, MASK_KINDS, SMALL_MASK_KINDS, ClipSource, Workload, load_workload
 from hetcache.workloads.clips import SMALL_MASK_AREA, synthetic_clip
 from hetcache.workloads.execute import LoadedWorkload
+from hetcache.workloads.pipelines import load_clips
 
 SMALL = dict(weights="random", height=64, width=64, num_frames=9, steps=3, clips=(ClipSource("box", kind="box"),))
 SMALL_FLAGS = [
@@ -91,6 +92,27 @@ def test_small_mask_kinds_are_selectable_from_flags_and_workload_files(tmp_path)
         workload_from_args(parser.parse_args(["--clips", "tiny_box"]))
 
 
+def test_clips_with_a_seed_are_other_clips_of_that_kind():
+    parser = argparse.ArgumentParser()
+    add_workload_arguments(parser)
+    workload = workload_from_args(parser.parse_args(["--clips", "box-7001,small_moving-3,moving", "--frames", "9"]))
+    box, small, moving = workload.clip_sources()
+    assert (box.name, box.kind, box.seed) == ("box-7001", "box", 7001)
+    assert (small.name, small.kind, small.seed) == ("small_moving-3", "small_moving", 3)
+    assert moving == Workload().clip_sources()[2]  # a bare kind: the reference calibration clip (its seed)
+    held_out, calibration = (
+        load_clips(Workload(**{**SMALL, "clips": (s,)}))[0] for s in (box, Workload().clip_sources()[0])
+    )
+    assert not np.array_equal(held_out.mask, calibration.mask)
+    for bad, match in (
+        ("box-", "unknown clips box-"),
+        ("hexagon-7", "unknown clips hexagon-7"),
+        (",", "names no clip"),
+    ):
+        with pytest.raises(InputError, match=match):
+            workload_from_args(parser.parse_args(["--clips", bad]))
+
+
 @pytest.fixture
 def saved_pipeline(tmp_path):
     pipe = tiny_pipeline()
@@ -148,9 +170,12 @@ def test_workload_files_are_validated(tmp_path):
     path.write_text(json.dumps({"schema": "hetcache.workload/v1", "clips": [{"name": "x", "kind": "triangle"}]}))
     with pytest.raises(InputError, match=r"clips\[0\].kind must be one of"):
         load_workload(path)
-    good = Workload(**SMALL)
-    path.write_text(json.dumps(good.to_dict()))
-    assert load_workload(path) == good
+    for good in (Workload(**SMALL), Workload()):  # sizes unset (null) read back as unset: the reference size
+        path.write_text(json.dumps(good.to_dict()))
+        assert load_workload(path) == good
+    path.write_text(json.dumps({"schema": "hetcache.workload/v1", "seed": None}))
+    with pytest.raises(InputError, match="seed must be a non-negative integer, got None"):
+        load_workload(path)
 
 
 def test_run_command_writes_clips_and_report(tmp_path, capsys):

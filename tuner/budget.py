@@ -59,36 +59,7 @@ class MemoryBound:
         """Device GiB hetcache holds for `policy` on a workload session (its largest clip), at `at` if set."""
         from hetcache.memory import session_cache_gib
 
-        if self.at is None:
-            return session_cache_gib(policy, session)
-        return cache_gib_at(policy, session, self.at)
-
-
-def cache_gib_at(policy: Any, session: Any, at: tuple[int, int, int]) -> float:
-    """Device GiB for `policy` with the session's model, CFG and prompt at size `at` = (height, width, frames):
-    each clip's token mask scaled (nearest) to that size's token grid, as `hetcache.memory.session_plans` reads it
-    at the clip's own size; the largest over clips."""
-    import torch
-
-    from hetcache.architectures import architecture_of
-    from hetcache.memory import GIB, plan_memory, token_grid
-    from hetcache.policy import load_policy
-    from hetcache.tokens import pixel_mask_to_token_mask
-
-    policy = load_policy(policy)
-    height, width, frames = at
-    transformer = session.transformer
-    patch = tuple(transformer.config.patch_size)
-    grid = token_grid(architecture_of(transformer), height, width, frames)
-    common = dict(policy=policy, cfg=session.workload.guidance_scale > 1.0, text_len=session.prompt_embeds.shape[1])
-    largest = 0
-    for clip in session.clips:
-        mask = pixel_mask_to_token_mask(torch.as_tensor(clip.mask), patch, policy.tokens.mask_threshold)
-        cells = mask.reshape(1, 1, *mask.shape[-3:]).float()
-        scaled = torch.nn.functional.interpolate(cells, size=grid, mode="nearest")[0].bool()
-        plan = plan_memory(transformer, height=height, width=width, num_frames=frames, mask=scaled, **common)
-        largest = max(largest, plan.device_bytes)
-    return largest / GIB
+        return session_cache_gib(policy, session, self.at)
 
 
 @dataclass(frozen=True)

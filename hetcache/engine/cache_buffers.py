@@ -45,10 +45,9 @@ def _index_copy(buffer: torch.Tensor, rows: torch.Tensor, values: torch.Tensor) 
 
 
 def _kinds(layer: LayerCache) -> dict[str, torch.Tensor]:
-    kinds = {"key": layer.key, "value": layer.value, "skip": layer.skip}
-    if layer.skip_prev is not None:
-        kinds["skip_prev"] = layer.skip_prev
-    return kinds
+    """The layer's caches a PARTIAL step reads (no keys/values when the K/V refresh shares one pair of buffers)."""
+    kinds = {"key": layer.key, "value": layer.value, "skip": layer.skip, "skip_prev": layer.skip_prev}
+    return {kind: tensor for kind, tensor in kinds.items() if tensor is not None}
 
 
 class CacheBuffers:
@@ -91,10 +90,11 @@ class CacheBuffers:
         skip = (batch, run.clip.skippable.numel(), dim)
         store = self._storage_device(device)
         pin = cfg.offload and device.type == "cuda"
+        shared = cfg.refresh_skipped_kv  # PARTIAL steps rewrite every K/V row: shared buffers (prepare_rows)
         for name in self.order:
             layer = ctx.layer(name)
-            layer.key = _buffer(layer.key, kv, cfg.cache_dtype, store, pin)
-            layer.value = _buffer(layer.value, kv, cfg.cache_dtype, store, pin)
+            layer.key = None if shared else _buffer(layer.key, kv, cfg.cache_dtype, store, pin)
+            layer.value = None if shared else _buffer(layer.value, kv, cfg.cache_dtype, store, pin)
             layer.skip = _buffer(layer.skip, skip, cfg.cache_dtype, store, pin, zero=forecast)
             if forecast:
                 layer.skip_prev = _buffer(layer.skip_prev, skip, cfg.cache_dtype, store, pin, zero=True)
@@ -110,6 +110,9 @@ class CacheBuffers:
             ctx.skipped_scratch = _buffer(
                 ctx.skipped_scratch, (batch, rows.skipped.numel(), dim), cfg.model_dtype, device
             )
+            kv = (batch, ctx.x_in.shape[1], cfg.geometry.heads, cfg.geometry.head_dim)
+            ctx.shared_key = _buffer(ctx.shared_key, kv, cfg.cache_dtype, device)
+            ctx.shared_value = _buffer(ctx.shared_value, kv, cfg.cache_dtype, device)
         if not cfg.offload or not self.order:
             return
         layer = ctx.layers[self.order[0]]
@@ -128,10 +131,12 @@ class CacheBuffers:
 
     # -- where a PARTIAL layer reads its caches ---------------------------------------------------------------
     def device_caches(self, ctx: ContextState, name: str) -> dict[str, torch.Tensor]:
-        """Keys, values and skip rows of layer `name` on the compute device (offloaded: staged, next one prefetched)."""
-        if not self.config.offload:
-            return _kinds(ctx.layers[name])
-        return self._stage(ctx, name)
+        """Keys, values and skip rows of layer `name` on the compute device (offloaded: staged, next one prefetched;
+        K/V refresh: the shared key/value buffers, every row of which the layer rewrites before reading)."""
+        caches = self._stage(ctx, name) if self.config.offload else _kinds(ctx.layers[name])
+        if ctx.shared_key is None:
+            return caches
+        return {**caches, "key": ctx.shared_key, "value": ctx.shared_value}
 
     def new_call(self) -> None:
         """Host caches may have changed since the last call: no slot holds a valid copy."""
@@ -194,8 +199,9 @@ class CacheBuffers:
         offload = self.config.offload
         if self.config.forecast:  # offloaded: a host copy, after the last FULL step's writes (the step's timestep
             layer.skip_prev.copy_(layer.skip)  # read synchronised the stream since)
-        layer.key.copy_(key, non_blocking=offload)
-        layer.value.copy_(value, non_blocking=offload)
+        if layer.key is not None:  # not with the K/V refresh: PARTIAL steps rewrite every row
+            layer.key.copy_(key, non_blocking=offload)
+            layer.value.copy_(value, non_blocking=offload)
         source = out - base if self.config.residual_fill else out
         layer.skip.copy_(source.index_select(1, skippable), non_blocking=offload)
 
@@ -221,11 +227,7 @@ class CacheBuffers:
     def write_skipped_kv(
         self, staged: dict[str, torch.Tensor], rows: Rows, key: torch.Tensor, value: torch.Tensor
     ) -> None:
-        """The skipped tokens' refreshed keys/values into the cache the active queries read.
-
-        Not written back to offloaded host caches: every PARTIAL step recomputes these rows before reading them, and
-        a FULL step overwrites them.
-        """
+        """The skipped tokens' refreshed keys/values into the shared key/value buffers the active queries read."""
         _index_copy(staged["key"], rows.skipped, key)
         _index_copy(staged["value"], rows.skipped, value)
 
@@ -236,7 +238,7 @@ class CacheBuffers:
         keys, values = staged["key"], staged["value"]
         _index_copy(keys, rows.active, key)
         _index_copy(values, rows.active, value)
-        if self.config.offload:
+        if self.config.offload and layer.key is not None:
             _index_copy(layer.key, rows.active_stored, key)
             _index_copy(layer.value, rows.active_stored, value)
         return keys, values

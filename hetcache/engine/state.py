@@ -136,6 +136,10 @@ class ContextState(BaseState):
         self.zero_hint: torch.Tensor | None = None
         self.scratch: torch.Tensor | None = None  # gathered rows of the active tokens
         self.skipped_scratch: torch.Tensor | None = None  # gathered rows of the skipped tokens (K/V refresh)
+        # with the K/V refresh every row of a layer's K/V is rewritten before its attention reads them: one pair of
+        # buffers shared by every cached layer replaces the per-layer K/V caches
+        self.shared_key: torch.Tensor | None = None
+        self.shared_value: torch.Tensor | None = None
         self.rows: Rows | None = None
         self.selection_stale = True
         self.capture = Capture()

@@ -21,6 +21,7 @@ from .clips import CLIP_KINDS, MASK_KINDS
 SCHEMA = "hetcache.workload/v1"
 DTYPES = ("float32", "bfloat16", "float16")
 REFERENCE_SIZE = (17, 256, 256)  # frames, height, width of the reference calibration clips
+OPTIONAL_SIZES = ("height", "width", "num_frames")  # unset (null): the clips' own size, or REFERENCE_SIZE
 
 
 @dataclass(frozen=True)
@@ -95,6 +96,29 @@ class Workload:
         }
 
 
+def parse_clip_names(text: str, workload: Workload | None = None, flag: str = "--clips") -> tuple[ClipSource, ...]:
+    """Synthetic clips from a comma-separated list: a kind (the workload's clip of that kind, else seed 0) or
+    kind-seed for another clip of that kind (e.g. box-7001: one no shipped policy was tuned on)."""
+    defaults = {s.kind: s for s in (workload or Workload()).clip_sources() if s.kind}
+    sources, unknown = [], []
+    for name in (part.strip() for part in text.split(",")):
+        if not name:
+            continue
+        kind, _, seed = name.rpartition("-") if name.rpartition("-")[2].isdigit() else (name, "", "")
+        if kind not in CLIP_KINDS:
+            unknown.append(name)
+        elif seed:
+            sources.append(ClipSource(name=name, kind=kind, seed=int(seed)))
+        else:
+            sources.append(defaults.get(kind, ClipSource(name=kind, kind=kind)))
+    if unknown or not sources:
+        raise InputError(
+            f"{flag} names unknown clips {', '.join(unknown)}." if unknown else f"{flag} names no clip.",
+            f"use kinds from {', '.join(CLIP_KINDS)}, optionally with a seed (box-7001).",
+        )
+    return tuple(sources)
+
+
 def reference_workload(**changes: Any) -> Workload:
     """The embedded reference workload (optionally changed, e.g. `weights="random"`, fewer `steps`)."""
     return Workload(**changes)
@@ -116,6 +140,8 @@ def workload_from_dict(data: dict[str, Any], origin: str = "workload") -> Worklo
         raise _fail(origin, ", ".join(unknown), "is not a workload field", f"known fields: {', '.join(sorted(known))}.")
     kwargs = {k: v for k, v in data.items() if k in known and k != "clips"}
     for key in ("height", "width", "num_frames", "steps", "seed"):
+        if kwargs.get(key) is None and key in OPTIONAL_SIZES:  # null: the reference size (what to_dict writes)
+            continue
         if key in kwargs and (not isinstance(kwargs[key], int) or isinstance(kwargs[key], bool) or kwargs[key] < 0):
             raise _fail(origin, key, f"must be a non-negative integer, got {kwargs[key]!r}")
     for key, rule in (("height", cli_types.size), ("width", cli_types.size), ("num_frames", cli_types.frames)):
