@@ -24,7 +24,7 @@ install: $(STAMP)
 
 DEMO_CLIPS ?= box,moving
 DEMO_BUDGET ?= psnr=35
-DEMO_TRIALS ?= 12
+DEMO_TRIALS ?= 20
 DEMO_REPS ?= 3
 
 demo: $(STAMP)

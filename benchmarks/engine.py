@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import torch
+from benchmark_base import BENCHMARK_BASE
 
 from hetcache import apply_hetcache, reference, remove_hetcache
 from hetcache.cost import CostModel
@@ -237,7 +238,7 @@ def main() -> None:
     parser.add_argument("--size", choices=tuple(SIZES), default="cpu")
     parser.add_argument("--dtype", default=None, help="float32 (CPU default) or bfloat16 (GPU default)")
     parser.add_argument("--reps", type=int, default=5)
-    parser.add_argument("--policy", default="reference-psnr30", help="policy for the whole-run measurement")
+    parser.add_argument("--policy", default=str(BENCHMARK_BASE), help="policy for the whole-run measurement")
     parser.add_argument("--clips", default="box,moving")
     parser.add_argument("--skip-run", action="store_true", help="only the PARTIAL forward measurement")
     parser.add_argument("--skip-forward", action="store_true", help="only the whole-run measurement")

@@ -5,7 +5,7 @@
 
 The knobs that make Wan-VACE-14B at 720p x 81 frames fit a GPU (see docs/memory.md) are the policy's own: which
 blocks keep caches (blocks without one run in full on PARTIAL steps), the cache dtype and host offload. They matter
-only on PARTIAL steps, so every setting runs one token-level policy (`token_policy`: reference-psnr30's step plan
+only on PARTIAL steps, so every setting runs one token-level policy (`token_policy`: the benchmark base's step plan
 with five of its steps PARTIAL over every block and VACE block, a 10 % strided context) on the tiny trained reference
 model, on clips no policy was tuned on (hetcache.stationarity.HELD_OUT) at the noise seed 7, against the uncached run
 of the same clip and seed. The reference model runs in float32, so the "fp32 cache" row is the cache in the model's
@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from benchmark_base import BENCHMARK_BASE
 
 from hetcache import apply_hetcache, remove_hetcache
 from hetcache.atomic import write_json
@@ -32,7 +33,7 @@ from hetcache.steps import PARTIAL
 from hetcache.workloads.execute import LoadedWorkload
 from hetcache.workloads.spec import ClipSource, Workload
 
-BASE = "reference-psnr30"
+BASE = str(BENCHMARK_BASE)  # reference-psnr30 as first shipped
 # reference-psnr30's plan FFRRRFRRRFRRFRFRFFFF with the five computed steps between the warm-up and the final run
 # (steps 5, 9, 12, 14, 16) made PARTIAL
 TOKEN_PLAN = "FFRRRPRRRPRRPRPRPFFF"

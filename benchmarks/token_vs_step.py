@@ -40,6 +40,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from benchmark_base import BENCHMARK_BASE
 
 from hetcache import __version__
 from hetcache.atomic import write_json, write_text
@@ -530,7 +531,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="extra token-level variant: [NAME:]section.field=value,... over stride0.1 (repeatable)",
     )
     parser.add_argument("--step-variants", action="append", default=[], help="extra step-only variant, same syntax")
-    parser.add_argument("--base", default="reference-psnr30", help="shipped policy or file the plans start from")
+    parser.add_argument("--base", default=str(BENCHMARK_BASE), help="shipped policy or file the plans start from")
     parser.add_argument("--warmup", type=int, help="FULL warm-up steps (default: the base policy's)")
     parser.add_argument("--weights", choices=("trained", "random"), default="trained")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/token_vs_step.json"))

@@ -77,13 +77,17 @@ def test_rule_ends_on_a_full_step_whatever_final_full_steps_says():
 
 
 @pytest.mark.parametrize("steps", [4, 8, 20])
-def test_shipped_policy_ends_on_a_full_step(steps):
+@pytest.mark.parametrize("name", ["reference-psnr30", "reference-psnr35"])
+@pytest.mark.parametrize("final_full_steps", [None, 0])
+def test_shipped_policy_ends_on_a_full_step(steps, name, final_full_steps):
+    """As shipped, and with no final FULL step asked for: the last step is FULL whatever the step count."""
     from diffusers import WanVACETransformer3DModel
 
     from hetcache import reference
 
-    policy = load_policy("reference-psnr30")
-    assert policy.step_plan.final_full_steps == 0
+    policy = load_policy(name)
+    if final_full_steps is not None:
+        policy = policy.replace(final_full_steps=final_full_steps)
     transformer = WanVACETransformer3DModel.from_pretrained(str(reference.MODEL_DIR / "transformer"))
     scheduler = reference.scheduler()
     scheduler.set_timesteps(steps)

@@ -64,7 +64,7 @@ def test_reported_flops_are_the_engine_accounting_of_the_reported_plan(sweep):
     runs = report["points"]["small_box/64/6"]["seeds"]["7001"]["runs"]
     workload = Workload(height=64, width=64, num_frames=9, steps=6, clips=(ClipSource("c", "small_box", 7001),))
     session = LoadedWorkload(workload)
-    base = tvs.token_base(load_policy("reference-psnr30"), WorkloadSpec(**session.summary()), warmup=1)
+    base = tvs.token_base(load_policy(tvs.BENCHMARK_BASE), WorkloadSpec(**session.summary()), warmup=1)
     configs = {c.name: c for c in tvs.configs_from_args(tvs.parse_args(TINY), print)}
     all_full = {"config": "step", "plan": "FFFFFF"}  # a FULL step under the engine (prompt K/V computed once)
     step, token = (next(r for r in runs if r["family"] == family) for family in ("step", "token"))

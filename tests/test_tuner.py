@@ -43,13 +43,13 @@ def load_study(folder: Path, name: str) -> optuna.Study:
 
 @pytest.fixture(scope="module")
 def tuned(tmp_path_factory):
-    """One small study: 10 trials under psnr ≥ 30 on two clips (a sampler seed whose trials both meet and miss it)."""
+    """One small study: 12 trials under psnr ≥ 30 on two clips (a sampler seed whose trials both meet and miss it)."""
     out = tmp_path_factory.mktemp("tune") / "run"
     args = [
         "--budget",
         f"psnr={BUDGET}",
         "--trials",
-        "10",
+        "12",
         "--sampler-seed",
         "10",
         *WORKLOAD,
@@ -178,7 +178,7 @@ def test_study_and_trial_attributes_follow_the_contract(tuned):
     assert study.user_attrs["budget"] == {"psnr": BUDGET} and study.user_attrs["objective"] == "flops"
     assert study.directions == [optuna.study.StudyDirection.MAXIMIZE]
     trials = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
-    assert len(trials) == 10
+    assert len(trials) == 12
     for trial in trials:
         assert set(trial.user_attrs) >= TRIAL_ATTRS, trial.number
         assert set(trial.constraints) == {"psnr", "min_speedup"}
@@ -217,7 +217,7 @@ def test_export_command_and_pareto_ladder(tuned, tmp_path):
     # the front is at least as good as step reuse alone at every cost: it holds or beats every timestep-only trial
     study = load_study(out, name)
     steps_only = [t for t in study.trials if str(t.user_attrs.get("warm_start", "")).startswith("timestep-only")]
-    assert len(steps_only) == 5  # the ladder and its forecast twin
+    assert len(steps_only) == 7  # the ladder and the forecast ladder
     for trial in steps_only:
         speed, psnr = trial.value, trial.user_attrs["quality"]["psnr"]
         assert any(rung["speedup"] >= speed and rung["psnr"] >= psnr for rung in ladder), trial.number
@@ -278,15 +278,15 @@ def test_resume_continues_the_study(tuned, tmp_path):
     name = f"reference-psnr{BUDGET:g}"
     before = {t.number: t.params for t in load_study(out, name).trials}
     args = ["--budget", f"psnr={BUDGET}", *WORKLOAD, *CLIPS, "--out", str(out)]
-    code, _, stderr = run_tune(*args, "--trials", "12")
+    code, _, stderr = run_tune(*args, "--trials", "14")
     assert code == 2 and "already exists" in stderr and "--resume" in stderr
-    code, _, stderr = run_tune(*args[2:], "--budget", "psnr=40", "--study-name", name, "--trials", "12", "--resume")
+    code, _, stderr = run_tune(*args[2:], "--budget", "psnr=40", "--study-name", name, "--trials", "14", "--resume")
     assert code == 2 and "was tuned with budget" in stderr
-    code, stdout, stderr = run_tune(*args, "--trials", "12", "--resume")
+    code, stdout, stderr = run_tune(*args, "--trials", "14", "--resume")
     assert code == 0, stderr
     assert "2 run by this worker" in stdout
     trials = load_study(out, name).trials
-    assert [t.number for t in trials] == list(range(12))
+    assert [t.number for t in trials] == list(range(14))
     assert all(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
     assert {n: trials[n].params for n in before} == before
     assert len(list((out / "references").glob("*/*.npz"))) == 2  # references reused, not recomputed
@@ -442,6 +442,7 @@ def test_profile_orders_layers_and_rescales_the_step_curve(tmp_path):
     assert profiled.step_changes == pytest.approx([2 * c for c in plain.step_changes], rel=1e-4)
     starts = dict(profiled.warm_starts(hints))
     ladder = {"timestep-only", "timestep-only@0.5x", "timestep-only@1x", "timestep-only@2.5x", "timestep-only-forecast"}
+    ladder |= {"timestep-only-forecast@2.5x", "timestep-only-forecast@4x"}
     token_level = {"balanced", "balanced-refreshed", "profile-quiet-blocks", "profile-all-blocks-attention"}
     assert set(starts) == {"paper"} | token_level | ladder
     assert starts["timestep-only-forecast"]["forecast"] == "linear" and starts["timestep-only"]["forecast"] == "none"

@@ -121,12 +121,14 @@ REFRESHED = {"refresh_skipped_kv": True, "forecast": "linear", "partial_vace": T
 # timestep-only plans are a subset of the space: a ladder of them (every other value neutral: step reuse only)
 # seeds every study, so that its Pareto front is at least as good as step reuse at every cost
 TIMESTEP_LADDER = (1.5, 0.5, 1.0, 2.5)
+# the forecast makes step reuse far cheaper in quality (docs/method.md): its ladder reaches to coarser thresholds
+FORECAST_LADDER = (1.5, 2.5, 4.0)
 WARM_STARTS = (
     WarmStart("timestep-only", TIMESTEP_LADDER[0]),
     WarmStart("balanced", 1.2, {**TOKEN_LEVEL, "full_ratio": 2.5, "partial_blocks": ALL, "partial_vace": True}),
     *(WarmStart(f"timestep-only@{scale:g}x", scale) for scale in TIMESTEP_LADDER[1:]),
     WarmStart("balanced-refreshed", 1.2, {**TOKEN_LEVEL, **REFRESHED, "full_ratio": 2.5, "partial_blocks": ALL}),
-    WarmStart("timestep-only-forecast", TIMESTEP_LADDER[0], {"forecast": "linear"}),
+    WarmStart("timestep-only-forecast", FORECAST_LADDER[0], {"forecast": "linear"}),
     WarmStart(
         "profile-quiet-blocks", 1.0, {**TOKEN_LEVEL, "full_ratio": 2.0, "partial_blocks": QUIET}, needs_profile=True
     ),
@@ -137,6 +139,7 @@ WARM_STARTS = (
         | {"partial_blocks": ALL, "partial_vace": True},
         needs_profile=True,
     ),
+    *(WarmStart(f"timestep-only-forecast@{scale:g}x", scale, {"forecast": "linear"}) for scale in FORECAST_LADDER[1:]),
 )
 
 
