@@ -402,6 +402,10 @@ synthetic, tiny and under-trained; use it to compare caching policies, never to 
 |---|---|---|---|---|
 {curve}
 
+How far this model is from an inpainting model (the context's predicted velocity should barely change along the
+sampling path), measured with `hetcache.stationarity`, and the low-noise fine-tune tried on it:
+`docs/reference-model.md` in the hetcache repository.
+
 Checksums (sha256), checked by `hetcache.reference.verify()` on every load:
 {checksums}
 """
