@@ -104,7 +104,9 @@ def parse_clip_names(text: str, workload: Workload | None = None, flag: str = "-
     for name in (part.strip() for part in text.split(",")):
         if not name:
             continue
-        kind, _, seed = name.rpartition("-") if name.rpartition("-")[2].isdigit() else (name, "", "")
+        kind, _, seed = name.rpartition("-")
+        if not seed.isdigit():  # no seed given (kinds contain no "-")
+            kind, seed = name, ""
         if kind not in CLIP_KINDS:
             unknown.append(name)
         elif seed:
