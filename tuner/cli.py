@@ -281,6 +281,9 @@ def _print_summary(result, budget, trials: int | None = None) -> None:
         f"\nstudy '{result.info.name}' in {result.info.storage}: {len(result.results)} completed trials{asked} "
         f"({result.ran} run by this worker in {result.seconds:.0f} s), {feasible} meet {budget.describe()}"
     )
+    if result.pending:
+        shown = ", ".join(f"trial {p.number} ({p.reason})" for p in result.pending)
+        print(f"{len(result.pending)} points wait for a worker: {shown}; the same command with --resume runs them")
     if result.over_memory:
         shown = ", ".join(f"trial {n}: {format_value(gib)} GiB" for n, gib in result.over_memory[:5])
         more = f" and {len(result.over_memory) - 5} more" if len(result.over_memory) > 5 else ""

@@ -12,8 +12,6 @@ the bound is not run at all, but recorded as completed and infeasible with its `
 from __future__ import annotations
 
 import math
-import os
-import socket
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,6 +26,7 @@ from hetcache.plan import resolve_plan
 from hetcache.policy import ModelSpec, Policy, WorkloadSpec
 
 from .budget import MAX_CACHE_KEY, Budget
+from .recovery import IDENTITY_ATTRS, worker_identity
 from .references import ReferenceStore
 from .results import CACHE_GIB_ATTR, OVER_MEMORY_ATTR
 from .space import SearchSpace, behaviour_key
@@ -162,11 +161,6 @@ class Evaluator:
         )
 
 
-def worker_id() -> str:
-    """host:pid of this worker, recorded on each trial (the dashboard shows who ran what)."""
-    return f"{socket.gethostname()}:{os.getpid()}"
-
-
 class Objective:
     """The Optuna objective: maximise the speedup; the budget's bounds are constraints (feasible: all ≤ 0)."""
 
@@ -183,7 +177,8 @@ class Objective:
         self.model = model
         self.workload = workload
         self.study_name = study_name
-        self.worker = worker_id()
+        self.worker = worker_identity()
+        self.last_trial: int | None = None  # storage id of the last trial this worker evaluated to the end
 
     def policy_for(self, params: dict[str, Any], number: int) -> Policy:
         return self.space.policy(params, f"{self.study_name}-trial{number}", self.model, self.workload)
@@ -201,12 +196,19 @@ class Objective:
         return None
 
     def __call__(self, trial: optuna.Trial) -> float:
+        self.last_trial = None
+        value = self._run(trial)
+        self.last_trial = trial._trial_id  # evaluated to the end: a FAIL state now was set by another worker
+        return value
+
+    def _run(self, trial: optuna.Trial) -> float:
+        for name, value in self.worker.items():  # first: a check that finds this process gone can fail the trial
+            trial.set_user_attr(name, value)
         params = self.space.suggest(trial)
         policy = self.policy_for(params, trial.number)
         plan = self.evaluator.plan(policy)
         key = behaviour_key(policy, plan)
         trial.set_user_attr("policy", policy.to_dict())
-        trial.set_user_attr("worker", self.worker)
         trial.set_user_attr("behaviour", key)
         cache_gib = self.evaluator.cache_gib(policy, plan)
         trial.set_user_attr(CACHE_GIB_ATTR, cache_gib)
@@ -219,7 +221,7 @@ class Objective:
         twin = self._twin(trial.study, key, trial.number, scored_fully=anchor)
         if twin is not None:
             for name, value in twin.user_attrs.items():
-                if name not in ("policy", "worker", "behaviour", "warm_start", "same_as", CACHE_GIB_ATTR):
+                if name not in ("policy", *IDENTITY_ATTRS, "behaviour", "warm_start", "same_as", CACHE_GIB_ATTR):
                     trial.set_user_attr(name, value)
             trial.set_user_attr("same_as", twin.number)
             for name, value in twin.constraints.items():

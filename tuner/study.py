@@ -3,8 +3,8 @@
 The first worker creates the study: it stores the budget, workload, model and search space in the study's user
 attrs (docs/files.md, "Study storage") and enqueues the warm-start points. Other workers (other GPUs or machines,
 or a later `--resume`) join it, check that they tune the same thing, and sample the stored space. Each worker runs
-trials until the study holds `trials` finished ones; a trial whose worker died is failed by the heartbeat check
-and re-run.
+trials until the study holds `trials` finished ones; a trial whose worker died is failed (heartbeat, or its process
+gone) and its point re-run before the workers stop (`recovery.py`).
 """
 
 from __future__ import annotations
@@ -32,11 +32,12 @@ from .budget import MAX_CACHE_KEY, MEMORY_AT_KEY, Budget
 from .export import StudyInfo
 from .objective import OBJECTIVES, Evaluator, Objective
 from .profile_input import ProfileHints, read_profile
+from .recovery import pending_retries, reap_orphans, watchable
 from .references import FOLDER as REFERENCE_FOLDER
 from .references import ReferenceStore, weights_signature
 from .results import TrialResult, best_feasible, over_memory, trial_results
 from .space import SearchSpace
-from .study_storage import Heartbeat, display_url, open_storage, resolve_url
+from .study_storage import Heartbeat, display_url, open_storage, reap_lock, resolve_url
 
 FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
 JOIN_WAIT_S = 60.0
@@ -77,6 +78,7 @@ class TuneResult:
     created: bool
     seconds: float
     over_memory: list[tuple[int, float]] = field(default_factory=list)  # trials not run: (number, cache GiB)
+    pending: list[Pending] = field(default_factory=list)  # points left for a --resume
 
 
 def _comparable_workload(data: dict[str, Any]) -> dict[str, Any]:
@@ -160,13 +162,6 @@ def _sampler(seed: int, trials: int, salt: tuple[Any, ...] = ()) -> optuna.sampl
         )
 
 
-def _counts(study: optuna.Study) -> tuple[int, int, int]:
-    """Finished, waiting and running trials of the study."""
-    states = [t.state for t in study.get_trials(deepcopy=False)]
-    finished = sum(state in FINISHED for state in states)
-    return finished, states.count(optuna.trial.TrialState.WAITING), states.count(optuna.trial.TrialState.RUNNING)
-
-
 def open_study(
     config: TuneConfig, session: Any, hints: ProfileHints | None, storage: optuna.storages.BaseStorage, url: str
 ) -> tuple[optuna.Study, SearchSpace, bool]:
@@ -228,15 +223,41 @@ def _best_text(study: optuna.Study, config: TuneConfig) -> str:
     return f"{best.value:.2f}x (trial {best.number})" if best else "none yet"
 
 
-def run_worker(study: optuna.Study, objective: Objective, config: TuneConfig, heartbeat: bool) -> int:
+@dataclass(frozen=True)
+class Pending:
+    """A point of the study no worker will run before this one stops: a queued retry, or a trial out of sight."""
+
+    number: int
+    reason: str
+
+
+def pending_points(study: optuna.Study, heartbeat: bool) -> list[Pending]:
+    """Retries still queued, and running trials whose worker this one could not watch (it would not see it die)."""
+    trials = study.get_trials(deepcopy=False)
+    out = [Pending(t.number, f"retry of trial {t.system_attrs['failed_trial']}") for t in pending_retries(trials)]
+    out += [
+        Pending(t.number, f"running on {t.user_attrs.get('worker', 'an unknown worker')}")
+        for t in trials
+        if t.state == optuna.trial.TrialState.RUNNING and not watchable(t, heartbeat)
+    ]
+    return out
+
+
+def _failed_elsewhere(study: optuna.Study, trial_id: int | None) -> bool:
+    """Whether the trial this worker was running is FAIL in the storage (a stale check elsewhere failed it)."""
+    return trial_id is not None and study._storage.get_trial(trial_id).state == optuna.trial.TrialState.FAIL
+
+
+def run_worker(study: optuna.Study, objective: Objective, config: TuneConfig, heartbeat: bool, lock=None) -> int:
     """Run trials until the study holds `config.trials` finished ones (or `--timeout`); returns how many ran here.
 
-    With a heartbeat storage the worker leaves only once no trial is in flight elsewhere: a trial whose worker died
-    is failed after the grace period, re-queued (RetryHeartbeatStaleTrialCallback) and run here, so no trial is lost.
+    Before it counts, a worker fails the trials whose worker is gone and re-queues their points
+    (`tuner/recovery.py`); it stops only once no retry is queued and no trial it can watch is in flight elsewhere,
+    so a killed worker's trial is re-run, here or by another worker, before the study ends.
     """
     started = time.monotonic()
     ran = 0
-    done, _, _ = _counts(study)
+    done = sum(t.state in FINISHED for t in study.get_trials(deepcopy=False))
     bar = tqdm(
         total=config.trials,
         initial=min(done, config.trials),
@@ -249,19 +270,30 @@ def run_worker(study: optuna.Study, objective: Objective, config: TuneConfig, he
     try:
         bar.set_postfix_str(f"best feasible {_best_text(study, config)}")
         while config.timeout is None or time.monotonic() - started < config.timeout:
-            if heartbeat:
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                    optuna.storages.fail_stale_trials(study)
-            done, _, running = _counts(study)
+            reap_orphans(study, heartbeat, config.heartbeat.max_retry, lock)
+            trials = study.get_trials(deepcopy=False)
+            done = sum(t.state in FINISHED for t in trials)
             bar.n = min(done, config.trials)
             bar.refresh()
-            if done >= config.trials:  # warm starts still queued wait for a later --resume with more --trials
-                if not (heartbeat and running):
+            if done >= config.trials and not pending_retries(trials):
+                # queued warm starts wait for a later --resume with more --trials; trials in flight elsewhere
+                # are waited for while this worker would see their worker die (and then run their retry)
+                running = [t for t in trials if t.state == optuna.trial.TrialState.RUNNING]
+                if not any(watchable(t, heartbeat) for t in running):
                     break
                 time.sleep(min(1.0, config.heartbeat.interval))
                 continue
-            study.optimize(objective, n_trials=1, gc_after_trial=False)
+            try:
+                study.optimize(objective, n_trials=1, gc_after_trial=False)
+            except ValueError:  # Optuna cannot tell a trial another worker already failed
+                if not _failed_elsewhere(study, objective.last_trial):
+                    raise
+                number = study._storage.get_trial(objective.last_trial).number
+                print(
+                    f"hetcache-tune: trial {number} was failed by another worker (no heartbeat within --grace "
+                    f"{config.heartbeat.grace} s) while it ran here; its point is re-queued. Continuing.",
+                    file=sys.stderr,
+                )
             ran += 1
             bar.set_postfix_str(f"best feasible {_best_text(study, config)}")
     finally:
@@ -305,10 +337,12 @@ def tune(config: TuneConfig, session: Any = None) -> TuneResult:
     evaluator = Evaluator(session, references, config.budget, config.objective, lpips)
     workload_spec = WorkloadSpec(**session.summary())
     objective = Objective(evaluator, space, model_spec_from_fingerprint(fp), workload_spec, config.name())
-    ran = run_worker(study, objective, config, isinstance(storage, optuna.storages.RDBStorage))
+    heartbeat = isinstance(storage, optuna.storages.RDBStorage)
+    ran = run_worker(study, objective, config, heartbeat, reap_lock(url))
     info = StudyInfo(config.name(), display_url(url), config.objective, dict(study.user_attrs))
     results = trial_results(study, config.objective)
-    return TuneResult(info, results, ran, created, time.monotonic() - started, over_memory(study))
+    seconds = time.monotonic() - started
+    return TuneResult(info, results, ran, created, seconds, over_memory(study), pending_points(study, heartbeat))
 
 
 def load_results(storage: str, study_name: str) -> tuple[StudyInfo, list[TrialResult]]:

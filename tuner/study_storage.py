@@ -2,8 +2,9 @@
 
 A study lives in a SQLite or journal file in the run folder, or in a shared database (`postgresql+psycopg://…`)
 through which several machines tune one study. RDB storages opened for tuning get a heartbeat, so that a trial
-whose worker died is marked failed and re-queued (RetryHeartbeatStaleTrialCallback). Opened read-only, a storage is
-never created: a missing file, a file that is not SQLite or holds no Optuna tables is an InputError.
+whose worker died is marked failed and re-queued (`recovery.Requeue`; journals have the process check only).
+Opened read-only, a storage is never created: a missing file, a file that is not SQLite or holds no Optuna tables
+is an InputError.
 """
 
 from __future__ import annotations
@@ -16,12 +17,16 @@ from pathlib import Path
 import optuna
 
 from hetcache.errors import InputError
+from hetcache.locks import file_lock
+
+from .recovery import Requeue
 
 DEFAULT_FILE = "study.db"
 JOURNAL_SUFFIXES = (".log", ".journal", ".jsonl")
 SQLITE_SUFFIXES = (".db", ".sqlite", ".sqlite3")
 SQLITE_PREFIX, JOURNAL_PREFIX = "sqlite:///", "journal:"
 SQLITE_HEADER = b"SQLite format 3\x00"
+SQLITE_BUSY_S = 60  # how long a worker waits for another one's SQLite transaction before it gives up
 READ_FIX = "pass the storage URL hetcache-tune wrote to (--storage), e.g. sqlite:///runs/demo/tune/study.db."
 
 
@@ -55,6 +60,11 @@ def display_url(url: str) -> str:
 def url_for_file(path: Path) -> str:
     """The storage URL of a study file: sqlite:///<path> for .db files, journal:///<path> for journals."""
     return f"{'sqlite' if path.suffix in SQLITE_SUFFIXES else 'journal'}:///{path}"
+
+
+def reap_lock(url: str) -> Path | None:
+    """The study file whose lock serialises failing orphaned trials (journals; RDB storages lock rows)."""
+    return file_of(url) if url.startswith(JOURNAL_PREFIX) else None
 
 
 def is_study_file(path: Path) -> bool:
@@ -111,6 +121,25 @@ def _check_readable(url: str) -> None:
         raise InputError(f"SQLite database '{path}' holds no Optuna studies.", READ_FIX)
 
 
+def _serialise_sqlite(engine) -> None:
+    """Make every SQLite transaction take the write lock when it begins (BEGIN IMMEDIATE).
+
+    Optuna's row locks (`SELECT … FOR UPDATE`) are no-ops on SQLite, so two workers could both pop the same queued
+    trial, or both fail the same stale one; serialised transactions make those check-then-write steps atomic.
+    """
+    from sqlalchemy import event
+
+    @event.listens_for(engine, "connect")
+    def _no_implicit_begin(dbapi_connection, _record) -> None:
+        dbapi_connection.isolation_level = None  # the driver leaves BEGIN to the "begin" event below
+
+    @event.listens_for(engine, "begin")
+    def _begin_immediate(connection) -> None:
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+    engine.dispose()  # connections opened while the tables were created predate the listeners
+
+
 def open_storage(url: str, heartbeat: Heartbeat | None = None, read_only: bool = False) -> optuna.storages.BaseStorage:
     """Connect to the storage; unreachable or malformed URLs raise InputError.
 
@@ -130,22 +159,29 @@ def open_storage(url: str, heartbeat: Heartbeat | None = None, read_only: bool =
             raise InputError(f"journal file '{path}' cannot be read as an Optuna journal ({exc}).", READ_FIX) from None
     if url.startswith(SQLITE_PREFIX) and not read_only:
         file_of(url).parent.mkdir(parents=True, exist_ok=True)
-    engine_kwargs = {"connect_args": {"connect_timeout": 10}} if url.startswith("postgresql") else None
+    engine_kwargs = None
+    if url.startswith("postgresql"):
+        engine_kwargs = {"connect_args": {"connect_timeout": 10}}
+    elif url.startswith(SQLITE_PREFIX):
+        engine_kwargs = {"connect_args": {"timeout": SQLITE_BUSY_S}}
     beat = heartbeat or Heartbeat()
+    creating = file_of(url) if url.startswith(SQLITE_PREFIX) and not read_only else None
     try:
-        with warnings.catch_warnings():
+        # workers started together would each create the tables of a new SQLite file: one at a time
+        with warnings.catch_warnings(), file_lock(creating):
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             if read_only:
                 return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, skip_table_creation=True)
-            return optuna.storages.RDBStorage(
+            storage = optuna.storages.RDBStorage(
                 url,
                 engine_kwargs=engine_kwargs,
                 heartbeat_interval=beat.interval,
                 grace_period=beat.grace,
-                heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(
-                    max_retry=beat.max_retry
-                ),
+                heartbeat_stale_trial_callback=Requeue(beat.max_retry),
             )
+        if url.startswith(SQLITE_PREFIX):
+            _serialise_sqlite(storage.engine)
+        return storage
     except ImportError as exc:
         driver = getattr(exc, "name", None) or getattr(exc.__cause__, "name", None) or "for this URL"
         raise InputError(
