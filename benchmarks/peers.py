@@ -38,7 +38,7 @@ from hetcache import __version__, reference
 from hetcache.atomic import json_safe
 from hetcache.errors import InputError
 from hetcache.metrics import clip_quality, latent_rel_l2, mean_quality
-from hetcache.policy import load_policy
+from hetcache.policy import is_policy_file, load_policy
 from hetcache.workloads.execute import LoadedWorkload
 from hetcache.workloads.spec import Workload, parse_clip_names
 
@@ -143,15 +143,7 @@ def build_session(args: argparse.Namespace, scratch: Path) -> LoadedWorkload:
 
 def _policy_files(folder: Path) -> list[Path]:
     """The policy files of a folder (a Pareto ladder also holds its index.json, which is not a policy)."""
-    files = []
-    for path in sorted(folder.glob("*.json")):
-        try:
-            schema = json.loads(path.read_text(encoding="utf-8")).get("schema", "")
-        except (OSError, json.JSONDecodeError, AttributeError):
-            continue
-        if str(schema).startswith("hetcache.policy/"):
-            files.append(path)
-    return files
+    return [path for path in sorted(folder.glob("*.json")) if is_policy_file(path)]
 
 
 def tuned_policies(paths: list[Path] | None) -> list[tuple[str, Any]]:

@@ -14,14 +14,13 @@ from pathlib import Path
 from hetcache.profiler.store import JSON_FILE as PROFILE_FILE
 from hetcache.tuner.study_storage import JOURNAL_SUFFIXES, SQLITE_SUFFIXES, url_for_file
 
-from hetcache.policy import SCHEMA_PREFIX
+from hetcache.policy import is_policy_file
 from hetcache.run_record import RUN_FILE
 
 RUNS_ENV = "HETCACHE_DASHBOARD_RUNS"
 STORAGE_ENV = "HETCACHE_DASHBOARD_STORAGE"
 DEFAULT_RUNS = "runs"
 
-POLICY_MARK = f'"{SCHEMA_PREFIX}'.encode()
 MAX_DEPTH = 6
 PEEK_BYTES = 512
 
@@ -79,7 +78,7 @@ def _is_journal(path: Path) -> bool:
 
 def _is_policy(path: Path) -> bool:
     """A policy file: JSON naming the policy schema near its start."""
-    return path.suffix == ".json" and path.name not in (PROFILE_FILE, RUN_FILE) and POLICY_MARK in _peek(path)
+    return path.name not in (PROFILE_FILE, RUN_FILE) and is_policy_file(path)
 
 
 def discover(root: Path) -> Found:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from importlib import resources
 from pathlib import Path
 
@@ -23,9 +22,11 @@ def policy_path(name: str) -> Path:
 
 def index() -> list[dict[str, str]]:
     """One row per shipped policy: name, model class, source and description, read from the files."""
+    from hetcache.policy import read_policy_json
+
     rows = []
     for name in names():
-        data = json.loads(policy_path(name).read_text(encoding="utf-8"))
+        data = read_policy_json(policy_path(name))
         rows.append(
             {
                 "name": name,

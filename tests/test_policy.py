@@ -79,6 +79,25 @@ def test_corrupt_future_and_unknown_policies(tmp_path):
         load_policy(tmp_path / "missing.json")
 
 
+def test_one_policy_file_reader_names_the_file_and_tells_policies_from_other_json(tmp_path):
+    from hetcache.policy import is_policy_file, read_policy_json
+
+    shipped = policies.policy_path("reference-psnr35")
+    assert read_policy_json(shipped)["name"] == "reference-psnr35"
+    assert is_policy_file(shipped)
+    saved = load_policy("reference-psnr35").save(tmp_path / "copy.json")
+    assert is_policy_file(saved) and load_policy(saved).to_dict() == load_policy("reference-psnr35").to_dict()
+    other = tmp_path / "index.json"
+    other.write_text(json.dumps({"study": "s", "ladder": [], "note": "hetcache.policy/v1 is only named here"}))
+    assert not is_policy_file(other)
+    assert not is_policy_file(tmp_path / "missing.json")
+    text = tmp_path / "policy.txt"
+    text.write_text(shipped.read_text())
+    assert not is_policy_file(text)
+    with pytest.raises(PolicyError, match=r"missing.json' cannot be read"):
+        read_policy_json(tmp_path / "missing.json")
+
+
 def test_shipped_policies_load_and_the_paper_one_says_it_was_not_tuned():
     names = policies.names()
     assert "wan21-vace-1.3b-paper" in names

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import json
 import logging
 import shutil
 import sys
@@ -320,10 +319,12 @@ def _export(results, budget, info, export: Path | None, pareto: Path | None, nam
 
 def _exported_from(path: Path) -> str | None:
     """The study a policy file or Pareto folder was exported from ('' when hetcache-tune did not export it)."""
-    source = path / "index.json" if path.is_dir() else path
+    from hetcache.errors import PolicyError
+    from hetcache.policy import read_policy_json
+
     try:
-        data = json.loads(source.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        data = read_policy_json(path / "index.json" if path.is_dir() else path)
+    except PolicyError:
         return ""
     if not isinstance(data, dict):
         return ""
