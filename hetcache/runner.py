@@ -16,12 +16,10 @@ from typing import Any
 
 from . import __version__, timing
 from .atomic import atomic_dir, write_json
-from .engine import apply_hetcache, remove_hetcache
 from .metrics import clip_quality, mean_quality
 from .policy import Policy, load_policy
 from .run_record import RUN_FILE, RUN_SCHEMA
 from .video import write_mask, write_video
-from .workloads.clips import Clip
 from .workloads.execute import Generation, LoadedWorkload
 from .workloads.spec import Workload
 
@@ -68,18 +66,6 @@ class ClipResult:
         return row
 
 
-def _cached_generation(
-    session: LoadedWorkload, policy: Policy, clip: Clip, strict: bool, decode: bool = True
-) -> tuple[Generation, dict[str, Any]]:
-    """One run of `clip` with the policy attached (removed afterwards); returns the generation and engine stats."""
-    handle = apply_hetcache(session.pipe, policy, strict=strict)
-    try:
-        generation = session.generate(clip, decode=decode)
-        return generation, handle.stats()
-    finally:
-        remove_hetcache(session.pipe)
-
-
 def run_clips(
     session: LoadedWorkload,
     policy: Policy | None,
@@ -105,7 +91,7 @@ def run_clips(
             result.uncached = session.generate(clip)
         if policy is not None:
             notify(clip.name, "cached", 0)
-            result.cached, result.stats = _cached_generation(session, policy, clip, strict)
+            result.cached, result.stats = session.generate_cached(clip, policy, strict=strict)
         if result.uncached is not None and result.cached is not None:
             result.quality = clip_quality(
                 result.uncached.frames,
@@ -126,7 +112,7 @@ def run_clips(
                 if kind == "uncached":
                     result.rounds.uncached.append(session.generate(clip, decode=False).denoise_seconds)
                 else:
-                    generation, _ = _cached_generation(session, policy, clip, strict, decode=False)
+                    generation, _ = session.generate_cached(clip, policy, strict=strict, decode=False)
                     result.rounds.cached.append(generation.denoise_seconds)
     return results
 

@@ -72,6 +72,36 @@ def test_remove_restores_exact_behaviour_and_double_apply_is_refused(tiny_vace):
     assert not hasattr(tiny_vace.blocks[0].forward, "func") or "hetcache" not in repr(tiny_vace.blocks[0].forward)
 
 
+def test_handle_as_context_manager_removes_the_hooks_also_on_error(tiny_vace):
+    inputs = model_inputs(box_token_mask(1, 3, 8, 8))
+    plain = forward(tiny_vace, inputs, 500.0)
+    with apply_hetcache(tiny_vace, SOME, strict=False, plan="FR") as handle:
+        denoise(tiny_vace, inputs, (900.0, 800.0))
+        assert handle.stats()["decisions"] == "FR"
+    assert torch.equal(forward(tiny_vace, inputs, 500.0), plain)
+    with pytest.raises(RuntimeError, match="inside the block"), apply_hetcache(tiny_vace, SOME, strict=False):
+        raise RuntimeError("inside the block")
+    assert torch.equal(forward(tiny_vace, inputs, 500.0), plain)
+    apply_hetcache(tiny_vace, SOME, strict=False).remove()  # nothing was left attached to refuse this
+
+
+def test_generate_cached_runs_the_policy_and_detaches_it(tmp_path):
+    from hetcache.workloads.execute import LoadedWorkload
+    from hetcache.workloads.spec import Workload
+
+    pipe = tiny_pipeline()
+    clip = small_clip(frames=5, height=32, width=32)
+    session = LoadedWorkload(Workload(steps=3, clips=(), height=32, width=32, num_frames=5), pipe=pipe)
+    plain = session.generate(clip, decode=False)
+    generation, stats = session.generate_cached(clip, SOME, strict=False, plan="FRF", decode=False)
+    assert stats["decisions"] == "FRF" and stats["flops"] < stats["flops_uncached"]
+    assert not torch.equal(generation.latents, plain.latents)
+    assert torch.equal(session.generate(clip, decode=False).latents, plain.latents)
+    with pytest.raises(ValueError, match="divisible by 16"):  # the pipeline refuses the clip after the hooks
+        session.generate_cached(small_clip(frames=5, height=40, width=40), SOME, strict=False)
+    assert torch.equal(session.generate(clip, decode=False).latents, plain.latents)
+
+
 def test_diffusers_cache_already_enabled_is_refused(tiny_vace):
     from diffusers import FirstBlockCacheConfig
 

@@ -19,7 +19,6 @@ import optuna
 import torch
 
 from hetcache.atomic import json_safe
-from hetcache.engine import apply_hetcache, remove_hetcache
 from hetcache.memory import session_cache_gib
 from hetcache.metrics import clip_quality, mean_quality, worst_quality
 from hetcache.plan import resolve_plan
@@ -117,12 +116,7 @@ class Evaluator:
         self.evaluated += 1
         for index, clip in enumerate(clips):
             reference = self.references.get(clip)
-            handle = apply_hetcache(session.transformer, policy, scheduler=session.pipe.scheduler)
-            try:
-                generation = session.generate(clip)
-                stats = handle.stats()
-            finally:
-                remove_hetcache(session.transformer)
+            generation, stats = session.generate_cached(clip, policy)
             flops += stats["flops"]
             flops_uncached += stats["flops_uncached"]
             cached_seconds += generation.denoise_seconds

@@ -32,7 +32,11 @@ SUPPORTED_PROCESSORS = ("WanAttnProcessor",)
 
 
 class HetCacheHandle:
-    """What `apply_hetcache` returns: the policy in force, stats of the last run, and `remove()`."""
+    """What `apply_hetcache` returns: the policy in force, stats of the last run, and `remove()`.
+
+    Also a context manager: `with apply_hetcache(pipe, policy) as handle: ...` removes the hooks on leaving the
+    block, also when it raises.
+    """
 
     def __init__(self, transformers: list[torch.nn.Module], states: list[TransformerState]):
         self.transformers = transformers
@@ -63,8 +67,15 @@ class HetCacheHandle:
         return run_stats(self.states)
 
     def remove(self) -> None:
+        """Remove the hooks from every transformer this handle attached to (the model is restored)."""
         for transformer in self.transformers:
             remove_hetcache(transformer)
+
+    def __enter__(self) -> HetCacheHandle:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.remove()
 
 
 def _transformers_of(target: Any) -> list[torch.nn.Module]:

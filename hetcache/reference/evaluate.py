@@ -17,7 +17,6 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-from ..engine import apply_hetcache, remove_hetcache
 from ..engine.wan_blocks import _modulation, _self_qkv, apply_rope
 from ..policy import Policy
 from ..tokens import pixel_mask_to_latent_mask, pixel_mask_to_token_mask
@@ -70,12 +69,8 @@ def deviation(reference: torch.Tensor, cached: torch.Tensor, clip: Clip) -> dict
 def caching_deviation(session: LoadedWorkload, clip: Clip, plan: str, policy: Policy = TOKEN_REUSE) -> dict[str, float]:
     """Deviation of a run with an explicit plan from the uncached run (same seed)."""
     reference = session.generate(clip, decode=False).latents
-    apply_hetcache(session.transformer, policy, strict=False, plan=plan, scheduler=session.pipe.scheduler)
-    try:
-        cached = session.generate(clip, decode=False).latents
-    finally:
-        remove_hetcache(session.transformer)
-    return deviation(reference, cached, clip)
+    cached, _ = session.generate_cached(clip, policy, strict=False, plan=plan, decode=False)
+    return deviation(reference, cached.latents, clip)
 
 
 @torch.no_grad()

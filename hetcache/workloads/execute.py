@@ -6,6 +6,7 @@ import contextlib
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import PIL.Image
@@ -88,6 +89,27 @@ class LoadedWorkload:
         scheduler = type(self.pipe.scheduler).from_config(self.pipe.scheduler.config)
         scheduler.set_timesteps(self.workload.steps, device=self.workload.device)
         return scheduler.timesteps
+
+    def generate_cached(
+        self,
+        clip: Clip,
+        policy: Any,
+        *,
+        strict: bool = True,
+        plan: str | None = None,
+        decode: bool = True,
+        seed: int | None = None,
+    ) -> tuple[Generation, dict[str, Any]]:
+        """One run of `clip` with `policy` attached to the pipeline (removed afterwards, also on error).
+
+        Returns the generation and the engine's stats of the run (`HetCacheHandle.stats`). Every cached run of a
+        workload (tuner trials, `hetcache run`, the reference evaluation, the benchmarks) goes through here.
+        """
+        from ..engine import apply_hetcache
+
+        with apply_hetcache(self.pipe, policy, strict=strict, plan=plan) as handle:
+            generation = self.generate(clip, decode=decode, seed=seed)
+            return generation, handle.stats()
 
     @torch.no_grad()
     def generate(self, clip: Clip, decode: bool = True, seed: int | None = None) -> Generation:
