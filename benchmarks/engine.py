@@ -10,15 +10,15 @@ Runs are interleaved and medians reported (shared machines are noisy). Random we
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
 from pathlib import Path
 
+import harness
 import torch
 from benchmark_base import BENCHMARK_BASE
 
-from hetcache import apply_hetcache, reference, remove_hetcache
+from hetcache import apply_hetcache, reference
 from hetcache.cost import CostModel
 from hetcache.policy import Policy
 
@@ -109,8 +109,10 @@ def partial_forward(size: str, device: str, dtype: torch.dtype, reps: int) -> li
         times["full"].append(timed(plain, device))
         for fraction in FRACTIONS:
             mask = token_mask(grid, fraction)
-            handle = apply_hetcache(model, only_generative, mask=mask, strict=False, plan="FP")
-            with model.cache_context("cond"):
+            with (
+                apply_hetcache(model, only_generative, mask=mask, strict=False, plan="FP") as handle,
+                model.cache_context("cond"),
+            ):
                 model(timestep=torch.tensor([600.0], device=device), return_dict=False, **inputs)
                 key = f"{fraction:.0%}"
                 times.setdefault(key, []).append(
@@ -119,8 +121,7 @@ def partial_forward(size: str, device: str, dtype: torch.dtype, reps: int) -> li
                         device,
                     )
                 )
-            active[key] = handle.stats()["active_fraction"][1]
-            remove_hetcache(model)
+                active[key] = handle.stats()["active_fraction"][1]
     full = statistics.median(times["full"])
     rows = []
     for key, values in times.items():
@@ -159,10 +160,7 @@ def whole_run(policy: str, clips: str, reps: int) -> dict:
     for _ in range(reps):
         for clip in chosen:
             plain_times.append(session.generate(clip).denoise_seconds)
-            handle = apply_hetcache(session.transformer, policy, scheduler=session.pipe.scheduler)
-            generation = session.generate(clip)
-            stats = handle.stats()
-            remove_hetcache(session.transformer)
+            generation, stats = session.generate_cached(clip, policy)
             cached_times.append(generation.denoise_seconds)
             overhead.append(stats["phase_seconds"]["engine"] / generation.denoise_seconds)
             flops += stats["flops"]
@@ -232,7 +230,7 @@ def markdown(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--size", choices=tuple(SIZES), default="cpu")
@@ -247,10 +245,11 @@ def main() -> None:
     )
     parser.add_argument("--backend", default="inductor", help="torch.compile backend of the compiled measurement")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/engine.json"))
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     dtype = getattr(torch, args.dtype or ("bfloat16" if args.device.startswith("cuda") else "float32"))
     # A run that skips one part keeps that part's previous result in --out.
-    kept = json.loads(args.out.read_text()) if (args.skip_forward or args.skip_run) and args.out.is_file() else {}
+    kept = (harness.read_result(args.out) or {}) if (args.skip_forward or args.skip_run) else {}
+    kept.pop("provenance", None)
     result = {**kept, "device": args.device, "size": args.size, "dtype": str(dtype), "threads": torch.get_num_threads()}
     if not args.skip_forward:
         result["partial_forward"] = partial_forward(args.size, args.device, dtype, args.reps)
@@ -263,8 +262,7 @@ def main() -> None:
         result["compiled"] = compiled_run(args.compiled, args.device, dtype, args.reps, args.backend)
         print()
         print(markdown(result["compiled"]))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    harness.write_result(args.out, result, script="engine.py", argv=argv, device=args.device)
 
 
 if __name__ == "__main__":

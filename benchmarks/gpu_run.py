@@ -26,9 +26,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+import harness
 import real_architectures as ra
 
-from hetcache import apply_hetcache, remove_hetcache
+from hetcache import apply_hetcache
 from hetcache.memory import plan_memory
 from hetcache.policy import load_policy
 
@@ -50,15 +51,15 @@ FRACTIONS = (0.1, 0.25, 0.5)
 class Record:
     """The JSON result, rewritten after every section."""
 
-    def __init__(self, path: Path, data: dict[str, Any]):
-        self.path, self.data = path, data
+    def __init__(self, path: Path, data: dict[str, Any], argv: list[str] | None, device: str):
+        self.path, self.data, self.argv, self.device = path, data, argv, device
         self.started = time.perf_counter()
 
     def put(self, key: str, value: Any) -> None:
         self.data[key] = value
         self.data["elapsed_s"] = time.perf_counter() - self.started
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.path.write_text(json.dumps(self.data, indent=2, default=str) + "\n")
+        plain = json.loads(json.dumps(self.data, default=str))
+        harness.write_result(self.path, plain, script="gpu_run.py", argv=self.argv, device=self.device)
 
 
 def fitted(policy_name: str, model) -> Any:
@@ -86,33 +87,31 @@ def memory_section(model, setup: dict) -> list[dict[str, Any]]:
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats()
             base = torch.cuda.memory_allocated()
-        handle = apply_hetcache(model, policy, strict=False, plan="FPR")
-        with torch.no_grad():
-            for t in (900.0, 800.0, 700.0):
-                for name, kwargs in (("cond", inputs), ("uncond", uncond)):
-                    with model.cache_context(name):
-                        ra.call(model, kwargs, t)
-        size = setup["size"]
-        plan = plan_memory(model, height=size[0], width=size[1], num_frames=size[2], policy=policy, mask=mask,
-                           text_len=setup["text_len"], steps="FPR")  # fmt: skip
-        row = {
-            "offload": offload,
-            "engine_cache_bytes": handle.stats()["cache_bytes"],
-            "plan_cache_bytes": plan.cache_bytes,
-            "plan_device_bytes": plan.device_bytes,
-            "plan_host_bytes": plan.host_bytes,
-            "plan_activation_estimate": plan.activation_bytes,
-        }
-        if cuda:
-            torch.cuda.synchronize()
-            row["held_after_run_bytes"] = torch.cuda.memory_allocated() - base
-            row["peak_above_weights_bytes"] = torch.cuda.max_memory_allocated() - base
-            row["held_minus_plan_device_bytes"] = row["held_after_run_bytes"] - plan.device_bytes
-            row["peak_over_plan_device_plus_activations"] = row["peak_above_weights_bytes"] / max(
-                1, plan.device_bytes + plan.activation_bytes
-            )
-        remove_hetcache(model)
-        del handle
+        with apply_hetcache(model, policy, strict=False, plan="FPR") as handle:  # measured while the caches live
+            with torch.no_grad():
+                for t in (900.0, 800.0, 700.0):
+                    for name, kwargs in (("cond", inputs), ("uncond", uncond)):
+                        with model.cache_context(name):
+                            ra.call(model, kwargs, t)
+            size = setup["size"]
+            plan = plan_memory(model, height=size[0], width=size[1], num_frames=size[2], policy=policy, mask=mask,
+                               text_len=setup["text_len"], steps="FPR")  # fmt: skip
+            row = {
+                "offload": offload,
+                "engine_cache_bytes": handle.stats()["cache_bytes"],
+                "plan_cache_bytes": plan.cache_bytes,
+                "plan_device_bytes": plan.device_bytes,
+                "plan_host_bytes": plan.host_bytes,
+                "plan_activation_estimate": plan.activation_bytes,
+            }
+            if cuda:
+                torch.cuda.synchronize()
+                row["held_after_run_bytes"] = torch.cuda.memory_allocated() - base
+                row["peak_above_weights_bytes"] = torch.cuda.max_memory_allocated() - base
+                row["held_minus_plan_device_bytes"] = row["held_after_run_bytes"] - plan.device_bytes
+                row["peak_over_plan_device_plus_activations"] = row["peak_above_weights_bytes"] / max(
+                    1, plan.device_bytes + plan.activation_bytes
+                )
         rows.append(row)
     return rows
 
@@ -168,11 +167,11 @@ def whole_run(model, setup: dict, scratch: Path) -> dict[str, Any]:
     for rep in range(setup["run_reps"]):
         for name in names[rep % len(names) :] + names[: rep % len(names)]:
             policy = configs[name]
-            handle = None if policy is None else apply_hetcache(session.pipe, policy, strict=False)
-            times[name].append(session.generate(clip, decode=False).denoise_seconds)
-            if handle is not None:
-                stats[name] = handle.stats()
-                remove_hetcache(session.pipe)
+            if policy is None:
+                generation = session.generate(clip, decode=False)
+            else:
+                generation, stats[name] = session.generate_cached(clip, policy, strict=False, decode=False)
+            times[name].append(generation.denoise_seconds)
     plain = statistics.median(times["uncached"])
     out: dict[str, Any] = {"steps": setup["steps"], "uncached_s": ra.spread(times["uncached"])}
     for name in (PAPER, TUNED):
@@ -237,6 +236,8 @@ def main(argv: list[str] | None = None) -> int:
             "size": list(setup["size"]),
             "dtype": setup["dtype"],
         },
+        argv,
+        device,
     )
     model = ra.build(ARCH, device=device, dtype=getattr(torch, setup["dtype"]), **setup["overrides"])
     record.put("tokens", ra.token_grid(ra.architecture_of(model), *setup["size"]))

@@ -20,11 +20,10 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+import harness
 import torch
 from benchmark_base import BENCHMARK_BASE
 
-from hetcache import apply_hetcache, remove_hetcache
-from hetcache.atomic import write_json
 from hetcache.memory import GIB, plan_memory
 from hetcache.metrics import clip_quality, mean_quality
 from hetcache.policy import Policy, load_policy
@@ -114,12 +113,7 @@ def measure(clips: str | None, seed: int, size: int, only: list[str] | None = No
         policy = base.replace(**changes)
         qualities, flops, flops_uncached, decisions, runs = [], 0.0, 0.0, {}, {}
         for clip in session.clips:
-            handle = apply_hetcache(session.pipe, policy)
-            try:
-                generation = session.generate(clip)
-                stats = handle.stats()
-            finally:
-                remove_hetcache(session.pipe)
+            generation, stats = session.generate_cached(clip, policy)
             reference = uncached[clip.name]
             qualities.append(
                 clip_quality(reference.frames, generation.frames, clip.mask, reference.latents, generation.latents)
@@ -198,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/memory_settings.json"))
     args = parser.parse_args(argv)
     record = measure(args.clips, args.seed, args.size, args.setting)
-    write_json(args.out, record)
+    harness.write_result(args.out, record, script="memory_settings.py", argv=argv)
     print(markdown(record["rows"]))
     return 0
 

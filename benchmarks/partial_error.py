@@ -29,16 +29,16 @@ same regions. Numbers come from the tiny reference model; use them for orderings
 from __future__ import annotations
 
 import argparse
-import json
+import contextlib
 import statistics
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import harness
 import torch
 
-from hetcache.atomic import write_json
-from hetcache.engine import apply_hetcache, remove_hetcache
+from hetcache.engine import apply_hetcache
 from hetcache.policy import Policy
 from hetcache.reference.evaluate import deviation, latent_regions
 from hetcache.stationarity import HELD_OUT
@@ -114,16 +114,15 @@ def velocity_deviation(reference: torch.Tensor, other: torch.Tensor, clip) -> di
 def run(session: LoadedWorkload, clip, timesteps: dict[int, float], plan=None, policy=None, replace=None):
     """(final latents, outputs at `timesteps`, decision letter of the plan's one cached step, FLOPs of that step / a
     full step); uncached without a plan."""
-    handle = None
-    if plan is not None:
-        handle = apply_hetcache(session.transformer, policy, strict=False, plan=plan, scheduler=session.pipe.scheduler)
-    tap = StepTap(session.transformer, timesteps, replace)
-    try:
-        latents = session.generate(clip, decode=False).latents
-    finally:
-        tap.handle.remove()
-        if handle is not None:
-            remove_hetcache(session.transformer)
+    attached = (
+        contextlib.nullcontext() if plan is None else apply_hetcache(session.pipe, policy, strict=False, plan=plan)
+    )
+    with attached as handle:
+        tap = StepTap(session.transformer, timesteps, replace)
+        try:
+            latents = session.generate(clip, decode=False).latents
+        finally:
+            tap.handle.remove()
     if handle is None:
         return latents, tap.outputs, "F", 1.0
     stats = handle.stats()
@@ -251,7 +250,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.error(f"unknown variant(s) {', '.join(unknown)}; known: {', '.join(VARIANTS)}")
         if not args.out.is_file():
             parser.error(f"--variants merges into an existing results file, and {args.out} does not exist")
-        previous = json.loads(args.out.read_text(encoding="utf-8"))
+        previous = harness.read_result(args.out)
         if previous["workload"] != workload.to_dict() or any(str(p) not in previous["summary"] for p in positions):
             parser.error(f"{args.out} holds another workload or other positions: run without --variants")
         if "reuse" not in variants and any(
@@ -263,7 +262,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if previous is not None:
         per_clip = merged(previous, per_clip)
     summary = summarise(per_clip)
-    write_json(
+    harness.write_result(
         args.out,
         {
             "what": "deviation from the uncached run of one PARTIAL/REUSE step (tiny reference model, held-out clips)",
@@ -273,6 +272,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             "summary": summary,
             "clips": {name: {str(p): row for p, row in rows.items()} for name, rows in per_clip.items()},
         },
+        script="partial_error.py",
+        argv=argv,
     )
     print(table(summary))
     return 0

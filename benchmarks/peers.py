@@ -15,9 +15,7 @@ the uncached output of the same seed. Writes benchmarks/results/peers.{md,json,h
 from __future__ import annotations
 
 import argparse
-import datetime as _dt
 import json
-import shlex
 import statistics
 import sys
 import tempfile
@@ -30,17 +28,17 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import harness
 import peers_methods as pm
 import peers_replay
 import peers_report
 
-from hetcache import __version__, reference
+from hetcache import reference
 from hetcache.atomic import json_safe
 from hetcache.errors import InputError
 from hetcache.metrics import clip_quality, latent_rel_l2, mean_quality
 from hetcache.policy import is_policy_file, load_policy
 from hetcache.workloads.execute import LoadedWorkload
-from hetcache.workloads.spec import Workload, parse_clip_names
 
 QUICK = dict(height=128, width=128, num_frames=17, steps=20, clips="box,moving", reps=3)
 FULL = dict(height=480, width=832, num_frames=33, steps=20, clips="box", reps=2)
@@ -53,17 +51,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="small sizes for CPU (the default on CPU)")
     parser.add_argument("--size", choices=("quick", "full"), default=None, help="full: Wan2.1-VACE-1.3B, 480x832x33")
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--dtype", choices=("float32", "bfloat16"), help="default float32 on CPU, bfloat16 on CUDA")
-    parser.add_argument("--weights", choices=("trained", "random"), help="default: trained if shipped, else random")
-    parser.add_argument("--pipeline", help="a saved WanVACEPipeline folder instead of the reference model")
-    parser.add_argument("--prompt-embeds", help="prompt embeddings file for --pipeline (safetensors / torch)")
-    parser.add_argument("--height", type=int)
-    parser.add_argument("--width", type=int)
-    parser.add_argument("--frames", type=int)
-    parser.add_argument("--steps", type=int)
-    parser.add_argument("--clips", help="clip kinds, or kind-seed for held-out clips (box-7001), comma-separated")
-    parser.add_argument("--seed", type=int, default=0)
+    harness.workload_flags(parser, device="cpu", seed=0)
     parser.add_argument("--reps", type=int, help="interleaved timing rounds (medians reported)")
     parser.add_argument(
         "--tuned",
@@ -101,20 +89,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def build_session(args: argparse.Namespace, scratch: Path) -> LoadedWorkload:
     """The reference workload at the chosen size; `full` swaps in a random Wan2.1-VACE-1.3B-architecture model."""
-    workload = Workload(
-        weights=args.weights,
-        height=args.height,
-        width=args.width,
-        num_frames=args.frames,
-        steps=args.steps,
-        seed=args.seed,
-        device=args.device,
-        dtype=args.dtype,
-        clips=parse_clip_names(args.clips),
-    )
-    if args.pipeline:
-        name = Path(args.pipeline).name or args.pipeline
-        workload = workload.replace(pipeline=args.pipeline, name=name, prompt_embeds=args.prompt_embeds)
+    workload = harness.workload_from_flags(args)
     if args.size != "full":
         return LoadedWorkload(workload)
     from diffusers import WanVACEPipeline
@@ -304,14 +279,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         checks = correctness(session, points, log)
         results = measure(session, points, args.reps, log)
     rows = summarise(points, results, checks)
-    command = "python benchmarks/peers.py " + shlex.join(list(argv if argv is not None else sys.argv[1:]))
     context = {
-        "command": command,
-        "tool": f"hetcache {__version__}",
-        "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
-        "device": args.device,
-        "device_name": torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu",
-        "threads": torch.get_num_threads(),
+        **harness.provenance("peers.py", argv, args.device),
         "size": args.size,
         "weights": args.weights,
         "reps": args.reps,

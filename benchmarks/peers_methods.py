@@ -25,7 +25,7 @@ import torch
 
 from hetcache import plan as step_plan
 from hetcache.cost import CostModel
-from hetcache.engine import apply_hetcache, remove_hetcache
+from hetcache.engine import apply_hetcache
 from hetcache.plan import plan_from_changes, rescale
 from hetcache.policy import LayerSpec, Policy, StepPlanSpec, TokenSpec, load_policy
 from hetcache.workloads.execute import LoadedWorkload
@@ -198,11 +198,8 @@ def attached(point: Point, session: LoadedWorkload, steps_sessions: dict[int, Lo
     """Hook `point` onto the session's pipeline for the duration of the block; always unhooked after."""
     transformer = session.transformer
     if point.kind == "hetcache":
-        handle = apply_hetcache(session.pipe, point.policy, strict=False)
-        try:
+        with apply_hetcache(session.pipe, point.policy, strict=False) as handle:
             yield Probe(session, handle=handle)
-        finally:
-            remove_hetcache(session.pipe)
         return
     target = session
     if point.kind == "steps":

@@ -21,7 +21,7 @@ import torch
 from peers_methods import FlopCounter, Point, cachedit_twin, quiet
 
 from hetcache import reference
-from hetcache.engine import apply_hetcache, remove_hetcache
+from hetcache.engine import apply_hetcache
 from hetcache.workloads.execute import LoadedWorkload
 
 EXACT = 1e-4  # relative error below which a replay counts as exact (float32 reassociation stays far below)
@@ -120,11 +120,8 @@ def _forced(point: Point, model: torch.nn.Module, letter: str, branches: bool) -
     """Attach the point's 'cache the second call' configuration directly to the transformer (hetcache: a plan)."""
     clock = lambda: 500.0  # noqa: E731
     if point.kind == "hetcache":
-        handle = apply_hetcache(model, point.policy, plan="F" + letter, strict=False)
-        try:
+        with apply_hetcache(model, point.policy, plan="F" + letter, strict=False) as handle:
             yield handle
-        finally:
-            remove_hetcache(model)
     elif point.kind == "diffusers":
         model.enable_cache(point.forced(clock))
         try:
@@ -157,7 +154,7 @@ def _replay(point: Point, model: torch.nn.Module, cond: dict[str, Any], letter: 
         finally:
             counter.remove()
         if handle is not None:  # hetcache computes blocks itself: its own FLOPs record is the one to read
-            calls = handle.session.run.calls
+            calls = handle.state.run.calls
             full, computed = calls[0].flops, calls[1].flops
     return _rel(second, first), computed / full
 

@@ -1,7 +1,7 @@
 """Profiler benchmark: overhead vs an unprofiled run, and peak extra memory with attention contribution on.
 
     python benchmarks/profiler.py                    # reference workload (256x256x17, 20 steps, CFG) on CPU
-    python benchmarks/profiler.py --steps 10 --repeats 3
+    python benchmarks/profiler.py --steps 10 --repeats 3 --clips moving   # the hetcache commands' workload flags
 
 Overhead: the same clip is run plain, profiled with drift only, and profiled with attention contribution every 5th
 step, interleaved (rotating order), medians of the denoising time (first transformer call → last step) and of the
@@ -24,6 +24,7 @@ import sys
 import time
 from pathlib import Path
 
+import harness
 import torch
 from hetcache.profiler.attention import transient_bytes
 
@@ -55,22 +56,6 @@ def _peak(device: str) -> int:
     return _rss_bytes("VmHWM")
 
 
-def _workload(args):
-    from hetcache import reference
-    from hetcache.workloads.spec import ClipSource, Workload
-
-    weights = args.weights or ("trained" if reference.trained_available() else "random")
-    return Workload(
-        weights=weights,
-        steps=args.steps,
-        height=args.size,
-        width=args.size,
-        num_frames=args.frames,
-        device=args.device,
-        clips=(ClipSource(name=args.clip, kind=args.clip),),
-    )
-
-
 def _run(session, config: str, chunk: int) -> tuple[float, float, dict | None]:
     """(denoising seconds, whole-call seconds, profile data) of one run in configuration `config`."""
     from hetcache.profiler import profile_session
@@ -88,7 +73,7 @@ def _run(session, config: str, chunk: int) -> tuple[float, float, dict | None]:
 def timing(args) -> dict:
     from hetcache.workloads.execute import LoadedWorkload
 
-    session = LoadedWorkload(_workload(args))
+    session = LoadedWorkload(harness.workload_from_flags(args))
     _run(session, "plain", args.chunk)  # warm-up (also memoises the clip's VAE conditioning)
     times = {name: {"denoise": [], "wall": []} for name in CONFIGS}
     names = list(CONFIGS)
@@ -109,7 +94,7 @@ def memory_probe(args) -> dict:
     """Child process: peak memory of one run in `args.probe` configuration above the loaded state."""
     from hetcache.workloads.execute import LoadedWorkload
 
-    session = LoadedWorkload(_workload(args))
+    session = LoadedWorkload(harness.workload_from_flags(args))
     _run(session, "plain", args.chunk)  # warm-up: the clip's VAE conditioning is memoised, so only denoising remains
     base = _reset_peak(args.device)
     _, _, data = _run(session, args.probe, args.chunk)
@@ -135,10 +120,7 @@ def mass_probe(args) -> dict:
 
 
 def _child(args, *extra: str) -> dict:
-    command = [sys.executable, __file__, *extra, "--steps", str(args.steps), "--size", str(args.size)]
-    command += ["--frames", str(args.frames), "--clip", args.clip, "--device", args.device, "--chunk", str(args.chunk)]
-    if args.weights:
-        command += ["--weights", args.weights]
+    command = [sys.executable, __file__, *args.argv, *extra]  # the same workload, in a fresh process
     # Fixed mmap threshold: every large tensor is mapped and unmapped on free, so RSS tracks live memory.
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "OMP_NUM_THREADS": "1"}
     done = subprocess.run(command, capture_output=True, text=True, check=True, env=env)
@@ -201,14 +183,9 @@ def report(result: dict) -> str:
     return "\n".join(lines)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--weights", choices=("trained", "random"), help="default: trained if shipped, else random")
-    parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--size", type=int, default=256, help="height = width in pixels")
-    parser.add_argument("--frames", type=int, default=17)
-    parser.add_argument("--clip", default="box")
-    parser.add_argument("--device", default="cpu")
+    harness.workload_flags(parser, steps=20, height=256, width=256, frames=17, clips="box", device="cpu")
     parser.add_argument("--chunk", type=int, default=256)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--mass-tokens-list", type=int, nargs="+", default=[1280, 5120, 20480])
@@ -216,7 +193,8 @@ def main() -> None:
     parser.add_argument("--probe", choices=list(CONFIGS), help=argparse.SUPPRESS)
     parser.add_argument("--mass-probe", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--mass-tokens", type=int, help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     torch.set_num_threads(1)
     if args.probe:
         print(json.dumps(memory_probe(args)))
@@ -224,14 +202,14 @@ def main() -> None:
     if args.mass_probe:
         print(json.dumps(mass_probe(args)))
         return
-    from hetcache.atomic import write_json
-
     result = {"device": args.device, "repeats": args.repeats, "chunk": args.chunk}
     result["memory"] = memory(args)
     result["timing"] = timing(args)
     text = report(result)
     print(text)
-    write_json(args.json, {**result, "report": text})
+    harness.write_result(
+        args.json, {**result, "report": text}, script="profiler.py", argv=args.argv, device=args.device
+    )
     print(f"\nwrote {args.json}")
 
 

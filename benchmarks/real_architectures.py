@@ -14,15 +14,15 @@ drive the GPU script (benchmarks/gpu_run.py) at full size.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
 from pathlib import Path
 from typing import Any
 
+import harness
 import torch
 
-from hetcache import apply_hetcache, remove_hetcache
+from hetcache import apply_hetcache
 from hetcache.architectures import ARCHITECTURES, architecture_of
 from hetcache.cost import CostModel
 from hetcache.memory import box_token_mask, plan_memory, token_grid
@@ -100,10 +100,8 @@ def hooked(model, policy: Policy, mask, plan: str):
 def exactness(model, inputs: dict, mask, times: tuple[float, ...] = (900.0, 800.0)) -> dict[str, Any]:
     """Every step FULL with every block cached vs the stock model: max |difference| per step, bit-equality."""
     stock = [call(model, inputs, t) for t in times]
-    hooked(model, Policy(name="all-full"), mask, "F" * len(times))
-    with model.cache_context("cond"):
+    with hooked(model, Policy(name="all-full"), mask, "F" * len(times)), model.cache_context("cond"):
         cached = [call(model, inputs, t) for t in times]
-    remove_hetcache(model)
     diffs = [(a.float() - b.float()).abs().max().item() for a, b in zip(stock, cached, strict=True)]
     scale = max(a.float().abs().max().item() for a in stock)
     return {"max_abs_diff": max(diffs), "output_scale": scale, "bit_equal": all(d == 0.0 for d in diffs)}
@@ -128,16 +126,14 @@ def partial_efficiency(
     for _ in range(reps):
         stock.append(timed(lambda: call(model, stock_inputs, 500.0), device))
         for f, (inputs, mask) in cases.items():
-            handle = hooked(model, policy, mask, "FP")
-            with model.cache_context("cond"):
+            with hooked(model, policy, mask, "FP") as handle, model.cache_context("cond"):
                 call(model, inputs, 600.0)
-                session = handle.session
-                before = dict(session.phase_seconds)
+                state = handle.state
+                before = dict(state.phase_seconds)
                 partial[f].append(timed(lambda inputs=inputs: call(model, inputs, 500.0), device))
-                after = session.phase_seconds
+                after = state.phase_seconds
                 engine[f].append((after["engine"] - before["engine"]) / (after["total"] - before["total"]))
-            measured[f] = {"stats": handle.stats(), "mask": mask}
-            remove_hetcache(model)
+                measured[f] = {"stats": handle.stats(), "mask": mask}
     full = statistics.median(stock)
     rows = []
     for f in fractions:
@@ -221,8 +217,7 @@ def main(argv: list[str] | None = None) -> int:
     names = [n for n in CPU_CASES if n in args.cases.split(",")]
     results = [run_case(name, args.reps) for name in names]
     record = {"device": "cpu", "threads": torch.get_num_threads(), "reps": args.reps, "cases": results}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(record, indent=2) + "\n")
+    harness.write_result(args.out, record, script="real_architectures.py", argv=argv)
     print(markdown(results))
     return 0
 

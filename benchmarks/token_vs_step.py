@@ -28,7 +28,6 @@ import datetime as _dt
 import itertools
 import json
 import math
-import shlex
 import statistics
 import sys
 import time
@@ -38,13 +37,12 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+import harness
 import numpy as np
 import torch
 from benchmark_base import BENCHMARK_BASE
 
-from hetcache import __version__
 from hetcache.atomic import write_json, write_text
-from hetcache.engine import apply_hetcache, remove_hetcache
 from hetcache.errors import InputError, PolicyError
 from hetcache.metrics import clip_quality
 from hetcache.plan import plan_from_changes, step_changes
@@ -226,12 +224,7 @@ class ClipRunner:
         policy = policy_for(self.base, config, plan)
         reference = self.uncached()
         started = time.process_time()
-        handle = apply_hetcache(self.session.pipe, policy, strict=True)
-        try:
-            generation = self.session.generate(self.clip)
-            stats = handle.stats()
-        finally:
-            remove_hetcache(self.session.pipe)
+        generation, stats = self.session.generate_cached(self.clip, policy, strict=True)
         quality = clip_quality(
             reference.frames, generation.frames, self.clip.mask, reference.latents, generation.latents
         )
@@ -606,16 +599,17 @@ def main(argv: Sequence[str] | None = None) -> int:
                 policy_for(token_base(base, None, warmup), config, FULL * steps)
         except PolicyError as exc:
             raise InputError(f"configuration {config.name}: {exc.what}", exc.fix) from None
-    command = "python benchmarks/token_vs_step.py " + shlex.join(list(argv if argv is not None else sys.argv[1:]))
+    command = harness.command_line("token_vs_step.py", argv)
     report.setdefault("targets", args.targets)
-    report["tool"] = f"hetcache {__version__}"
+    report.pop("tool", None)
+    report["provenance"] = harness.provenance("token_vs_step.py", argv)
     if not (args.render or args.merge):  # the commands that ran something
         report["commands"] = [*report.get("commands", []), command]
     for other in others:
         merge_reports(report, other, args.out)
 
     def save() -> None:
-        report["created"] = _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
+        report["created"] = _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")  # of this version of the file
         for point in report["points"].values():
             point["summary"] = summarise_point(point, point.get("targets", report["targets"]))
         write_json(args.out, report)

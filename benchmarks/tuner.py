@@ -13,12 +13,12 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
-import shlex
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
+import harness
 import optuna
 from hetcache.tuner.budget import Budget, parse_budget
 from hetcache.tuner.objective import Evaluator, Outcome
@@ -27,12 +27,10 @@ from hetcache.tuner.results import TrialResult, best_feasible
 from hetcache.tuner.space import SearchSpace, paper_params
 from hetcache.tuner.study import TuneConfig, tune
 
-from hetcache import reference
 from hetcache.atomic import write_json
 from hetcache.fingerprint import model_fingerprint
 from hetcache.policy import WorkloadSpec, model_spec_from_fingerprint
 from hetcache.workloads.execute import LoadedWorkload
-from hetcache.workloads.spec import ClipSource, Workload
 
 
 def trials_to_reach(results: list[TrialResult], budget: Budget, target: float) -> int | None:
@@ -63,34 +61,20 @@ def markdown(headers: list[str], rows: list[list[Any]]) -> str:
     return "\n".join(lines)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--weights", choices=("trained", "random"), help="default: trained if installed, else random")
-    parser.add_argument("--height", type=int, default=128)
-    parser.add_argument("--width", type=int, default=128)
-    parser.add_argument("--frames", type=int, default=9)
-    parser.add_argument("--steps", type=int, default=12)
-    parser.add_argument("--clips", default="box,moving")
+    harness.workload_flags(parser, height=128, width=128, frames=9, steps=12, clips="box,moving")
     parser.add_argument("--budget", default="psnr=35")
     parser.add_argument("--trials", type=int, default=24)
     parser.add_argument("--targets", default="1.5,2.0,2.5", help="speedups to reach (FLOPs)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--study-seed", type=int, default=0, help="the sampler's seed (--seed: the noise)")
     parser.add_argument("--work", type=Path, default=Path("runs/bench-tuner"), help="scratch folder (studies, profile)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/tuner.json"))
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
 
-    weights = args.weights or ("trained" if reference.trained_available() else "random")
-    kinds = [k.strip() for k in args.clips.split(",") if k.strip()]
-    defaults = {s.kind: s for s in Workload().clip_sources()}
-    workload = Workload(
-        weights=weights,
-        height=args.height,
-        width=args.width,
-        num_frames=args.frames,
-        steps=args.steps,
-        clips=tuple(defaults[k] if k in defaults else ClipSource(name=k, kind=k) for k in kinds),
-    )
+    workload = harness.workload_from_flags(args)
+    weights = workload.weights
     budget = parse_budget(args.budget)
     targets = [float(t) for t in args.targets.split(",")]
     work = args.work
@@ -99,8 +83,8 @@ def main() -> None:
     from hetcache.profiler.cli import main as profile_main
 
     profile_dir = work / "profile"
-    profile_args = ["--weights", weights, "--height", str(args.height), "--width", str(args.width)]
-    profile_args += ["--frames", str(args.frames), "--steps", str(args.steps), "--clips", args.clips]
+    workload_file = write_json(work / "workload.json", workload.to_dict())  # the profiler reads the same workload
+    profile_args = ["--workload", str(workload_file)]
     with contextlib.redirect_stdout(io.StringIO()):
         code = profile_main([*profile_args, "--out", str(profile_dir), "--overwrite"])
     if code != 0:
@@ -114,7 +98,7 @@ def main() -> None:
             budget=budget,
             out=work / label.replace(" ", "-"),
             trials=args.trials,
-            seed=args.seed,
+            seed=args.study_seed,
             study_name=f"bench-{'warm' if warm else 'cold'}",
             storage=str(work / "studies.db"),
             resume=False,
@@ -159,7 +143,7 @@ def main() -> None:
     for study in studies.values():
         study.pop("_best", None)
 
-    command = "python benchmarks/tuner.py " + shlex.join(sys.argv[1:])
+    command = harness.command_line("tuner.py", argv)
     reach_table = markdown(
         ["speedup target (FLOPs)", *[f"trials, {label}" for label in studies]],
         [[f"≥ {t:g}x", *[studies[label]["reach"][str(t)] for label in studies]] for t in targets],
@@ -182,7 +166,7 @@ def main() -> None:
     header = (
         f"Reference workload, {weights} weights, {args.height}x{args.width}x{args.frames}, {args.steps} steps, clips "
         f"{args.clips}; budget {budget.describe()}, min speedup {budget.min_speedup:g}x; {args.trials} trials, seed "
-        f"{args.seed}. `{command}`"
+        f"{args.study_seed}. `{command}`"
     )
     print(header + "\n\n" + reach_table + "\n\n" + policy_table)
     for label, study in studies.items():
@@ -194,11 +178,11 @@ def main() -> None:
         "budget_mode": budget.mode,
         "min_speedup": budget.min_speedup,
         "trials": args.trials,
-        "seed": args.seed,
+        "study_seed": args.study_seed,
         "studies": studies,
         "policies": rows,
     }
-    write_json(args.out, result)
+    harness.write_result(args.out, result, script="tuner.py", argv=argv)
 
 
 if __name__ == "__main__":
