@@ -179,3 +179,27 @@ def test_three_workers_share_a_study_and_survive_a_killed_one(kind, busy_core, r
         assert "***" in policy.provenance["storage"] and PASSWORD not in exported.read_text()
     best = study.trials[policy.provenance["trial"]]
     assert best.state == optuna.trial.TrialState.COMPLETE and all(v <= 0 for v in best.constraints.values())
+
+
+OPEN_AT_ONCE = """
+import sys, time
+from hetcache.tuner.study_storage import open_storage
+url, start = sys.argv[1], float(sys.argv[2])
+time.sleep(max(0.0, start - time.time()))
+open_storage(url)
+"""
+
+
+@NO_SERVER
+@pytest.mark.postgres
+def test_workers_opening_a_new_database_at_the_same_moment_all_get_it(postgres):
+    """Four processes create Optuna's tables in one fresh database at the same instant: none fails."""
+    url = f"postgresql+psycopg://optuna:{PASSWORD}@{postgres}"
+    start = time.time() + 3
+    opened = [
+        subprocess.Popen([sys.executable, "-c", OPEN_AT_ONCE, url, str(start)], stderr=subprocess.PIPE, text=True)
+        for _ in range(4)
+    ]
+    errors = [process.communicate(timeout=120)[1] for process in opened]
+    assert [process.returncode for process in opened] == [0, 0, 0, 0], errors
+    assert optuna.get_all_study_summaries(open_storage(url, read_only=True)) == []

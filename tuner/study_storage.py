@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import sqlite3
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +29,7 @@ SQLITE_SUFFIXES = (".db", ".sqlite", ".sqlite3")
 SQLITE_PREFIX, JOURNAL_PREFIX = "sqlite:///", "journal:"
 SQLITE_HEADER = b"SQLite format 3\x00"
 SQLITE_BUSY_S = 60  # how long a worker waits for another one's SQLite transaction before it gives up
+PG_CREATION_LOCK = 0x6865746361636865  # advisory-lock key ("hetcache") that serialises creating Optuna's tables
 READ_FIX = "pass the storage URL hetcache-tune wrote to (--storage), e.g. sqlite:///runs/demo/tune/study.db."
 
 
@@ -140,6 +143,34 @@ def _serialise_sqlite(engine) -> None:
     engine.dispose()  # connections opened while the tables were created predate the listeners
 
 
+@contextmanager
+def creation_lock(url: str, engine_kwargs: dict | None) -> Iterator[None]:
+    """Hold a lock that lets one process at a time create (or check) a storage's tables.
+
+    Workers started together on a new database would each run CREATE TABLE: SQLite files are locked beside the
+    file, PostgreSQL databases with a session advisory lock (concurrent CREATE TABLE there fails on pg_type).
+    """
+    if url.startswith(SQLITE_PREFIX):
+        with file_lock(file_of(url)):
+            yield
+        return
+    if not url.startswith("postgresql"):
+        yield
+        return
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(url, **(engine_kwargs or {}))
+    try:
+        with engine.connect() as conn:
+            conn.execute(text("SELECT pg_advisory_lock(:key)"), {"key": PG_CREATION_LOCK})
+            try:
+                yield
+            finally:
+                conn.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": PG_CREATION_LOCK})
+    finally:
+        engine.dispose()
+
+
 def open_storage(url: str, heartbeat: Heartbeat | None = None, read_only: bool = False) -> optuna.storages.BaseStorage:
     """Connect to the storage; unreachable or malformed URLs raise InputError.
 
@@ -165,13 +196,13 @@ def open_storage(url: str, heartbeat: Heartbeat | None = None, read_only: bool =
     elif url.startswith(SQLITE_PREFIX):
         engine_kwargs = {"connect_args": {"timeout": SQLITE_BUSY_S}}
     beat = heartbeat or Heartbeat()
-    creating = file_of(url) if url.startswith(SQLITE_PREFIX) and not read_only else None
     try:
-        # workers started together would each create the tables of a new SQLite file: one at a time
-        with warnings.catch_warnings(), file_lock(creating):
+        with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             if read_only:
                 return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, skip_table_creation=True)
+        with warnings.catch_warnings(), creation_lock(url, engine_kwargs):
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             storage = optuna.storages.RDBStorage(
                 url,
                 engine_kwargs=engine_kwargs,
