@@ -252,9 +252,9 @@ def family_of(model_or_class: Any, engine: bool = False) -> Family:
     if family is None:
         raise UnsupportedModelError(
             f"model class {name} has no hetcache family adapter (known: {', '.join(known_classes())}).",
-            "write one: a module that registers a hetcache.engine.registry.Family for the transformer class and a "
-            f"BlockAdapter for its block class, imported before use ({ADAPTER_DOC}); the profiler alone already "
-            "records other diffusers video transformers.",
+            f"write its adapter module: register_family(Family(...)) for {name} and register_block(<block class>, "
+            f"BlockAdapter(...)) from hetcache.engine.registry, imported before use ({ADAPTER_DOC}); the profiler "
+            "alone already records other diffusers video transformers.",
         )
     if engine and not family.runs_engine:
         raise UnsupportedModelError(
