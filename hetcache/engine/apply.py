@@ -51,13 +51,6 @@ class HetCacheHandle:
         """The engine state of the (first) transformer: its run, contexts and resolved config."""
         return self.states[0]
 
-    # `session` / `sessions`: the names the engine state had before; kept for existing callers.
-    session = state
-
-    @property
-    def sessions(self) -> list[TransformerState]:
-        return self.states
-
     @property
     def policy(self) -> Policy:
         return self.state.policy
