@@ -92,6 +92,10 @@ def test_partial_with_every_token_and_a_reuse_step_follow_the_stock_model():
     assert (full - plain).abs().max().item() <= 1e-5
     # every token computed against its own cached keys: the same as a full step
     assert (partial - plain).abs().max().item() <= 1e-3 * plain.abs().max().item()
+    # skipped tokens from cache, their keys/values refreshed from their (here: unchanged) inputs: as exact
+    with apply_hetcache(model, SOME.replace(refresh_skipped_kv=True), strict=False, plan="FP", mask=box_mask()):
+        _, refreshed = run(model, inputs, (500.0, 500.0 - 1e-3))
+    assert (refreshed - plain).abs().max().item() <= 1e-3 * plain.abs().max().item()
     with apply_hetcache(model, SOME.replace(forecast="linear"), strict=False, plan="FFR", mask=box_mask()) as handle:
         outs = run(model, inputs, (500.0, 499.999, 499.998))
     assert (outs[2] - plain).abs().max().item() < 1e-3 * plain.abs().max().item()

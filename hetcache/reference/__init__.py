@@ -30,6 +30,7 @@ TRANSFORMER_CONFIG = wan_config(
     num_layers=6,
     rope_max_seq_len=64,
     vace_layers=[0, 3],
+    vace_in_channels=96,
 )
 # Overrides that turn TRANSFORMER_CONFIG into the Wan2.1-VACE-1.3B architecture (speed benchmarks, random weights).
 WAN21_VACE_1_3B = size_overrides("wan2.1-vace-1.3b")
