@@ -19,6 +19,7 @@ import torch
 from benchmark_base import BENCHMARK_BASE
 
 from hetcache import apply_hetcache, reference
+from hetcache.architectures import wan_config
 from hetcache.cost import CostModel
 from hetcache.policy import Policy
 
@@ -50,16 +51,7 @@ def build(size: str, device: str, dtype: torch.dtype):
 
     overrides, (frames, height, width), text_len = SIZES[size]
     torch.manual_seed(0)
-    model = WanVACETransformer3DModel(
-        patch_size=(1, 2, 2),
-        in_channels=16,
-        out_channels=16,
-        freq_dim=256,
-        cross_attn_norm=True,
-        qk_norm="rms_norm_across_heads",
-        vace_in_channels=96,
-        **{"rope_max_seq_len": 1024, **overrides},
-    )
+    model = WanVACETransformer3DModel(**wan_config(vace_in_channels=96, **overrides))
     model = model.to(device=device, dtype=dtype).eval()
     gen = torch.Generator().manual_seed(1)
     inputs = {

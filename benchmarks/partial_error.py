@@ -38,6 +38,7 @@ from typing import Any
 import harness
 import torch
 
+from hetcache import reference
 from hetcache.engine import apply_hetcache
 from hetcache.policy import Policy
 from hetcache.reference.evaluate import deviation, latent_regions
@@ -91,9 +92,12 @@ class StepTap:
         return (calls[-1], *output[1:])
 
 
+REFERENCE_PATCH = tuple(reference.TRANSFORMER_CONFIG["patch_size"])
+
+
 def computed_cells(clip, latent_shape: Sequence[int], margin_width: int) -> torch.Tensor:
     """Latent cells [1, 1, T', H', W'] of the tokens a PARTIAL step with the whole margin and no context computes."""
-    tokens = pixel_mask_to_token_mask(torch.from_numpy(clip.mask))
+    tokens = pixel_mask_to_token_mask(torch.from_numpy(clip.mask), reference.VAE_STRIDES, REFERENCE_PATCH)
     classes = classify_tokens(tokens, margin_width)
     grid = classes.grid
     computed = (classes.generative | classes.margin).view(1, 1, *grid)

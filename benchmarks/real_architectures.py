@@ -1,10 +1,11 @@
-"""The real Wan architectures on CPU: all-FULL exactness, PARTIAL-forward efficiency, bookkeeping, cache bytes.
+"""The real architectures on CPU: all-FULL exactness, PARTIAL-forward efficiency, bookkeeping, cache bytes.
 
-    python benchmarks/real_architectures.py            # 1.3B width (4 of 30 blocks) and 14B width (2 of 40 blocks)
+    python benchmarks/real_architectures.py            # Wan 1.3B, Wan 14B and LTX-Video 2B widths, a few blocks each
     python benchmarks/real_architectures.py --reps 3 --out /tmp/real.json
 
-Real diffusers classes with random weights (no hub): Wan2.1-VACE-1.3B (`WanVACETransformer3DModel`, width 1536) and a
-Wan2.2 A14B expert (`WanTransformer3DModel`, width 5120), each at reduced depth so that it fits two shared cores. Per
+Real diffusers classes with random weights (no hub): Wan2.1-VACE-1.3B (`WanVACETransformer3DModel`, width 1536), a
+Wan2.2 A14B expert (`WanTransformer3DModel`, width 5120) and LTX-Video 0.9 2B (`LTXVideoTransformer3DModel`, width
+2048, packed latents, the mask passed explicitly), each at reduced depth so that it fits two shared cores. Per
 architecture: hetcache with an all-FULL plan against the stock model (fp32), the wall-clock speedup of PARTIAL
 forwards over their FLOPs speedup (interleaved with stock forwards, medians and min-max), the engine's bookkeeping
 share of the hooked forward (phase_seconds), and the engine's cache bytes against the memory plan. The same helpers
@@ -14,6 +15,7 @@ drive the GPU script (benchmarks/gpu_run.py) at full size.
 from __future__ import annotations
 
 import argparse
+import math
 import statistics
 import time
 from pathlib import Path
@@ -25,15 +27,18 @@ import torch
 from hetcache import apply_hetcache
 from hetcache.architectures import ARCHITECTURES, architecture_of
 from hetcache.cost import CostModel
+from hetcache.engine.registry import family_of, model_shape
+from hetcache.engine.wan import VACE_MASK_CHANNELS
 from hetcache.memory import box_token_mask, plan_memory, token_grid
 from hetcache.policy import Policy
 from hetcache.reference import cast_like_from_pretrained
-from hetcache.tokens import VACE_MASK_CHANNELS
 
 # name: (shipped architecture, depth overrides, (height, width, frames) in pixels)
 CPU_CASES: dict[str, tuple[str, dict[str, Any], tuple[int, int, int]]] = {
     "wan2.1-vace-1.3b (4 of 30 blocks)": ("wan2.1-vace-1.3b", dict(num_layers=4, vace_layers=[0, 2]), (128, 256, 9)),
     "wan2.2-a14b expert (2 of 40 blocks)": ("wan2.2-t2v-a14b", dict(num_layers=2), (128, 128, 9)),
+    # 384 tokens, as the 1.3B case: 3 latent frames of 8 x 16 tokens (one token = 32 x 32 pixels over 8 frames)
+    "ltx-video-2b (4 of 28 blocks)": ("ltx-video-2b", dict(num_layers=4), (256, 512, 17)),
 }
 FRACTIONS = (0.25, 0.5)
 TEXT_LEN = 64  # prompt tokens on CPU (512 in the released pipelines; the GPU script uses 512)
@@ -51,15 +56,25 @@ def build(name: str, device: str = "cpu", dtype: torch.dtype = torch.float32, se
 
 
 def clip_inputs(model, size: tuple[int, int, int], fraction: float, text_len: int, seed: int = 1) -> tuple[dict, Any]:
-    """Transformer kwargs (latents, prompt, VACE control with the mask) and the token mask [1, T', h, w]."""
-    config = model.config
+    """Transformer kwargs as the family's pipeline passes them (latents, prompt, Wan-VACE control with the mask, LTX's
+    packed latents with their sizes and the prompt's attention mask) and the token mask [1, T', h, w]."""
+    config, shape = model.config, model_shape(model)
     grid = token_grid(architecture_of(model), *size)
     mask = box_token_mask(grid, fraction)
     gen = torch.Generator().manual_seed(seed)
-    latent = (grid[0], grid[1] * config.patch_size[1], grid[2] * config.patch_size[2])
+    if family_of(model).cfg_in_batch:  # LTX-Video: packed latents [B, N, C] (patch 1)
+        inputs = {
+            "hidden_states": torch.randn(1, math.prod(grid), shape.in_channels, generator=gen),
+            "encoder_hidden_states": torch.randn(1, text_len, shape.text_dim, generator=gen),
+            "encoder_attention_mask": torch.ones(1, text_len),
+        }
+        sizes = dict(num_frames=grid[0], height=grid[1], width=grid[2], rope_interpolation_scale=(8 / 25, 32, 32))
+        cast = {k: v.to(device=model.device, dtype=model.dtype) for k, v in inputs.items()}
+        return {**cast, **sizes}, mask.to(model.device)
+    latent = (grid[0], grid[1] * shape.patch[1], grid[2] * shape.patch[2])
     inputs = {
-        "hidden_states": torch.randn(1, config.in_channels, *latent, generator=gen),
-        "encoder_hidden_states": torch.randn(1, text_len, config.text_dim, generator=gen),
+        "hidden_states": torch.randn(1, shape.in_channels, *latent, generator=gen),
+        "encoder_hidden_states": torch.randn(1, text_len, shape.text_dim, generator=gen),
     }
     if hasattr(model, "vace_blocks"):
         cells = mask.float().repeat_interleave(config.patch_size[1], 2).repeat_interleave(config.patch_size[2], 3)

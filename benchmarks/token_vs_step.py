@@ -43,13 +43,14 @@ import torch
 from benchmark_base import BENCHMARK_BASE
 
 from hetcache.atomic import write_json, write_text
+from hetcache.engine.registry import model_token_mask
 from hetcache.errors import InputError, PolicyError
 from hetcache.metrics import clip_quality
 from hetcache.plan import plan_from_changes, step_changes
 from hetcache.policy import SECTIONS, Policy, StepPlanSpec, TokenSpec, WorkloadSpec, load_policy
 from hetcache.stationarity import HELD_OUT
 from hetcache.steps import FULL, PARTIAL, REUSE
-from hetcache.tokens import classify_tokens, pixel_mask_to_token_mask
+from hetcache.tokens import classify_tokens
 from hetcache.workloads import CLIP_KINDS, ClipSource, Workload
 from hetcache.workloads.execute import LoadedWorkload
 
@@ -215,7 +216,7 @@ class ClipRunner:
     def partial_guess(self, config: Config) -> float:
         """The share of tokens a PARTIAL step of `config` computes (from the token classes): a first cost guess."""
         tokens = policy_for(self.base, config, FULL * self.session.workload.steps).tokens
-        mask = pixel_mask_to_token_mask(torch.from_numpy(self.clip.mask))
+        mask = model_token_mask(self.session.transformer, torch.from_numpy(self.clip.mask))
         counts = classify_tokens(mask, tokens.margin_width, tokens.margin_frames).counts()
         g, m, c = (counts[name][0] for name in ("generative", "margin", "context"))
         return (g + tokens.margin_ratio * m + tokens.context_ratio * c) / (g + m + c)
@@ -634,7 +635,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 point["targets"] = sorted(set(point.get("targets", [])) | set(args.targets), reverse=True)
                 point["mask_share"] = statistics.fmean(float(c.mask.mean()) for c in session.clips)
                 point["token_share"] = statistics.fmean(
-                    float(pixel_mask_to_token_mask(torch.from_numpy(c.mask)).float().mean()) for c in session.clips
+                    float(model_token_mask(session.transformer, torch.from_numpy(c.mask)).float().mean())
+                    for c in session.clips
                 )
                 candidates = cached_step_sets(session, warmup)
                 base_here = token_base(base, WorkloadSpec(**session.summary()), warmup)

@@ -1,7 +1,9 @@
-"""Shipped transformer architectures of the released Wan checkpoints, by name (configs only, no weights).
+"""Shipped transformer architectures of released checkpoints (Wan, LTX-Video), by name (configs only, no weights).
 
 Used wherever hetcache needs a real-size model without its weights: the memory plan, the real-architecture CPU
-checks and the GPU script (random weights). The constructor arguments are those diffusers' Wan conversion writes.
+checks and the GPU script (random weights). The constructor arguments are those diffusers' conversions write; this
+module is the one place that spells them out (tests, benchmarks and the reference model take theirs from here).
+What the pipeline around a transformer implies (VAE strides, prompt length) is its family's (`engine.registry`).
 """
 
 from __future__ import annotations
@@ -14,7 +16,9 @@ from typing import Any
 
 import torch
 
+from .engine.registry import Family, ModelShape, family_of, known_classes
 from .errors import InputError
+from .tokens import VaeStrides
 
 # Constructor arguments every released Wan transformer shares.
 WAN_COMMON: dict[str, Any] = dict(
@@ -35,9 +39,43 @@ WAN_5B_SIZE: dict[str, Any] = dict(num_attention_heads=24, attention_head_dim=12
 VACE_1_3B: dict[str, Any] = dict(vace_layers=list(range(0, 30, 2)), vace_in_channels=96)
 VACE_14B: dict[str, Any] = dict(vace_layers=list(range(0, 40, 5)), vace_in_channels=96)
 
+
+def wan_config(**sizes: Any) -> dict[str, Any]:
+    """Constructor arguments of a Wan transformer of these sizes (every other argument as released)."""
+    return {**WAN_COMMON, **sizes}
+
+
 VACE_CLASS = "WanVACETransformer3DModel"
 WAN_CLASS = "WanTransformer3DModel"
-TEXT_LEN = 512  # umT5-XXL prompt tokens of the released pipelines
+LTX_CLASS = "LTXVideoTransformer3DModel"
+# LTX-Video 0.9.x (2B): the constructor arguments of Lightricks' diffusers conversion.
+LTX_2B: dict[str, Any] = dict(
+    in_channels=128,
+    out_channels=128,
+    patch_size=1,
+    patch_size_t=1,
+    num_attention_heads=32,
+    attention_head_dim=64,
+    cross_attention_dim=2048,
+    num_layers=28,
+    activation_fn="gelu-approximate",
+    qk_norm="rms_norm_across_heads",
+    norm_elementwise_affine=False,
+    norm_eps=1e-6,
+    caption_channels=4096,
+    attention_bias=True,
+    attention_out_bias=True,
+)
+
+
+def ltx_config(**sizes: Any) -> dict[str, Any]:
+    """Constructor arguments of an LTX-Video transformer of these sizes (every other argument as released)."""
+    config = {**LTX_2B, **sizes}
+    if "cross_attention_dim" not in sizes:  # the prompt is projected to the model width
+        config["cross_attention_dim"] = config["num_attention_heads"] * config["attention_head_dim"]
+    if "out_channels" not in sizes:  # it predicts the latents it is given
+        config["out_channels"] = config["in_channels"]
+    return config
 
 
 @dataclass(frozen=True)
@@ -48,19 +86,35 @@ class Architecture:
     class_name: str
     config: dict[str, Any]
     experts: int = 1  # transformers per pipeline (Wan2.2 A14B: `transformer` and `transformer_2`)
-    vae_spatial: int = 8  # pixels per latent cell
-    vae_temporal: int = 4  # pixel frames per latent frame (after the first)
-    text_len: int = TEXT_LEN
     source: str = ""
     notes: tuple[str, ...] = field(default_factory=tuple)
 
     @property
+    def family(self) -> Family:
+        """The family adapter of its class (a clear error for classes no adapter knows)."""
+        return family_of(self.class_name)
+
+    @property
+    def shape(self) -> ModelShape:
+        return self.family.shape(self.config)
+
+    @property
+    def vae(self) -> VaeStrides:
+        """The compression of the VAE its pipelines use."""
+        return self.family.vae(self.config)
+
+    @property
+    def text_len(self) -> int:
+        """Prompt tokens of its released pipelines."""
+        return self.family.text_len
+
+    @property
     def dim(self) -> int:
-        return self.config["num_attention_heads"] * self.config["attention_head_dim"]
+        return self.shape.dim
 
     @property
     def is_vace(self) -> bool:
-        return self.class_name == VACE_CLASS
+        return self.shape.num_vace_layers > 0
 
     def parameters(self) -> int:
         """Parameter count of one transformer (built on the meta device: nothing is allocated)."""
@@ -109,9 +163,15 @@ ARCHITECTURES: dict[str, Architecture] = {
             WAN_CLASS,
             WAN_5B_SIZE,
             dict(in_channels=48, out_channels=48),
-            vae_spatial=16,
             source="Wan-AI/Wan2.2-TI2V-5B-Diffusers",
             notes=("Wan2.2 VAE: 16x spatial compression, 48 latent channels",),
+        ),
+        Architecture(
+            name="ltx-video-2b",
+            class_name=LTX_CLASS,
+            config=LTX_2B,
+            source="Lightricks/LTX-Video (0.9.x, diffusers format)",
+            notes=("VAE 8x temporal, 32x32 spatial; patch 1: one token per 32x32 pixels over 8 frames",),
         ),
     )
 }
@@ -123,22 +183,17 @@ def names() -> list[str]:
 
 
 def size_overrides(name: str) -> dict[str, Any]:
-    """The size fields of a shipped architecture (heads, widths, layers, VACE layers, text width, RoPE length)."""
+    """The size fields of a shipped Wan architecture (heads, widths, layers, VACE layers, text width, RoPE length)."""
     config = ARCHITECTURES[name].config
     keys = (*WAN_1_3B_SIZE, "vace_layers", "text_dim", "rope_max_seq_len")
     return {k: config[k] for k in keys if k in config}
-
-
-def _vae_spatial(config: dict[str, Any]) -> int:
-    """Pixels per latent cell: 16 for the Wan2.2 VAE (48 latent channels), else 8."""
-    return 16 if config.get("in_channels") == 48 else 8
 
 
 def architecture_of(model: torch.nn.Module) -> Architecture:
     """The Architecture of a built transformer (its own config; one expert)."""
     config = {k: v for k, v in dict(model.config).items() if not k.startswith("_")}
     name = type(model).__name__
-    return Architecture(name=f"{name} (module)", class_name=name, config=config, vae_spatial=_vae_spatial(config))
+    return Architecture(name=f"{name} (module)", class_name=name, config=config)
 
 
 def load_architecture(source: str | os.PathLike) -> Architecture:
@@ -159,14 +214,16 @@ def load_architecture(source: str | os.PathLike) -> Architecture:
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise InputError(f"model config '{path}' cannot be read as JSON ({exc}).", "pass a valid config.json.") from exc
     class_name = data.get("_class_name")
-    if class_name not in (VACE_CLASS, WAN_CLASS):
+    engine_classes = known_classes(engine_only=True)
+    if class_name not in engine_classes:
         raise InputError(
-            f"model config '{path}' is for {class_name or 'an unnamed class'}, not a Wan transformer.",
-            f"pass the config.json of a {VACE_CLASS} or {WAN_CLASS}.",
+            f"model config '{path}' is for {class_name or 'an unnamed class'}, which no hetcache engine family runs.",
+            f"pass the config.json of one of {', '.join(engine_classes)}.",
         )
     config = {k: v for k, v in data.items() if not k.startswith("_")}
-    missing = [k for k in ("num_attention_heads", "attention_head_dim", "num_layers", "patch_size") if k not in config]
-    if missing:
-        raise InputError(f"model config '{path}' lacks {', '.join(missing)}.", "pass a complete config.json.")
+    try:
+        family_of(class_name).shape(config)
+    except KeyError as exc:
+        raise InputError(f"model config '{path}' lacks {exc.args[0]}.", "pass a complete config.json.") from None
     name = path.parent.name or str(path)
-    return Architecture(name=name, class_name=class_name, config=config, vae_spatial=_vae_spatial(config))
+    return Architecture(name=name, class_name=class_name, config=config)

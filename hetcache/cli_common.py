@@ -60,7 +60,10 @@ def add_workload_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags that select a workload: a file, or the reference workload / a real pipeline with clips."""
     group = parser.add_argument_group("workload (default: the embedded reference workload)")
     group.add_argument("--workload", type=Path, help="workload JSON file (hetcache.workload/v1)")
-    group.add_argument("--pipeline", help="WanVACEPipeline folder or hub id (default: the embedded reference)")
+    group.add_argument(
+        "--pipeline",
+        help="Wan-VACE or LTX-Video pipeline folder, or a Wan-VACE hub id (default: the embedded reference)",
+    )
     group.add_argument("--weights", choices=("trained", "random"), help="reference model weights (default trained)")
     group.add_argument("--video", type=Path, help="input video (mp4 or PNG folder) for a real pipeline")
     group.add_argument("--mask", type=Path, help="edit mask video (white = region to generate)")

@@ -1,4 +1,9 @@
-"""Analytic FLOPs of Wan / Wan-VACE forwards from the model config and the number of computed tokens.
+"""Analytic FLOPs of a transformer forward from its family's `ModelShape` and the number of computed tokens.
+
+The block structure it counts is what the engine's families share (Wan, Wan-VACE, LTX-Video): self-attention with
+four D×D projections, cross-attention to the prompt, a two-matrix FFN; VACE blocks add in/out projections. The
+embeddings and the head: patch (or linear) embedding, time embedder (run once per timestep value: LTX's per-token
+timesteps run it per token), text projection, output projection.
 
 Counts matrix products only (2 FLOPs per multiply-add), as `torch.utils.flop_counter.FlopCounterMode` does:
 projections, attention scores and values, cross-attention, FFN, VACE in/out projections, embeddings and the head.
@@ -8,10 +13,13 @@ sides.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
+
+if TYPE_CHECKING:
+    from .engine.registry import ModelShape
 
 PARTS = ("self_attention", "cross_attention", "ffn", "vace", "embed_head")
 
@@ -32,20 +40,27 @@ class CostModel:
     vace_in_channels: int
 
     @classmethod
-    def from_model(cls, model: torch.nn.Module) -> CostModel:
-        c = model.config
+    def from_shape(cls, shape: ModelShape) -> CostModel:
+        """The cost model of a family's config-level shape (`Family.shape(config)`)."""
         return cls(
-            dim=c.num_attention_heads * c.attention_head_dim,
-            ffn_dim=c.ffn_dim,
-            num_layers=c.num_layers,
-            num_vace_layers=len(getattr(c, "vace_layers", None) or []),
-            in_channels=c.in_channels,
-            out_channels=c.out_channels or c.in_channels,
-            patch_volume=math.prod(c.patch_size),
-            text_dim=c.text_dim,
-            freq_dim=c.freq_dim,
-            vace_in_channels=getattr(c, "vace_in_channels", 0) or 0,
+            dim=shape.dim,
+            ffn_dim=shape.ffn_dim,
+            num_layers=shape.num_layers,
+            num_vace_layers=shape.num_vace_layers,
+            in_channels=shape.in_channels,
+            out_channels=shape.out_channels,
+            patch_volume=shape.patch_volume,
+            text_dim=shape.text_dim,
+            freq_dim=shape.freq_dim,
+            vace_in_channels=shape.vace_in_channels,
         )
+
+    @classmethod
+    def from_model(cls, model: torch.nn.Module) -> CostModel:
+        """The cost model of a built transformer (its family's shape of its config)."""
+        from .engine.registry import model_shape
+
+        return cls.from_shape(model_shape(model))
 
     # -- pieces ---------------------------------------------------------------------------------------------
     def block(self, active: int, keys: int, text_len: int, text_kv: bool = True) -> dict[str, float]:
@@ -70,12 +85,13 @@ class CostModel:
         d2 = self.dim * self.dim
         return 4.0 * skipped * d2 + (2.0 * skipped * d2 if first_vace else 0.0)
 
-    def embed_head(self, tokens: int, text_len: int, vace: bool) -> float:
-        """Patch embeddings, time and text embedders, output projection (run on every step, REUSE included)."""
+    def embed_head(self, tokens: int, text_len: int, vace: bool, time_rows: int = 1) -> float:
+        """Patch embeddings, time and text embedders, output projection (run on every step, REUSE included);
+        `time_rows`: timestep values per sample the time embedder runs on (1, or the tokens for per-token ones)."""
         d = self.dim
         patch = 2.0 * tokens * self.in_channels * self.patch_volume * d
         control = 2.0 * tokens * self.vace_in_channels * self.patch_volume * d if vace else 0.0
-        time = 2.0 * (self.freq_dim * d + d * d + d * 6 * d)
+        time = 2.0 * time_rows * (self.freq_dim * d + d * d + d * 6 * d)
         text = 2.0 * text_len * (self.text_dim * d + d * d)
         head = 2.0 * tokens * d * self.out_channels * self.patch_volume
         return patch + control + time + text + head
@@ -91,12 +107,13 @@ class CostModel:
         text_kv: bool = True,
         batch: int = 1,
         refresh_skipped_kv: bool = False,
+        time_rows: int = 1,
     ) -> dict[str, float]:
         """FLOPs split by part of one forward; `active_*[i]` = tokens computed in block i (default: all);
         `refresh_skipped_kv`: blocks computing fewer than `tokens` also project the skipped tokens' keys/values."""
         parts = dict.fromkeys(PARTS, 0.0)
         vace = self.num_vace_layers > 0
-        parts["embed_head"] = self.embed_head(tokens, text_len, vace)
+        parts["embed_head"] = self.embed_head(tokens, text_len, vace, time_rows)
         if run_blocks:
             for i in range(self.num_layers):
                 n = tokens if active_blocks is None else active_blocks[i]
@@ -111,6 +128,6 @@ class CostModel:
                     parts["vace"] += self.skipped_kv(tokens - n, first_vace=i == 0)
         return {k: v * batch for k, v in parts.items()}
 
-    def uncached_forward(self, tokens: int, text_len: int, batch: int = 1) -> float:
+    def uncached_forward(self, tokens: int, text_len: int, batch: int = 1, time_rows: int = 1) -> float:
         """Total FLOPs of one plain (unhooked) forward."""
-        return sum(self.forward(tokens, text_len, batch=batch).values())
+        return sum(self.forward(tokens, text_len, batch=batch, time_rows=time_rows).values())

@@ -1,13 +1,15 @@
 """Memory plan: the bytes of every buffer the hetcache engine keeps for a model, clip size, CFG and policy.
 
-The plan restates the engine's allocation rules (hetcache.engine: session, state, storage, wan_blocks) buffer by
-buffer, so that `MemoryPlan.cache_bytes` equals what `handle.stats()["cache_bytes"]` reports after a run, and says
-where each buffer lives (device, or host when the policy offloads). Per cached block and cache context: self-attention
-keys and values [B, N, H, d] and the skip rows [B, Nk, D] of the never-generative tokens (cache dtype, offloadable;
-with a forecast also the previous FULL step's skip rows), the VACE hint [B, N, D] and the prompt's cross-attention
-K/V (model dtype, on the device). Per context: the stack input and residual [B, N, D] (with a forecast also the
-previous residual), the selection capture, and working buffers (gather scratch, the skipped rows' scratch when their
-keys/values are refreshed, zero hint). Per transformer when offloaded: one device staging buffer per offloaded kind.
+The plan restates the engine's allocation rules (hetcache.engine: `cache_buffers` allocates what `state` holds)
+buffer by buffer, for any engine family (sizes and CFG layout from its registry entry), so that
+`MemoryPlan.cache_bytes` equals what `handle.stats()["cache_bytes"]` reports after a run, and says where each buffer
+lives (device, or host when the policy offloads). Per cached block and cache context: self-attention keys and values
+[B, N, H, d] and the skip rows [B, Nk, D] of the never-generative tokens (cache dtype, offloadable; with a forecast
+also the previous FULL step's skip rows), the VACE hint [B, N, D] and the prompt's cross-attention K/V (model dtype,
+on the device). Per context: the stack input and residual [B, N, D] (with a forecast also the previous residual),
+the selection capture, and working buffers (gather scratch, the skipped rows' scratch when their keys/values are
+refreshed, zero hint). Per transformer when offloaded: one device staging buffer per offloaded kind. CFG is two cache
+contexts for Wan, one context with a batch of two for LTX-Video.
 """
 
 from __future__ import annotations
@@ -22,11 +24,12 @@ import torch
 
 from .architectures import Architecture, architecture_of, load_architecture
 from .dtypes import CACHE_ONLY_DTYPES, TORCH_DTYPES
+from .engine.registry import family_of, model_token_mask
 from .errors import InputError
 from .policy import Policy, load_policy
 from .selection import evenly_spaced
 from .steps import FULL, PARTIAL, REUSE
-from .tokens import classify_tokens, latent_frame_count, pixel_mask_to_token_mask
+from .tokens import classify_tokens
 
 GIB = 1024**3
 EVERY_BLOCK = Policy(name="every-block", description="default settings, every block and VACE block cached")
@@ -34,7 +37,6 @@ DEVICE, HOST = "device", "host"
 # Dtypes the plan can size: the model dtypes and the cache-only ones (1-byte float8).
 PLAN_DTYPES: dict[str, torch.dtype] = {**TORCH_DTYPES, **CACHE_ONLY_DTYPES}
 STORAGE_KINDS = ("key", "value", "skip", "skip_prev")  # per-layer caches (cache dtype, host when offloaded)
-FP32_MODULES = ("rope", "time_embedder", "scale_shift_table", "norm1", "norm2", "norm3")  # kept fp32 by diffusers
 
 
 @dataclass(frozen=True)
@@ -200,16 +202,8 @@ def box_token_mask(grid: tuple[int, int, int], fraction: float) -> torch.Tensor:
 
 
 def token_grid(arch: Architecture, height: int, width: int, num_frames: int) -> tuple[int, int, int]:
-    """Token grid (T', h, w) of a clip: the VAE's compression, then the transformer's patch."""
-    pt, ph, pw = arch.config["patch_size"]
-    cell_h, cell_w = arch.vae_spatial * ph, arch.vae_spatial * pw
-    if height % cell_h or width % cell_w:
-        raise InputError(
-            f"size {height}x{width} is not a multiple of the {cell_h}x{cell_w}-pixel token patch of {arch.name}.",
-            f"use a height and width divisible by {cell_h} and {cell_w}.",
-        )
-    frames = latent_frame_count(num_frames, arch.vae_temporal)
-    return (math.ceil(frames / pt), height // cell_h, width // cell_w)
+    """Token grid (T', h, w) of a clip of this pixel size on `arch` (its family's `size_grid`)."""
+    return arch.family.size_grid(arch.config, num_frames, height, width)
 
 
 def count_tokens(policy: Policy, token_mask: torch.Tensor) -> Tokens:
@@ -247,9 +241,10 @@ def _weights_bytes(arch: Architecture, model_dtype: torch.dtype) -> int:
 def _count_weights(arch: Architecture, model_dtype: torch.dtype) -> int:
     with torch.device("meta"):
         model = arch.build()
+    kept = set(getattr(model, "_keep_in_fp32_modules", None) or ())  # what from_pretrained keeps in float32
     total = 0
     for name, param in model.named_parameters():
-        keep = set(FP32_MODULES).intersection(name.split("."))
+        keep = kept.intersection(name.split("."))
         total += param.numel() * (4 if keep else model_dtype.itemsize)
     return total
 
@@ -294,6 +289,7 @@ def plan_memory(
         arch = model if isinstance(model, Architecture) else load_architecture(model)
         model_dtype = _dtype(model_dtype, "model dtype")
         weights = _weights_bytes(arch, model_dtype)
+    family_of(arch.class_name, engine=True)  # the plan restates the engine: families it does not run are refused
     for name, value in (("height", height), ("width", width), ("num_frames", num_frames), ("batch", batch)):
         if not isinstance(value, int) or value < 1:
             raise InputError(f"{name} must be a positive integer, got {value!r}.", f"pass a valid {name}.")
@@ -309,12 +305,14 @@ def plan_memory(
         if not 0.0 <= float(mask) <= 1.0:
             raise InputError(f"mask fraction {mask!r} is outside [0, 1].", "pass the share of the frame in the mask.")
         token_mask = box_token_mask(grid, float(mask))
+    in_batch = cfg and arch.family.cfg_in_batch  # LTX: CFG as one batch of two in one cache context
+    if in_batch:
+        batch, token_mask = batch * 2, torch.cat([token_mask, token_mask]) if token_mask.shape[0] > 1 else token_mask
     token_mask = token_mask.expand(batch, *grid) if token_mask.shape[0] == 1 else token_mask
     tokens = count_tokens(policy, token_mask)
 
-    config = arch.config
-    num_layers = config["num_layers"]
-    num_vace = len(config.get("vace_layers") or []) if arch.is_vace else 0
+    shape = arch.shape
+    num_layers, num_vace = shape.num_layers, shape.num_vace_layers
     layers = policy.layers
     main = tuple(sorted(set(range(num_layers) if layers.partial_blocks is None else layers.partial_blocks)))
     vace = tuple(sorted(set(range(num_vace) if layers.partial_vace_blocks is None else layers.partial_vace_blocks)))
@@ -337,7 +335,7 @@ def plan_memory(
         width=width,
         num_frames=num_frames,
         batch=batch,
-        contexts=("cond", "uncond") if cfg else ("cond",),
+        contexts=("cond_uncond",) if in_batch else ("cond", "uncond") if cfg else ("cond",),
         experts=arch.experts,
         model_dtype=model_dtype,
         cache_dtype=storage_dtype,
@@ -356,14 +354,15 @@ def plan_memory(
 
 def _buffers(plan: MemoryPlan, arch: Architecture, policy: Policy, letters: set[str]) -> list[Buffer]:
     """Every buffer, following the engine: what each block / context / transformer allocates on which step."""
-    config = arch.config
-    b, n, d = plan.batch, plan.tokens.total, arch.dim
-    heads, head_dim = config["num_attention_heads"], config["attention_head_dim"]
+    shape = arch.shape
+    b, n, d = plan.batch, plan.tokens.total, shape.dim
+    heads, head_dim = shape.heads, shape.head_dim
     nk, nu = plan.tokens.skippable, plan.tokens.active
     model, cache = plan.model_dtype, plan.cache_dtype
+    head = arch.family.layout.head_input_dtype or model
     stored = HOST if plan.offload else DEVICE
     spec = policy.tokens
-    selection_layer = spec.selection_layer % config["num_layers"]
+    selection_layer = spec.selection_layer % shape.num_layers
     features = spec.selection in ("kmeans", "kmeans_attention") and spec.context_ratio > 0
     scores = spec.selection in ("attention", "kmeans_attention") and spec.context_ratio > 0
     partial = PARTIAL in letters and bool(plan.partial_blocks or plan.partial_vace_blocks)
@@ -393,9 +392,9 @@ def _buffers(plan: MemoryPlan, arch: Architecture, policy: Policy, letters: set[
             if (features or scores) and selection_layer not in plan.partial_blocks:
                 add("text_kv", f"block.{selection_layer}", (2, b, plan.text_len, heads, head_dim), model)
             add("x_in", "context", (b, n, d), model)
-            add("residual", "context", (b, n, d), torch.float32)  # the stack output enters norm_out as float32
+            add("residual", "context", (b, n, d), head)  # in the dtype the head takes (Wan: float32)
             if forecast:  # the residual of the computed step before
-                add("residual_prev", "context", (b, n, d), torch.float32)
+                add("residual_prev", "context", (b, n, d), head)
             if features:
                 add("features", "context", (b, n, d), model)
             if scores:
@@ -425,12 +424,12 @@ def _buffers(plan: MemoryPlan, arch: Architecture, policy: Policy, letters: set[
 def _activation_estimate(plan: MemoryPlan, arch: Architecture) -> int:
     """Rough peak of one transformer call's temporaries (not hetcache's): stream tensors, fresh VACE hints and one
     block's intermediates (fp32 upcasts, Q/K/V, FFN hidden; dequantised K/V when the cache dtype is narrower)."""
-    b, n, d = plan.batch, plan.tokens.total, arch.dim
+    shape = arch.shape
+    b, n, d = plan.batch, plan.tokens.total, shape.dim
     m = plan.model_dtype.itemsize
-    num_vace = len(arch.config.get("vace_layers") or []) if arch.is_vace else 0
-    stream = b * n * d * m * (2 if arch.is_vace else 1) + 2 * n * arch.config["attention_head_dim"] * 4
-    hints = (num_vace - len(plan.partial_vace_blocks)) * b * n * d * m
-    block = b * n * (3 * d * 4 + 4 * d * m + arch.config["ffn_dim"] * m)
+    stream = b * n * d * m * (2 if arch.is_vace else 1) + 2 * n * shape.head_dim * 4
+    hints = (shape.num_vace_layers - len(plan.partial_vace_blocks)) * b * n * d * m
+    block = b * n * (3 * d * 4 + 4 * d * m + shape.ffn_dim * m)
     if plan.cache_dtype != plan.model_dtype and (plan.partial_blocks or plan.partial_vace_blocks):
         block += 2 * b * n * d * m
     return stream + hints + block
@@ -444,12 +443,11 @@ def session_plans(
     mask scaled (nearest) to its token grid."""
     policy = load_policy(policy)
     transformer = session.transformer
-    patch = tuple(transformer.config.patch_size)
     common = dict(policy=policy, cfg=session.workload.guidance_scale > 1.0, text_len=session.prompt_embeds.shape[1])
     plans = []
     for clip in session.clips:
         frames, height, width = clip.frames.shape[:3]
-        mask = pixel_mask_to_token_mask(torch.as_tensor(clip.mask), patch, policy.tokens.mask_threshold)
+        mask = model_token_mask(transformer, torch.as_tensor(clip.mask), policy.tokens.mask_threshold)
         if at is not None:
             height, width, frames = at
             grid = token_grid(architecture_of(transformer), height, width, frames)

@@ -1,6 +1,7 @@
 """Step plans: which denoising steps are FULL, PARTIAL or REUSE.
 
-The rule accumulates the rescaled relative L1 change of the timestep modulation (`timestep_proj`) between steps.
+The rule accumulates the rescaled relative L1 change of the timestep modulation (the family's, e.g. Wan's
+`timestep_proj`) between steps.
 It depends only on the timesteps, so a whole plan is usually computed once per run (`resolve_plan`); when the
 timesteps are not known in advance the engine feeds the same `StepRule` one step at a time.
 """
@@ -10,20 +11,24 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from .errors import UnsupportedModelError
 from .policy import StepPlanSpec, check_plan_string
 from .steps import FULL, PARTIAL, REUSE
 
 
 @torch.no_grad()
 def timestep_modulation(transformer: torch.nn.Module, timesteps: torch.Tensor) -> torch.Tensor:
-    """The per-step timestep modulation [S, 6·D] (`timestep_proj` of Wan's condition embedder)."""
-    embedder = transformer.condition_embedder
-    device = next(embedder.time_proj.parameters()).device
-    t = torch.as_tensor(timesteps, device=device).flatten()
-    projected = embedder.timesteps_proj(t)
-    dtype = next(embedder.time_embedder.parameters()).dtype
-    temb = embedder.time_embedder(projected.to(dtype))
-    return embedder.time_proj(embedder.act_fn(temb)).float()
+    """The per-step timestep modulation [S, …] the blocks receive, as the transformer's family computes it (Wan:
+    `timestep_proj` of its condition embedder; LTX-Video: the output of `time_embed`)."""
+    from .engine.registry import family_of
+
+    family = family_of(transformer)
+    if family.timestep_modulation is None:
+        raise UnsupportedModelError(
+            f"the {family.name} family adapter says nothing of its timestep modulation, which the step rule reads.",
+            "give its Family a timestep_modulation, or use an explicit step plan.",
+        )
+    return family.timestep_modulation(transformer, timesteps)
 
 
 def relative_l1_changes(series: torch.Tensor) -> list[float]:

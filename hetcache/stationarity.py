@@ -181,49 +181,6 @@ def session_stationarity(session, clip, mid_run: tuple[float, float] = MID_RUN) 
     )
 
 
-# Above these, reusing context outputs on PARTIAL steps is expected to cost the hole (the headroom warning).
-MID_RUN_WARNING = 0.5
-LAST_STEP_WARNING = 1.0
-
-
-def headroom_warning(results: Sequence[Stationarity]) -> str | None:
-    """A headroom warning when the context is far from stationary (median over clips), else None."""
-    if not results:
-        return None
-    mid = statistics.median(r.mid_run_ratio for r in results)
-    last = statistics.median(r.last_step_ratio for r in results)
-    if not (mid > MID_RUN_WARNING or last > LAST_STEP_WARNING):
-        return None
-    return (
-        f"context outputs are far from stationary: they change {mid:.2f}x as much as the hole's per step mid-run and "
-        f"{last:.2f}x at the last step (an ideal inpainting model: about 0); PARTIAL steps that reuse the context "
-        "save less than the token counts suggest, and late PARTIAL steps cost the whole frame."
-    )
-
-
-def stationarity_figure(results: dict[str, Stationarity]):
-    """Plotly figure: per-step relative output change in the hole and the far context, one pair of lines per clip,
-    and their ratio (the profiler's context-stationarity figure)."""
-    import plotly.graph_objects as go
-    from plotly.subplots import make_subplots
-
-    fig = make_subplots(rows=1, cols=2, subplot_titles=("output change per step", "context / hole"))
-    for name, result in results.items():
-        steps = list(range(1, result.steps))
-        fig.add_trace(go.Scatter(x=steps, y=list(result.hole), mode="lines", name=f"{name}: hole"), 1, 1)
-        fig.add_trace(
-            go.Scatter(x=steps, y=list(result.context), mode="lines", line={"dash": "dot"}, name=f"{name}: context"),
-            1,
-            1,
-        )
-        fig.add_trace(go.Scatter(x=steps, y=list(result.ratio), mode="lines+markers", name=f"{name}: ratio"), 1, 2)
-    fig.update_xaxes(title_text="step")
-    fig.update_yaxes(title_text="relative L1 change", type="log", row=1, col=1)
-    fig.update_yaxes(title_text="ratio (ideal inpainting model: 0)", row=1, col=2)
-    fig.update_layout(title="Context stationarity", height=380)
-    return fig
-
-
 HELD_OUT = (("box", 7001), ("ellipse", 7002), ("moving", 7003))  # clips no policy or training run has seen
 
 

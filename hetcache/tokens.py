@@ -1,8 +1,10 @@
 """Token classes from an edit mask: generative (in the mask), margin (near it) and context (the rest).
 
 Mapping (docs/method.md, "Token classes"): pixel mask → latent frames by max over each latent frame's source frames
-(Wan VAE: frame 0 → latent 0, frames 4k−3…4k → latent k) → token grid by the share of masked pixels in each token's
-patch (> `threshold`; 0 = any masked pixel). Everything runs on the mask's device, once per clip.
+(a causal video VAE: frame 0 → latent 0, frames s(k−1)+1 … sk → latent k for a temporal stride s) → token grid by the
+share of masked pixels in each token's patch (> `threshold`; 0 = any masked pixel). The strides are the family's
+(`hetcache.engine.registry.Family.vae`): Wan 4 × 8 × 8, LTX-Video 8 × 32 × 32. Everything runs on the mask's device,
+once per clip.
 """
 
 from __future__ import annotations
@@ -12,20 +14,43 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-# Wan's VAE: 4x in time (causal: first frame alone), 8x in space.
-WAN_TEMPORAL_FACTOR = 4
-WAN_SPATIAL_FACTOR = 8
-# Channels of WanVACE `control_hidden_states` that hold the 8x8 pixel-unshuffled mask.
-VACE_MASK_CHANNELS = slice(32, 96)
+
+@dataclass(frozen=True)
+class VaeStrides:
+    """A causal video VAE's compression: pixel frames per latent frame (after the first) and pixels per latent cell."""
+
+    temporal: int
+    spatial: int
 
 
-def latent_frame_count(num_frames: int, temporal_factor: int = WAN_TEMPORAL_FACTOR) -> int:
-    """Number of latent frames of a clip of `num_frames` pixel frames (4k+1 → k+1 for Wan)."""
+def strides_between(
+    pixel_size: tuple[int, int, int], grid: tuple[int, int, int], patch: tuple[int, int, int]
+) -> VaeStrides | None:
+    """The VAE strides that map a clip of `pixel_size` (F, H, W) onto the token grid `grid` with this patch, or None
+    when no whole-number strides do (the mask is not the clip's size, nor a whole-frame rescale of it).
+
+    A pipeline's own VAE decides the latent size, so the strides are read from the sizes rather than assumed: the
+    released VAEs give their family's strides (Wan 4 × 8, LTX-Video 8 × 32), a test's tiny VAE gives its own.
+    """
+    frames, height, width = pixel_size
+    latent_frames = grid[0] * patch[0]
+    cell_h, cell_w = grid[1] * patch[1], grid[2] * patch[2]
+    if height % cell_h or width % cell_w or height // cell_h != width // cell_w:
+        return None
+    if latent_frames == 1:  # a causal VAE encodes one pixel frame alone
+        return VaeStrides(temporal=1, spatial=height // cell_h) if frames == 1 else None
+    if frames < latent_frames or (frames - 1) % (latent_frames - 1):
+        return None
+    return VaeStrides(temporal=(frames - 1) // (latent_frames - 1), spatial=height // cell_h)
+
+
+def latent_frame_count(num_frames: int, temporal_factor: int) -> int:
+    """Number of latent frames of a clip of `num_frames` pixel frames (sk+1 → k+1 for a temporal stride s)."""
     return (num_frames - 1) // temporal_factor + 1
 
 
-def pool_frames_to_latent(mask: torch.Tensor, temporal_factor: int = WAN_TEMPORAL_FACTOR) -> torch.Tensor:
-    """Max over each latent frame's source frames: [B, F, H, W] → [B, T', H, W] (F = 4k+1 for Wan)."""
+def pool_frames_to_latent(mask: torch.Tensor, temporal_factor: int) -> torch.Tensor:
+    """Max over each latent frame's source frames: [B, F, H, W] → [B, T', H, W] (F = sk+1 for a stride s)."""
     first = mask[:, :1]
     rest = mask[:, 1:]
     if rest.shape[1] == 0:
@@ -37,18 +62,14 @@ def pool_frames_to_latent(mask: torch.Tensor, temporal_factor: int = WAN_TEMPORA
     return torch.cat([first, groups], dim=1)
 
 
-def pixel_mask_to_latent_mask(mask: torch.Tensor, spatial_factor: int = WAN_SPATIAL_FACTOR) -> torch.Tensor:
-    """Latent cells touched by the mask (conservative: any masked pixel): [F, H, W] → [1, 1, T', H/8, W/8] float."""
-    latent = pool_frames_to_latent(mask.float().unsqueeze(0))
-    return F.max_pool2d(latent, spatial_factor).unsqueeze(1)
+def pixel_mask_to_latent_mask(mask: torch.Tensor, strides: VaeStrides) -> torch.Tensor:
+    """Latent cells touched by the mask (conservative: any masked pixel): [F, H, W] → [1, 1, T', H/s, W/s] float."""
+    latent = pool_frames_to_latent(mask.float().unsqueeze(0), strides.temporal)
+    return F.max_pool2d(latent, strides.spatial).unsqueeze(1)
 
 
 def pixel_mask_to_token_mask(
-    mask: torch.Tensor,
-    patch_size: tuple[int, int, int] = (1, 2, 2),
-    threshold: float = 0.0,
-    temporal_factor: int = WAN_TEMPORAL_FACTOR,
-    spatial_factor: int = WAN_SPATIAL_FACTOR,
+    mask: torch.Tensor, strides: VaeStrides, patch_size: tuple[int, int, int], threshold: float = 0.0
 ) -> torch.Tensor:
     """Binary pixel mask [B, F, H, W] (or [F, H, W]) → token mask [B, T', h, w] (bool, 1 = generative).
 
@@ -57,27 +78,13 @@ def pixel_mask_to_token_mask(
     """
     if mask.ndim == 3:
         mask = mask.unsqueeze(0)
-    m = pool_frames_to_latent((mask > 0.5).float(), temporal_factor)
+    m = pool_frames_to_latent((mask > 0.5).float(), strides.temporal)
     if patch_size[0] > 1:
         m = F.max_pool3d(m.unsqueeze(1), (patch_size[0], 1, 1)).squeeze(1)
-    ph, pw = spatial_factor * patch_size[1], spatial_factor * patch_size[2]
+    ph, pw = strides.spatial * patch_size[1], strides.spatial * patch_size[2]
     if m.shape[-2] % ph or m.shape[-1] % pw:
         raise ValueError(f"mask size {tuple(m.shape[-2:])} is not a multiple of the token patch {ph}x{pw} pixels")
     coverage = F.avg_pool2d(m.flatten(0, 1), (ph, pw)).unflatten(0, m.shape[:2])
-    return coverage > threshold
-
-
-def token_mask_from_control(
-    control_hidden_states: torch.Tensor, patch_size: tuple[int, int, int] = (1, 2, 2), threshold: float = 0.0
-) -> torch.Tensor:
-    """Token mask [B, T', h, w] read back from WanVACE control states (channels 32:96: 8x8-unshuffled mask).
-
-    WanVACEPipeline samples one pixel frame per latent frame here (nearest-exact), so for a mask that moves
-    between the frames of one latent group this is a subset of `pixel_mask_to_token_mask`; pass the pixel
-    mask to `apply_hetcache(mask=...)` for moving masks.
-    """
-    cells = (control_hidden_states[:, VACE_MASK_CHANNELS].float() > 0.5).float().mean(dim=1)  # [B, T', H8, W8]
-    coverage = F.avg_pool3d(cells.unsqueeze(1), patch_size).squeeze(1)
     return coverage > threshold
 
 

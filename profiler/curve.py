@@ -10,7 +10,7 @@ import torch
 
 from hetcache.plan import relative_l1_changes, timestep_modulation
 
-from .families import is_wan
+from .families import modulation_family
 
 
 @dataclass(frozen=True)
@@ -60,13 +60,16 @@ def modulation_changes(
 ) -> tuple[list[float], str]:
     """Per-step relative L1 change of the time modulation, and where it came from.
 
-    Wan: `hetcache.plan.timestep_modulation` (the signal the engine's plan rule uses); other families: the time
-    embedding the blocks consume, recorded during the run; else the timestep itself.
+    A registered family: `hetcache.plan.timestep_modulation` (the signal the engine's step rule reads, so the fitted
+    polynomial feeds it directly); other transformers: the time embedding the blocks consume, recorded during the
+    run; else the timestep itself.
     """
     if len(timesteps) < 2:
         return [], "none"
-    if is_wan(transformer):
-        return relative_l1_changes(timestep_modulation(transformer, torch.tensor(timesteps))), "timestep_proj"
+    family = modulation_family(transformer)
+    if family is not None:
+        changes = relative_l1_changes(timestep_modulation(transformer, torch.tensor(timesteps)))
+        return changes, family.modulation_source
     if recorded is not None and recorded.shape[0] == len(timesteps):
         return relative_l1_changes(recorded), "time_embedding"
     return relative_l1_changes(torch.tensor(timesteps).unsqueeze(1)), "timestep"

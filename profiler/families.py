@@ -1,28 +1,25 @@
 """What the profiler needs to know about a diffusers video transformer: its blocks, token grid and modulation.
 
 Generic over transformers whose blocks live in `blocks` / `transformer_blocks` (plus Wan-VACE `vace_blocks`) and
-whose self-attention is the block's `attn1`; family-specific only where the model's own layout differs.
+whose self-attention is the block's `attn1`. Family facts (token grid, timestep modulation, analytic FLOPs) come
+from the family registry (`hetcache.engine.registry`); a transformer no adapter knows is still recorded, its
+modulation read from a time-embedding module found by name.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from hetcache.engine.registry import VACE, block_adapter
+from hetcache.engine.registry import VACE, Family, block_adapter, find_family
+from hetcache.engine.registry import token_grid as registry_token_grid
 from hetcache.errors import InputError, UnsupportedModelError
 
 MAIN_BLOCK_LISTS = ("blocks", "transformer_blocks")
 VACE_BLOCK_LIST = "vace_blocks"
-WAN_CLASSES = ("WanTransformer3DModel", "WanVACETransformer3DModel")
-# Module whose output is the per-step time modulation the blocks consume, and which element of a tuple output.
-MODULATION_MODULES = {
-    "CogVideoXTransformer3DModel": ("time_embedding", None),
-    "LTXVideoTransformer3DModel": ("time_embed", 0),
-}
+# Modules whose output is the per-step time modulation, tried in order on a transformer no family adapter knows.
 FALLBACK_MODULATION_NAMES = ("time_embedding", "time_embed", "time_proj")
 
 
@@ -139,42 +136,25 @@ def block_streams(block: torch.nn.Module, args: tuple, kwargs: dict, output: Any
 
 def token_grid(transformer: torch.nn.Module, arguments: dict[str, Any]) -> tuple[int, int, int] | None:
     """The latent token grid (T', h, w) of a transformer call, in the order tokens are flattened; None if unknown."""
-    config = transformer.config
-    hidden = arguments.get("hidden_states")
-    name = type(transformer).__name__
-    if name == "LTXVideoTransformer3DModel":
-        frames, height, width = (arguments.get(k) for k in ("num_frames", "height", "width"))
-        if None in (frames, height, width):
-            return None
-        pt, p = config.patch_size_t, config.patch_size
-        return (int(frames) // pt, int(height) // p, int(width) // p)
-    if not isinstance(hidden, torch.Tensor) or hidden.ndim != 5:
-        return None
-    if name.startswith("CogVideoX"):
-        _, frames, _, height, width = hidden.shape
-        p, pt = config.patch_size, config.patch_size_t
-        return ((frames + pt - 1) // pt if pt else frames, height // p, width // p)
-    patch = config.get("patch_size") if hasattr(config, "get") else None
-    if isinstance(patch, (tuple, list)) and len(patch) == 3:
-        _, _, frames, height, width = hidden.shape
-        return (frames // patch[0], height // patch[1], width // patch[2])
-    return None
+    return registry_token_grid(transformer, arguments)
 
 
-def grid_tokens(grid: tuple[int, int, int] | None) -> int | None:
-    return None if grid is None else math.prod(grid)
+def modulation_family(transformer: torch.nn.Module) -> Family | None:
+    """The family whose adapter computes this transformer's timestep modulation (None: read it from the run)."""
+    family = find_family(transformer)
+    return family if family is not None and family.timestep_modulation is not None else None
 
 
 def modulation_module(transformer: torch.nn.Module) -> tuple[torch.nn.Module, int | None] | None:
-    """For non-Wan families: the module whose output is the time modulation, and the tuple element to take."""
-    name, element = MODULATION_MODULES.get(type(transformer).__name__, (None, None))
-    candidates = (name,) if name else FALLBACK_MODULATION_NAMES
-    for candidate in candidates:
+    """For a transformer no family adapter knows: the time-embedding module to record, and the tuple element."""
+    for candidate in FALLBACK_MODULATION_NAMES:
         module = getattr(transformer, candidate, None)
         if isinstance(module, torch.nn.Module):
-            return module, element
+            return module, 0 if candidate == "time_embed" else None
     return None
 
 
-def is_wan(transformer: torch.nn.Module) -> bool:
-    return type(transformer).__name__ in WAN_CLASSES
+def analytic_flops(transformer: torch.nn.Module) -> bool:
+    """Whether the cost model counts this transformer's FLOPs (an engine family), else they are replayed."""
+    family = find_family(transformer)
+    return family is not None and family.runs_engine

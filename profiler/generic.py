@@ -4,27 +4,18 @@ saved folder: prompt embeddings instead of a text encoder, no mask (drift and at
 from __future__ import annotations
 
 import inspect
-import json
-from pathlib import Path
 
 import torch
 
 from hetcache.dtypes import torch_dtype
 from hetcache.errors import InputError
-from hetcache.workloads.pipelines import SUPPORTED_PIPELINES
+from hetcache.workloads.pipeline_kinds import SUPPORTED_PIPELINES
+from hetcache.workloads.pipelines import pipeline_class
 from hetcache.workloads.pipelines import read_prompt_embeds as read_embeddings_file
 from hetcache.workloads.spec import Workload
 
 from .families import transformer_of
 from .run import ClipRun
-
-
-def pipeline_class(source: str) -> str | None:
-    """The `_class_name` of a local pipeline folder (None for a hub id or a folder without model_index.json)."""
-    index = Path(source) / "model_index.json"
-    if not index.is_file():
-        return None
-    return json.loads(index.read_text(encoding="utf-8")).get("_class_name")
 
 
 def is_generic(workload: Workload) -> bool:

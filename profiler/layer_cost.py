@@ -1,4 +1,4 @@
-"""FLOPs per layer and per forward: the analytic `CostModel` for Wan, a counted replay for other families.
+"""FLOPs per layer and per forward: the analytic `CostModel` for engine families, a counted replay for others.
 
 The replay runs the transformer once more on the first recorded call's inputs under
 `torch.utils.flop_counter.FlopCounterMode`; attention scores and values are counted from the shapes that reach
@@ -16,16 +16,16 @@ from torch.utils.flop_counter import FlopCounterMode
 from hetcache.cost import CostModel
 
 from .attention import SDPAObserver
-from .families import Layer, all_layers, is_wan
+from .families import Layer, all_layers, analytic_flops
 
 LAYER_PARTS = ("self_attention", "cross_attention", "ffn", "vace", "other")
 SDPA_OPS = ("scaled_dot_product", "flash_attention", "efficient_attention", "cudnn_attention")
 
 
-def wan_flops(
+def analytic_layer_flops(
     transformer: torch.nn.Module, layers: list[Layer], tokens: int, text_len: int
 ) -> tuple[list[dict[str, float]], dict[str, float]]:
-    """Per-layer parts and the whole-forward split of one Wan / Wan-VACE forward (one batch item)."""
+    """Per-layer parts and the whole-forward split of one forward of an engine family (one batch item)."""
     model = CostModel.from_model(transformer)
     per_layer = []
     for layer in layers:
@@ -117,8 +117,8 @@ def layer_flops(
     transformer: torch.nn.Module, layers: list[Layer], tokens: int, text_len: int, arguments: dict[str, Any] | None
 ) -> tuple[list[dict[str, float]], dict[str, float], str]:
     """FLOPs per recorded layer and per forward, and how they were obtained."""
-    if is_wan(transformer):
-        per_layer, split = wan_flops(transformer, layers, tokens, text_len)
+    if analytic_flops(transformer):
+        per_layer, split = analytic_layer_flops(transformer, layers, tokens, text_len)
         return per_layer, split, "analytic (hetcache.cost.CostModel)"
     if arguments is None:
         return [dict.fromkeys(LAYER_PARTS, float("nan")) for _ in layers], {}, "unavailable"

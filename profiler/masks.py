@@ -6,10 +6,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from hetcache.engine.registry import find_family
 from hetcache.errors import InputError
-from hetcache.tokens import TokenClasses, classify_tokens, pixel_mask_to_token_mask, token_mask_from_control
-
-from .families import is_wan
+from hetcache.tokens import TokenClasses, classify_tokens, pixel_mask_to_token_mask, strides_between
 
 VACE_CONTROL_CHANNELS = 96
 
@@ -35,19 +34,25 @@ def token_mask_from_pixels(
 ) -> torch.Tensor:
     """Pixel (or token) mask [F, H, W] → token mask [1, T', h, w] on the transformer's token grid.
 
-    A mask already on the token grid is used as is. Wan families map frames and patches exactly as their VAE does
-    (`hetcache.tokens`); other families max-pool the mask onto the grid (a token is generative if any pixel is).
+    A mask already on the token grid is used as is. Otherwise frames and patches map as the pipeline's VAE maps them
+    (`hetcache.tokens`, with the strides the mask and grid sizes imply: the family's for its released VAE); for a
+    transformer no family adapter knows, the mask is max-pooled onto the grid (a token is generative if any pixel is).
     """
     if tuple(mask.shape) == tuple(grid):
         return (mask > 0.5).unsqueeze(0)
-    if is_wan(transformer):
-        patch = tuple(transformer.config.patch_size)
-        try:
-            token_mask = pixel_mask_to_token_mask(mask.unsqueeze(0), patch, threshold)
-        except ValueError as exc:
-            raise InputError(f"the mask does not fit the video: {exc}.", "pass a mask the size of the video.") from exc
-    else:
+    family = find_family(transformer)
+    if family is None:
         token_mask = F.adaptive_max_pool3d((mask > 0.5).float()[None, None], grid)[0] > 0.5
+    else:
+        patch = family.shape(transformer.config).patch
+        strides = strides_between(tuple(mask.shape), grid, patch)
+        if strides is None:
+            raise InputError(
+                f"the mask does not fit the video: a mask of {tuple(mask.shape)} maps onto no whole number of the "
+                f"model's {tuple(grid)} tokens.",
+                "pass a mask the size of the video.",
+            )
+        token_mask = pixel_mask_to_token_mask(mask.unsqueeze(0), strides, patch, threshold)
     if tuple(token_mask.shape[1:]) != tuple(grid):
         raise InputError(
             f"the mask maps to a token grid {tuple(token_mask.shape[1:])}, but the model runs on {tuple(grid)}.",
@@ -57,12 +62,11 @@ def token_mask_from_pixels(
 
 
 def control_token_mask(transformer: torch.nn.Module, control: torch.Tensor | None) -> torch.Tensor | None:
-    """Wan-VACE: the token mask [B, T', h, w] read back from `control_hidden_states`; None for other inputs."""
-    if control is None or type(transformer).__name__ != "WanVACETransformer3DModel":
+    """The token mask [B, T', h, w] a family reads from a call's inputs (Wan-VACE: `control_hidden_states`)."""
+    family = find_family(transformer)
+    if control is None or family is None or control.ndim != 5 or control.shape[1] != VACE_CONTROL_CHANNELS:
         return None
-    if control.ndim != 5 or control.shape[1] != VACE_CONTROL_CHANNELS:
-        return None
-    return token_mask_from_control(control, tuple(transformer.config.patch_size))
+    return family.mask_from_inputs({"control_hidden_states": control}, family.shape(transformer.config).patch, 0.0)
 
 
 def classes_from_token_mask(token_mask: torch.Tensor, margin_width: int, what: str) -> TokenClasses:

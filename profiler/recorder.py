@@ -22,7 +22,15 @@ from hetcache.tokens import TokenClasses
 
 from .attention import SDPAObserver, generative_key_mass, transient_bytes
 from .clock import Clock, LayerTimer
-from .families import Layer, block_streams, is_wan, modulation_module, self_attention, token_grid
+from .families import (
+    Layer,
+    analytic_flops,
+    block_streams,
+    modulation_family,
+    modulation_module,
+    self_attention,
+    token_grid,
+)
 from .masks import classes_from_token_mask, control_token_mask, token_mask_from_pixels
 from .options import ProfileOptions
 
@@ -199,7 +207,8 @@ class Recorder:
         self.on_step: Callable[[int], Any] | None = None
         self._handles: list = []
         self._restore: dict[str, bool] = {}
-        self._modulation = None if is_wan(transformer) else modulation_module(transformer)
+        self._modulation = None if modulation_family(transformer) is not None else modulation_module(transformer)
+        self._replay = not analytic_flops(transformer)  # FLOPs replayed on the first call's inputs
 
     # -- attach / detach -------------------------------------------------------------------------------------
     def attach(self) -> None:
@@ -289,7 +298,7 @@ class Recorder:
         if clip.started is None:
             self._setup_clip(clip, arguments, hidden.device)
             clip.started = self.clock.mark()
-        if self.first_call is None and self._modulation is not None:  # kept for the FLOPs replay (non-Wan)
+        if self.first_call is None and self._replay:  # kept for the FLOPs replay (families the cost model lacks)
             self.first_call = (dict(arguments), clip.text_len)
         items = []
         attention = None

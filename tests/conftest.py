@@ -9,24 +9,20 @@ import pytest
 import torch
 
 from hetcache import reference
+from hetcache.architectures import wan_config
 from hetcache.policy import Policy
 from hetcache.workloads.clips import Clip
 
 if os.environ.get("HETCACHE_TEST_THREADS"):
     torch.set_num_threads(int(os.environ["HETCACHE_TEST_THREADS"]))
 
-TINY_VACE = dict(
-    patch_size=(1, 2, 2),
+# a Wan-VACE of tiny sizes, every other constructor argument the released one's (hetcache.architectures)
+TINY_VACE = wan_config(
     num_attention_heads=2,
     attention_head_dim=16,
-    in_channels=16,
-    out_channels=16,
     text_dim=32,
-    freq_dim=256,
     ffn_dim=64,
     num_layers=4,
-    cross_attn_norm=True,
-    qk_norm="rms_norm_across_heads",
     rope_max_seq_len=64,
     vace_layers=[0, 2],
     vace_in_channels=96,

@@ -204,5 +204,9 @@ def test_fingerprint_mismatch_and_unsupported_models():
         text_embed_dim=16,
         time_embed_dim=4,
     )
-    with pytest.raises(UnsupportedModelError, match="CogVideoXTransformer3DModel is not supported"):
+    with pytest.raises(
+        UnsupportedModelError, match=r"CogVideoXTransformer3DModel \(cogvideox\) is read by the profiler"
+    ):
+        apply_hetcache(cog, SOME)
+    with pytest.raises(UnsupportedModelError, match=r"hetcache/engine/cogvideox\.py"):
         apply_hetcache(cog, SOME)

@@ -201,7 +201,7 @@ def test_wan22_two_experts_are_both_hooked_through_the_pipeline():
     handle.remove()
     handle = apply_hetcache(pipe, SOME, strict=False, plan="FFPRFP")
     pipe(**kwargs, generator=torch.Generator().manual_seed(0))
-    first, second = ([c.decision for c in session.run.calls] for session in handle.sessions)
+    first, second = ([c.decision for c in session.run.calls] for session in handle.states)
     assert first and second  # both experts ran, each hooked
     assert second[0] == "F"  # an expert's first step computes in full, whatever the plan says
     assert handle.stats()["decisions"] == "FFPRFP"

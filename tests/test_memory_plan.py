@@ -20,10 +20,10 @@ from conftest import (
 
 from hetcache import apply_hetcache
 from hetcache.dtypes import CACHE_DTYPES, CACHE_ONLY_DTYPES
+from hetcache.engine.registry import model_token_mask
 from hetcache.errors import InputError
 from hetcache.memory import DEVICE, GIB, HOST, STORAGE_KINDS, cache_gib_of, plan_memory
 from hetcache.policy import CacheSpec, Policy
-from hetcache.tokens import pixel_mask_to_token_mask
 
 pytestmark = pytest.mark.usefixtures("no_grad")
 
@@ -130,7 +130,7 @@ def test_plan_equals_engine_buffers(case):
 
 def test_plan_equals_engine_after_a_cfg_pipeline_run_and_without_cfg():
     clip = small_clip()
-    token_mask = pixel_mask_to_token_mask(torch.as_tensor(clip.mask))
+    token_mask = model_token_mask(tiny_pipeline().transformer, torch.as_tensor(clip.mask))
     for guidance, cfg in ((4.0, True), (1.0, False)):
         pipe = tiny_pipeline()
         handle = apply_hetcache(pipe, SOME, strict=False, plan="FPRP")

@@ -17,9 +17,10 @@ from torch.overrides import TorchFunctionMode
 from hetcache import reference
 from hetcache.atomic import MARKER as OUTPUT_MARKER
 from hetcache.attention_mass import key_attention_mass
+from hetcache.engine.registry import model_token_mask
 from hetcache.errors import InputError, UnsupportedModelError
 from hetcache.plan import relative_l1_changes, timestep_modulation
-from hetcache.tokens import classify_tokens, pixel_mask_to_token_mask
+from hetcache.tokens import classify_tokens
 from hetcache.workloads.execute import pipeline_inputs
 
 STEPS = 4
@@ -305,7 +306,7 @@ def test_pixel_mask_layers_and_pooling():
     assert [layer["name"] for layer in subset.data["layers"]] == ["blocks.0", "vace_blocks.1"]
     assert "attention" not in subset.tensors()
     pixels = torch.from_numpy(small_clip().mask).float()
-    expected = classify_tokens(pixel_mask_to_token_mask(pixels), margin_width=0)
+    expected = classify_tokens(model_token_mask(pipe.transformer, pixels), margin_width=0)
     explicit = profile(
         pipe,
         {**vace_inputs(), "edit_mask": pixels},

@@ -1,5 +1,5 @@
-"""The real Wan architectures (diffusers classes, random weights, reduced depth): exact all-FULL runs, cache bytes
-equal to the memory plan, the benchmark's efficiency rows."""
+"""The real Wan and LTX-Video architectures (diffusers classes, random weights, reduced depth): exact all-FULL runs,
+cache bytes equal to the memory plan, the benchmark's efficiency rows."""
 
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ from hetcache.reference import WAN21_VACE_1_3B
 CASES = {
     "1.3B width, VACE": ("wan2.1-vace-1.3b", dict(num_layers=1, vace_layers=[0]), (64, 128, 5)),
     "14B width, A14B expert": ("wan2.2-t2v-a14b", dict(num_layers=1), (64, 64, 5)),
+    "LTX-Video 2B width": ("ltx-video-2b", dict(num_layers=1), (64, 128, 9)),
 }
 
 
@@ -32,7 +33,7 @@ def case(request):
 @pytest.mark.slow
 def test_all_full_equals_the_stock_model_and_partial_caches_match_the_plan(case):
     model, size = case
-    assert model.config.num_attention_heads * model.config.attention_head_dim in (1536, 5120)
+    assert model.config.num_attention_heads * model.config.attention_head_dim in (1536, 5120, 2048)
     inputs, mask = ra.clip_inputs(model, size, 0.25, text_len=8)
     exact = ra.exactness(model, inputs, mask)
     assert exact["max_abs_diff"] <= 1e-5 * exact["output_scale"]
@@ -53,7 +54,7 @@ def test_shipped_architectures_are_the_released_configs(tmp_path):
     loaded = load_architecture(tmp_path)
     assert loaded.class_name == "WanVACETransformer3DModel" and loaded.config["num_layers"] == 1
     config.write_text('{"_class_name": "UNet3DConditionModel"}')
-    with pytest.raises(InputError, match="not a Wan transformer"):
+    with pytest.raises(InputError, match="which no hetcache engine family runs"):
         load_architecture(config)
 
 

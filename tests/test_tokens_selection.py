@@ -8,13 +8,17 @@ import torch
 from scipy.ndimage import distance_transform_edt
 
 from hetcache.attention_mass import key_attention_mass
+from hetcache.engine.wan import WAN_VAE, token_mask_from_control
 from hetcache.selection import evenly_spaced, kmeans, proportional_quotas, ranked_within_groups, select_context
-from hetcache.tokens import (
-    classify_tokens,
-    pixel_mask_to_token_mask,
-    pool_frames_to_latent,
-    token_mask_from_control,
-)
+from hetcache.tokens import classify_tokens, pool_frames_to_latent
+from hetcache.tokens import pixel_mask_to_token_mask as to_tokens
+
+PATCH = (1, 2, 2)
+
+
+def pixel_mask_to_token_mask(mask, threshold=0.0):
+    """At Wan's strides and patch (the mapping the reference model uses)."""
+    return to_tokens(mask, WAN_VAE, PATCH, threshold)
 
 
 def test_latent_frames_take_the_max_over_their_source_frames():
@@ -22,7 +26,7 @@ def test_latent_frames_take_the_max_over_their_source_frames():
     mask[0, 0, 0, 0] = 1  # frame 0 → latent 0
     mask[0, 4, 5, 5] = 1  # frames 1..4 → latent 1
     mask[0, 5, 9, 9] = 1  # frames 5..8 → latent 2
-    latent = pool_frames_to_latent(mask)
+    latent = pool_frames_to_latent(mask, WAN_VAE.temporal)
     assert latent.shape == (1, 3, 16, 16)
     assert latent[0, 0, 0, 0] == 1 and latent[0, 1, 5, 5] == 1 and latent[0, 2, 9, 9] == 1
     assert latent.sum() == 3

@@ -22,6 +22,7 @@ from typing import Any
 import optuna
 
 from hetcache.dtypes import CACHE_DTYPES
+from hetcache.engine.registry import model_shape, pipeline_vae
 from hetcache.plan import rescale, step_changes
 from hetcache.policy import (
     FORECASTS,
@@ -163,22 +164,21 @@ class SearchSpace:
     def for_session(cls, session: Any, hints: ProfileHints | None = None) -> SearchSpace:
         """The space for a loaded workload (its model, timesteps and token grid) and an optional profile."""
         transformer = session.transformer
-        config = transformer.config
         steps = session.workload.steps
         polynomial = hints.polynomial if hints is not None else None
         changes = rescale(step_changes(transformer, session.timesteps()), polynomial)
         positive = [c for c in changes if c > 0] or [1e-3]
         low = max(1e-4, 0.5 * min(positive))
         high = max(2.0 * low, 3.0 * statistics.median(positive))
-        num_layers = int(config.num_layers)
-        num_vace = len(getattr(transformer, "vace_blocks", []))
+        shape = model_shape(transformer)
+        num_layers, num_vace = shape.num_layers, shape.num_vace_layers
         if hints is not None and len(hints.main_order) == num_layers:
             main_order, vace_order, source = hints.main_order, hints.vace_order, f"profile {hints.path}"
         else:
             main_order, vace_order, source = tuple(range(num_layers)), tuple(range(num_vace)), "prefix"
         if len(vace_order) != num_vace:
             vace_order = tuple(range(num_vace))
-        pixels_per_token = getattr(session.pipe, "vae_scale_factor_spatial", 8) * int(config.patch_size[1])
+        pixels_per_token = pipeline_vae(session.pipe).spatial * shape.patch[1]
         grid = min(min(clip.frames.shape[1:3]) for clip in session.clips) // pixels_per_token
         return cls(
             steps=steps,

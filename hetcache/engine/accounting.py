@@ -30,7 +30,7 @@ def call_record(config: EngineConfig, run: RunState, ctx: ContextState, context:
     cost, tokens, text_len, batch = config.cost, run.tokens, run.text_len, run.batch
     decision = ctx.decision
     active = {FULL: tokens, REUSE: 0}.get(decision, ctx.rows.active.numel() if ctx.rows is not None else 0)
-    flops = cost.embed_head(tokens, text_len, config.is_vace)
+    flops = cost.embed_head(tokens, text_len, config.is_vace, run.time_rows)
     if ctx.text_fresh:  # the prompt's K/V of every layer hetcache computes itself, once per prompt
         flops += len(config.text_layers) * cost.block(0, 0, text_len, True)["cross_attention"]
     refresh = decision == PARTIAL and config.refresh_skipped_kv
@@ -60,7 +60,7 @@ def call_record(config: EngineConfig, run: RunState, ctx: ContextState, context:
         active=active,
         tokens=tokens,
         flops=flops * batch,
-        flops_uncached=cost.uncached_forward(tokens, text_len, batch),
+        flops_uncached=cost.uncached_forward(tokens, text_len, batch, run.time_rows),
         selection_flops=selection * batch,
     )
 

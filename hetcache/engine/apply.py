@@ -1,4 +1,5 @@
-"""`apply_hetcache` / `remove_hetcache`: attach the engine to a Wan or Wan-VACE transformer through diffusers hooks."""
+"""`apply_hetcache` / `remove_hetcache`: attach the engine to a transformer of a registered family through diffusers
+hooks (Wan, Wan-VACE, LTX-Video; `registry` says where each family keeps its blocks, head and text embedder)."""
 
 from __future__ import annotations
 
@@ -11,14 +12,14 @@ import torch
 from diffusers.hooks import HookRegistry, ModelHook
 
 from ..errors import CacheConflictError, UnsupportedModelError
-from ..fingerprint import model_family, model_fingerprint
+from ..fingerprint import model_fingerprint
 from ..policy import Policy, check_plan_string, load_policy
 from ..steps import PARTIAL
 from .accounting import run_stats
 from .block_hooks import HeadHook, MainBlockHook, TextHook, VaceBlockHook
 from .cache_buffers import CacheBuffers
 from .config import main_layer, resolve_config, vace_layer
-from .registry import engine_block_adapter, transformer_adapter
+from .registry import TransformerAdapter, engine_block_adapter, family_of
 from .root_hook import RootHook
 from .state import TransformerState
 
@@ -28,7 +29,6 @@ VACE_HOOK = "hetcache_vace_block"
 HEAD_HOOK = "hetcache_head"
 TEXT_HOOK = "hetcache_text"
 HOOK_NAMES = (ROOT_HOOK, BLOCK_HOOK, VACE_HOOK, HEAD_HOOK, TEXT_HOOK)
-SUPPORTED_PROCESSORS = ("WanAttnProcessor",)
 
 
 class HetCacheHandle:
@@ -50,13 +50,6 @@ class HetCacheHandle:
     def state(self) -> TransformerState:
         """The engine state of the (first) transformer: its run, contexts and resolved config."""
         return self.states[0]
-
-    # `session` / `sessions`: the names the engine state had before; kept for existing callers.
-    session = state
-
-    @property
-    def sessions(self) -> list[TransformerState]:
-        return self.states
 
     @property
     def policy(self) -> Policy:
@@ -93,7 +86,8 @@ def _transformers_of(target: Any) -> list[torch.nn.Module]:
 
 
 def _check_model(transformer: torch.nn.Module) -> None:
-    model_family(transformer)
+    """Refuse what the engine cannot run: an unknown family, another cache, blocks or attention it does not restate."""
+    family = family_of(transformer, engine=True)
     if getattr(transformer, "is_cache_enabled", False):
         raise CacheConflictError(
             f"a diffusers cache ({type(transformer._cache_config).__name__}) is already enabled on this transformer.",
@@ -104,27 +98,27 @@ def _check_model(transformer: torch.nn.Module) -> None:
         raise CacheConflictError(
             "hetcache is already applied to this transformer.", "call remove_hetcache(transformer) first."
         )
-    layout = transformer_adapter(type(transformer))
-    blocks = list(getattr(transformer, layout.main_blocks))
-    blocks += list(getattr(transformer, layout.vace_blocks)) if layout.vace_blocks else []
-    for block in blocks:
+    for block in _blocks(transformer, family.layout):
         if engine_block_adapter(type(block)) is None:
             raise UnsupportedModelError(
                 f"block class {type(block).__name__} has no hetcache adapter.",
-                "use a Wan or Wan-VACE transformer (the engine's supported families).",
+                f"register a BlockAdapter for it in the {family.name} family's adapter module (docs/engine.md).",
             )
-        for attn in (block.attn1, block.attn2):
+        for attn in (getattr(block, name) for name in family.attention_modules):
             name = type(attn.processor).__name__
-            if name not in SUPPORTED_PROCESSORS:
+            if name not in family.processors:
                 raise UnsupportedModelError(
                     f"attention processor {name} is not supported (hetcache computes attention itself).",
-                    "restore the default processor (WanAttnProcessor); attention backends are supported.",
+                    f"restore the default processor ({', '.join(family.processors)}); attention backends are "
+                    "supported.",
                 )
-        if block.attn2.add_k_proj is not None:
-            raise UnsupportedModelError(
-                "image-conditioned Wan transformers (I2V, added K/V projections) are not supported yet.",
-                "use a Wan T2V or Wan-VACE transformer.",
-            )
+    family.check(transformer)
+
+
+def _blocks(transformer: torch.nn.Module, layout: TransformerAdapter) -> list[torch.nn.Module]:
+    """Main blocks, then VACE blocks (if the family has them)."""
+    blocks = list(getattr(transformer, layout.main_blocks))
+    return blocks + (list(getattr(transformer, layout.vace_blocks)) if layout.vace_blocks else [])
 
 
 def apply_hetcache(
@@ -139,11 +133,12 @@ def apply_hetcache(
 ) -> HetCacheHandle:
     """Hook `transformer` so that each denoising step runs FULL, PARTIAL or REUSE as `policy` says.
 
-    transformer: a WanTransformer3DModel / WanVACETransformer3DModel, or a pipeline (then every transformer of it is
-        hooked, Wan2.2's two experts included, and the pipeline's scheduler is used).
+    transformer: a transformer of a registered family (WanTransformer3DModel, WanVACETransformer3DModel,
+        LTXVideoTransformer3DModel), or a pipeline (then every transformer of it is hooked, Wan2.2's two experts
+        included, and the pipeline's scheduler is used).
 
-    mask: optional for Wan-VACE (read back from `control_hidden_states`); a pixel mask [F, H, W] / [B, F, H, W] or a
-        token mask [T', h, w] otherwise.
+    mask: optional for Wan-VACE (read back from `control_hidden_states`); a pixel mask [F, H, W] / [B, F, H, W] at
+        the pixel size of the clip, or a token mask [T', h, w], otherwise.
     strict: refuse a policy tuned for another architecture.
     plan: explicit per-step plan over F/P/R, overriding the policy's step rule.
     scheduler: the pipeline's scheduler; when given, each run's plan is computed from its timesteps before the first
@@ -180,7 +175,7 @@ def _attach(
     """Resolve the policy for this transformer and register the root, block, head and text hooks."""
     config = resolve_config(transformer, policy, plan, expected_steps)
     state = TransformerState(config, None if mask is None else torch.as_tensor(mask))
-    layout = transformer_adapter(type(transformer))
+    layout = config.family.layout
     # the forward runs the VACE blocks (computing the hints) before the main blocks
     order = tuple(vace_layer(i) for i in sorted(config.partial_vace)) + tuple(
         main_layer(i) for i in sorted(config.partial_blocks)

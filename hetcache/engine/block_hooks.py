@@ -35,7 +35,9 @@ class _BlockHook(ModelHook):
         key, value = self.adapter.kv(module, skipped_in, temb, (rows.skipped_cos, rows.skipped_sin), rows.skipped)
         self.buffers.write_skipped_kv(staged, rows, key, value)
 
-    def _partial_body(self, module, layer: LayerCache, staged, rows: Rows, stream_rows, temb, rope) -> torch.Tensor:
+    def _partial_body(
+        self, module, layer: LayerCache, staged, rows: Rows, stream_rows, temb, rope, extras
+    ) -> torch.Tensor:
         if rows.cos is None:  # RoPE tables at the active rows, once per call
             rows.cos, rows.sin = rope[0].index_select(1, rows.active), rope[1].index_select(1, rows.active)
         out, _, _, _ = self.adapter.body(
@@ -46,6 +48,7 @@ class _BlockHook(ModelHook):
             layer.text,
             active=rows.active,
             merge_kv=lambda key, value: self.buffers.merge_kv(layer, staged, rows, key, value),
+            extras=extras,
         )
         return out
 
@@ -84,6 +87,7 @@ class MainBlockHook(_BlockHook):
             layer.text,
             score_queries=ctx.capture.generative if self.records else None,
             chunk=ctx.capture.chunk,
+            extras=self.adapter.extras(args, kwargs),
         )
         if self.cached:
             self.buffers.keep_full(layer, out, hidden, key, value, self.state.run.clip.skippable)
@@ -98,7 +102,9 @@ class MainBlockHook(_BlockHook):
         temb, rope = get("temb", args, kwargs), get("rope", args, kwargs)
         if self.refresh:
             self._refresh_skipped(module, staged, rows, self.buffers.gather_skipped(ctx, hidden, rows), temb, rope)
-        computed = self._partial_body(module, layer, staged, rows, rows_in, temb, rope)
+        computed = self._partial_body(
+            module, layer, staged, rows, rows_in, temb, rope, self.adapter.extras(args, kwargs)
+        )
         self.buffers.refresh_skip(layer, rows, computed, rows_in)
         self.buffers.fill_skipped(ctx, staged, hidden, rows)
         hidden.index_copy_(1, rows.active, computed)
@@ -128,7 +134,12 @@ class VaceBlockHook(_BlockHook):
         hidden, control = get("hidden", args, kwargs), get("control", args, kwargs)
         stream = adapter.project_in(module, control, hidden)
         out, key, value, _ = adapter.body(
-            module, stream, get("temb", args, kwargs), get("rope", args, kwargs), layer.text
+            module,
+            stream,
+            get("temb", args, kwargs),
+            get("rope", args, kwargs),
+            layer.text,
+            extras=adapter.extras(args, kwargs),
         )
         hint = self.buffers.keep_hint(layer, adapter.project_out(module, out))
         base = hidden if self.first else control
@@ -151,7 +162,8 @@ class VaceBlockHook(_BlockHook):
             stream_rows = adapter.project_in(module, control_rows, base_rows)
         else:
             base_rows = stream_rows = control_rows
-        computed = self._partial_body(module, layer, staged, rows, stream_rows, temb, rope)
+        extras = adapter.extras(args, kwargs)
+        computed = self._partial_body(module, layer, staged, rows, stream_rows, temb, rope, extras)
         self.buffers.refresh_skip(layer, rows, computed, base_rows)
         hint = self.buffers.update_hint(layer, rows, adapter.project_out(module, computed))
         out = control
@@ -183,7 +195,9 @@ class TextHook(ModelHook):
     Runs eagerly: the K/V are computed only when the prompt changed, which a compiled graph must not branch on.
     """
 
-    def __init__(self, state: TransformerState, layers: list[tuple[str, torch.nn.Module, BlockAdapter]], index: int):
+    def __init__(
+        self, state: TransformerState, layers: list[tuple[str, torch.nn.Module, BlockAdapter]], index: int | None
+    ):
         super().__init__()
         self.state, self.layers, self.index = state, layers, index
 
@@ -191,7 +205,7 @@ class TextHook(ModelHook):
     def post_forward(self, module, output):
         ctx = self.state.active
         if ctx.text_fresh:
-            text = output[self.index]
+            text = output if self.index is None else output[self.index]
             for name, block, adapter in self.layers:
                 ctx.layer(name).text = adapter.text_kv(block, text)
         return output

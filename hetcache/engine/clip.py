@@ -5,28 +5,43 @@ Both run outside the denoising step's hot path, on the device, with tensor ops; 
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
 
 from ..errors import InputError
 from ..selection import active_tokens, select_context
-from ..tokens import classify_tokens, pixel_mask_to_token_mask, token_mask_from_control
+from ..tokens import classify_tokens, pixel_mask_to_token_mask, strides_between
 from .config import EngineConfig
 from .state import Capture, ClipTokens, Rows
 
 
 def clip_tokens(config: EngineConfig, mask: torch.Tensor | None, inputs: dict[str, Any]) -> ClipTokens:
-    """Classify the clip's tokens from the explicit mask or, for Wan-VACE, from the control states."""
+    """Classify the clip's tokens from the explicit mask or from the inputs where the family holds one (Wan-VACE's
+    control states)."""
     hidden = inputs["hidden_states"]
-    grid = tuple(s // p for s, p in zip(hidden.shape[2:], config.patch_size, strict=True))
+    family = config.family
+    grid = family.call_grid(config.model_config, inputs)
+    if grid is None:
+        raise InputError(
+            f"the {family.name} transformer was called without the inputs its token grid is read from.",
+            "call it as its diffusers pipeline does (for LTX-Video: num_frames, height and width, or video_coords).",
+        )
+    tokens = hidden.shape[1] if hidden.ndim == 3 else math.prod(grid)
+    if math.prod(grid) != tokens:
+        raise InputError(
+            f"the call holds {tokens} tokens but its video grid {grid} has {math.prod(grid)}: extra conditioning "
+            "tokens (LTX conditions at frame_index > 0) are not classified by hetcache yet.",
+            "condition at frame_index 0 only, or run this pipeline without hetcache.",
+        )
     if mask is not None:
         token_mask = _explicit_token_mask(config, mask.to(hidden.device), grid)
-    elif inputs.get("control_hidden_states") is not None:
-        token_mask = token_mask_from_control(inputs["control_hidden_states"], config.patch_size, config.mask_threshold)
     else:
+        token_mask = family.mask_from_inputs(inputs, config.patch_size, config.mask_threshold)
+    if token_mask is None:
         raise InputError(
-            "no edit mask: this transformer has no VACE control states to read it from.",
+            f"no edit mask: this {family.name} transformer has no VACE control states to read it from.",
             "pass mask= (pixel video mask [F, H, W] or token mask [T', h, w]) to apply_hetcache.",
         )
     if token_mask.shape[0] != hidden.shape[0]:
@@ -57,15 +72,15 @@ def _explicit_token_mask(config: EngineConfig, mask: torch.Tensor, grid: tuple[i
         mask = mask.unsqueeze(0)
     if tuple(mask.shape[1:]) == grid:
         return mask.bool()
-    patch = config.patch_size
-    pixel_grid = (mask.shape[-2] // (8 * patch[1]), mask.shape[-1] // (8 * patch[2]))
-    if pixel_grid != grid[1:] or (mask.shape[1] - 1) // 4 + 1 != grid[0]:
+    strides = strides_between(tuple(mask.shape[1:]), grid, config.patch_size)
+    if strides is None:
+        expected = config.family.pixel_size(config.model_config, grid)
         raise InputError(
             f"mask of shape {tuple(mask.shape)} matches neither the token grid {grid} nor its pixel size "
-            f"({(grid[0] - 1) * 4 + 1} frames x {grid[1] * 16} x {grid[2] * 16}).",
+            f"({expected[0]} frames x {expected[1]} x {expected[2]} with the {config.family.name} VAE).",
             "pass the pixel mask of the clip being generated, or a token mask of the token grid.",
         )
-    return pixel_mask_to_token_mask(mask, patch, config.mask_threshold)
+    return pixel_mask_to_token_mask(mask, strides, config.patch_size, config.mask_threshold)
 
 
 def partial_rows(config: EngineConfig, clip: ClipTokens, capture: Capture) -> Rows:

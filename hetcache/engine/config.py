@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
 from ..cost import CostModel
 from ..dtypes import CACHE_ONLY_DTYPES, TORCH_DTYPES
 from ..policy import Policy, StepPlanSpec
+from .registry import Family, engine_block_adapter, family_of
 
 
 def main_layer(index: int) -> str:
@@ -63,6 +65,8 @@ class EngineConfig:
     num_layers: int
     geometry: LayerGeometry
     cost: CostModel
+    family: Family  # the model's family adapter (token grid, VAE strides, edit mask from the inputs)
+    model_config: Any  # the transformer's diffusers config, as the family reads it
 
     @property
     def has_partial_blocks(self) -> bool:
@@ -89,24 +93,24 @@ def resolve_config(
     model: torch.nn.Module, policy: Policy, plan: str | None, expected_steps: int | None
 ) -> EngineConfig:
     """Resolve `policy` for `model`: concrete layer sets, dtypes, token settings and the step rule."""
-    config = model.config
-    vace_blocks = list(getattr(model, "vace_blocks", []))
+    family = family_of(model, engine=True)
+    shape = family.shape(model.config)
+    layout = family.layout
+    vace_blocks = list(getattr(model, layout.vace_blocks)) if layout.vace_blocks else []
     layers, tokens = policy.layers, policy.tokens
-    attn = model.blocks[0].attn1
-    dim = config.num_attention_heads * config.attention_head_dim
     return EngineConfig(
         policy=policy,
         step_plan=policy.step_plan,
         plan_override=plan,
         expected_steps=expected_steps or (policy.workload.steps if policy.workload else None),
-        partial_blocks=frozenset(range(config.num_layers) if layers.partial_blocks is None else layers.partial_blocks),
+        partial_blocks=frozenset(range(shape.num_layers) if layers.partial_blocks is None else layers.partial_blocks),
         partial_vace=frozenset(
             range(len(vace_blocks)) if layers.partial_vace_blocks is None else layers.partial_vace_blocks
         )
         if vace_blocks
         else frozenset(),
-        vace_first=tuple(getattr(block, "proj_in", None) is not None for block in vace_blocks),
-        selection_layer=tokens.selection_layer % config.num_layers,
+        vace_first=tuple(engine_block_adapter(type(block)).projects_in(block) for block in vace_blocks),
+        selection_layer=tokens.selection_layer % shape.num_layers,
         capture_features=tokens.needs_features,
         capture_scores=tokens.needs_scores,
         residual_fill=tokens.skip_fill == "residual",
@@ -123,9 +127,11 @@ def resolve_config(
         offload=policy.cache.offload,
         forecast=policy.cache.forecast == "linear",
         model_dtype=model.dtype,
-        patch_size=tuple(config.patch_size),
+        patch_size=shape.patch,
         is_vace=bool(vace_blocks),
-        num_layers=config.num_layers,
-        geometry=LayerGeometry(heads=attn.heads, head_dim=dim // attn.heads, dim=dim),
-        cost=CostModel.from_model(model),
+        num_layers=shape.num_layers,
+        geometry=LayerGeometry(heads=shape.heads, head_dim=shape.head_dim, dim=shape.dim),
+        cost=CostModel.from_shape(shape),
+        family=family,
+        model_config=model.config,
     )

@@ -78,7 +78,7 @@ class RootHook(ModelHook):
             decision = state.run.decisions[step]
         else:
             timestep = inputs["timestep"]
-            t = float(timestep.flatten()[0])  # the one host read of this step
+            t = float(timestep.amax())  # the one host read of this step (the noise level of its noisiest tokens)
             if self._starts_new_run(t):
                 self._start_run(module, inputs)
             run = state.run
@@ -161,6 +161,7 @@ class RootHook(ModelHook):
         state.phase_seconds = dict.fromkeys(state.phase_seconds, 0.0)
         hidden = inputs["hidden_states"]
         run.batch, run.text_len = hidden.shape[0], inputs["encoder_hidden_states"].shape[1]
+        run.time_rows = max(1, inputs["timestep"].numel() // run.batch)  # per-token timesteps: one per token
         started = time.perf_counter()
         spec = config.step_plan
         if self.scheduler is not None and getattr(self.scheduler, "timesteps", None) is not None:
@@ -195,7 +196,7 @@ class RootHook(ModelHook):
                 self._warned_beyond_plan = True
             return FULL
         # timesteps unknown in advance: the plan rule, one step at a time, from this timestep's modulation
-        modulation = timestep_modulation(model, timestep.flatten()[:1])
+        modulation = timestep_modulation(model, timestep.amax().reshape(1))
         previous, run.previous_modulation = run.previous_modulation, modulation
         change = None if previous is None else relative_l1_changes(torch.cat([previous, modulation]))[0]
         return run.rule.decide(step, change)

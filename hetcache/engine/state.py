@@ -183,6 +183,7 @@ class RunState:
     clip: ClipTokens | None = None
     text_len: int = 0
     batch: int = 1
+    time_rows: int = 1  # timestep values per sample (LTX conditioning, Wan2.2 TI2V: one per token)
     calls: list[CallRecord] = field(default_factory=list)
     first_context: str | None = None
     notes: list[str] = field(default_factory=list)

@@ -8,7 +8,8 @@ tokens can be computed against cached keys and values of the others. Attention g
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -119,13 +120,14 @@ def block_body(
     merge_kv: KVMerge | None = None,
     score_queries: list[torch.Tensor] | None = None,
     chunk: int = 1024,
+    extras: Mapping[str, Any] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """The block's three sub-layers on `hidden`: all tokens (`active` None) or the `active` subset.
 
     Partial: `rope` holds the tables at the active rows and `merge_kv(fresh keys, fresh values)` returns the keys
     and values of all N tokens (the caller's cache, refreshed at the active rows), which the active queries attend
     over. Full: with `score_queries` (per batch item, query token indices) the attention mass each key receives
-    from them is returned too. Returns (output, fresh keys, fresh values, scores or None).
+    from them is returned too. Returns (output, fresh keys, fresh values, scores or None). Wan takes no `extras`.
     """
     shift, scale, gate, c_shift, c_scale, c_gate = _rows(_modulation(block, temb), active)
     attn = block.attn1

@@ -111,7 +111,7 @@ class CacheSpec:
 class ModelSpec:
     """The architecture a policy was made for (`hetcache.fingerprint.model_fingerprint`)."""
 
-    family: str = spec(kind="str", doc='hetcache model family ("wan", "wan-vace")')
+    family: str = spec(kind="str", doc='hetcache model family ("wan", "wan-vace", "ltx")')
     class_name: str = spec(kind="str", key="class", doc="diffusers transformer class")
     fingerprint: str = spec(kind="str", doc="hash of the architecture fields")
     architecture: dict[str, Any] = field(

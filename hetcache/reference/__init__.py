@@ -14,25 +14,20 @@ from pathlib import Path
 
 import torch
 
-from ..architectures import size_overrides
+from ..architectures import size_overrides, wan_config
 from ..errors import InputError
+from ..tokens import VaeStrides
 
 MODEL_DIR = Path(__file__).parent / "model"
 CARD_FILE = "reference.json"
 
-TRANSFORMER_CONFIG = dict(
-    patch_size=(1, 2, 2),
+# The reference transformer: a Wan-VACE of its own (small) size, every other constructor argument the released one's.
+TRANSFORMER_CONFIG = wan_config(
     num_attention_heads=4,
     attention_head_dim=32,
-    in_channels=16,
-    out_channels=16,
     text_dim=32,
-    freq_dim=256,
     ffn_dim=512,
     num_layers=6,
-    cross_attn_norm=True,
-    qk_norm="rms_norm_across_heads",
-    eps=1e-6,
     rope_max_seq_len=64,
     vace_layers=[0, 3],
     vace_in_channels=96,
@@ -41,6 +36,10 @@ TRANSFORMER_CONFIG = dict(
 WAN21_VACE_1_3B = size_overrides("wan2.1-vace-1.3b")
 VAE_CONFIG = dict(
     base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1, temperal_downsample=[False, True, True]
+)
+# Its compression: 2x in space per down-sampling stage, 2x in time where `temperal_downsample` says (Wan's 4 x 8 x 8).
+VAE_STRIDES = VaeStrides(
+    temporal=2 ** sum(VAE_CONFIG["temperal_downsample"]), spatial=2 ** len(VAE_CONFIG["temperal_downsample"])
 )
 # How far a grey hole reaches into the reference VAE's latents: (latent frames, latent cells). Cells beyond it encode
 # only unmasked pixels (tests/test_reference_training.py checks every mask kind).

@@ -17,13 +17,14 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
+from ..engine.registry import model_token_mask
 from ..engine.wan_blocks import _modulation, _self_qkv, apply_rope
 from ..policy import Policy
-from ..tokens import pixel_mask_to_latent_mask, pixel_mask_to_token_mask
+from ..tokens import pixel_mask_to_latent_mask
 from ..workloads.clips import Clip
 from ..workloads.execute import LoadedWorkload
 from ..workloads.spec import ClipSource, Workload
-from . import VAE_REACH
+from . import VAE_REACH, VAE_STRIDES
 
 # PARTIAL steps recompute the generative tokens and half the margin; context tokens come from cache.
 TOKEN_REUSE = Policy(name="evaluation").replace(margin_width=2, margin_ratio=0.5, context_ratio=0.0, selection="stride")
@@ -41,7 +42,7 @@ def mask_regions(
     """Masks [1, 1, T', H/8, W/8] of the latent cells inside the pixel edit mask [F, H, W] (conservative mapping),
     near it (within the VAE's `reach` (latent frames, latent cells), so their control latents show part of the grey
     hole) and outside (beyond it)."""
-    inside = pixel_mask_to_latent_mask(mask)
+    inside = pixel_mask_to_latent_mask(mask, VAE_STRIDES)
     assert tuple(inside.shape[2:]) == tuple(latent_shape[2:])
     return reach_regions(inside, reach)
 
@@ -79,7 +80,7 @@ def attention_concentration(session: LoadedWorkload, clip: Clip, step: int | Non
     transformer = session.transformer
     calls_per_step = 2 if session.workload.guidance_scale > 1 else 1
     target = calls_per_step * ((session.workload.steps - 1) if step is None else step)  # the cond call of that step
-    inside = pixel_mask_to_token_mask(torch.from_numpy(clip.mask).float())[0].flatten()
+    inside = model_token_mask(transformer, torch.from_numpy(clip.mask).float())[0].flatten()
     state = {"call": -1}
     shares: list[float] = []
 

@@ -119,7 +119,7 @@ def prepare_examples(pipe, clips: list) -> list[Example]:
     target = _normalise(pipe, pipe.vae.encode(originals).latent_dist.mode())
     examples = []
     for i, clip in enumerate(clips):
-        latent_mask = pixel_mask_to_latent_mask(torch.from_numpy(clip.mask))
+        latent_mask = pixel_mask_to_latent_mask(torch.from_numpy(clip.mask), reference.VAE_STRIDES)
         examples.append(Example(target=target[i : i + 1], control=control[i : i + 1], latent_mask=latent_mask))
     return examples
 

@@ -1,4 +1,7 @@
-"""Running a workload's clips through its pipeline: edited frames, final latents and timings per clip."""
+"""Running a workload's clips through its pipeline: edited frames, final latents and timings per clip.
+
+How a clip is passed to each pipeline class, and which timesteps a run takes, is `pipeline_kinds`'.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +16,7 @@ import PIL.Image
 import torch
 
 from .clips import Clip
+from .pipeline_kinds import kind_of, mask_frames, painted_video
 from .pipelines import load_clips, load_pipeline, load_prompt_embeds
 from .spec import Workload
 
@@ -51,10 +55,8 @@ def _memoized_conditioning(pipe, cache: dict, key: str) -> Iterator[None]:
 
 
 def pipeline_inputs(clip: Clip) -> tuple[list[PIL.Image.Image], list[PIL.Image.Image]]:
-    """The video (masked region painted grey, so the model never sees it) and mask as the pipeline takes them."""
-    video = [PIL.Image.fromarray(frame) for frame in clip.painted()]
-    mask = [PIL.Image.fromarray(m.astype(np.uint8) * 255, mode="L") for m in clip.mask]
-    return video, mask
+    """The video (masked region painted grey, so the model never sees it) and mask as Wan-VACE takes them."""
+    return painted_video(clip), mask_frames(clip)
 
 
 class LoadedWorkload:
@@ -63,8 +65,9 @@ class LoadedWorkload:
     def __init__(self, workload: Workload, pipe=None):
         self.workload = workload
         self.pipe = pipe if pipe is not None else load_pipeline(workload)
+        self.kind = kind_of(self.pipe)
         self.prompt_embeds, self.negative_prompt_embeds = load_prompt_embeds(workload, self.pipe)
-        self.clips = load_clips(workload)
+        self.clips = load_clips(workload, self.pipe)
         self._conditioning: dict[str, torch.Tensor] = {}
 
     @property
@@ -85,10 +88,24 @@ class LoadedWorkload:
         return summary
 
     def timesteps(self) -> torch.Tensor:
-        """The timesteps a run of this workload uses (from a copy of the pipeline's scheduler)."""
-        scheduler = type(self.pipe.scheduler).from_config(self.pipe.scheduler.config)
-        scheduler.set_timesteps(self.workload.steps, device=self.workload.device)
-        return scheduler.timesteps
+        """The timesteps a run of this workload uses (a copy of the pipeline's scheduler, set as the pipeline does)."""
+        size = tuple(self.clips[0].frames.shape[:3]) if self.clips else self.workload.synthetic_size()
+        return self.kind.timesteps(self.pipe, self.workload.steps, size, self.workload.device)
+
+    def engine_mask(self, clip: Clip) -> torch.Tensor | None:
+        """The edit mask `apply_hetcache` is given for this pipeline: none for Wan-VACE (read from its control
+        states), the clip's pixel mask otherwise."""
+        return torch.from_numpy(clip.mask) if self.kind.engine_mask else None
+
+    def _prompt_masks(self) -> dict[str, torch.Tensor]:
+        """All-ones attention masks for the prompt embeddings, for pipelines that take them (LTX-Video)."""
+        if not self.kind.prompt_masks:
+            return {}
+        device = self.prompt_embeds.device
+        return {
+            "prompt_attention_mask": torch.ones(self.prompt_embeds.shape[:2], device=device),
+            "negative_prompt_attention_mask": torch.ones(self.negative_prompt_embeds.shape[:2], device=device),
+        }
 
     def generate_cached(
         self,
@@ -107,7 +124,8 @@ class LoadedWorkload:
         """
         from ..engine import apply_hetcache
 
-        with apply_hetcache(self.pipe, policy, strict=strict, plan=plan) as handle:
+        mask = self.engine_mask(clip)
+        with apply_hetcache(self.pipe, policy, strict=strict, plan=plan, mask=mask) as handle:
             generation = self.generate(clip, decode=decode, seed=seed)
             return generation, handle.stats()
 
@@ -115,7 +133,6 @@ class LoadedWorkload:
     def generate(self, clip: Clip, decode: bool = True, seed: int | None = None) -> Generation:
         """Run the pipeline on one clip (masked region painted grey first, as an editing input)."""
         w = self.workload
-        video, mask = pipeline_inputs(clip)
         captured: dict[str, float | torch.Tensor] = {}
 
         def first_call(module, args):
@@ -133,10 +150,12 @@ class LoadedWorkload:
         handles = [self.pipe.transformer.register_forward_pre_hook(first_call)]
         started = time.perf_counter()
         try:
-            with _memoized_conditioning(self.pipe, self._conditioning, clip.name):
+            with contextlib.ExitStack() as stack:
+                if self.kind.memoise_conditioning:
+                    stack.enter_context(_memoized_conditioning(self.pipe, self._conditioning, clip.name))
                 output = self.pipe(
-                    video=video,
-                    mask=mask,
+                    **self.kind.arguments(clip),
+                    **self._prompt_masks(),
                     prompt_embeds=self.prompt_embeds,
                     negative_prompt_embeds=self.negative_prompt_embeds,
                     height=clip.frames.shape[1],

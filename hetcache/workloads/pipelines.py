@@ -4,28 +4,39 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from .. import reference
 from ..dtypes import torch_dtype
-from ..errors import InputError, UnsupportedModelError
+from ..engine.registry import model_shape
+from ..errors import InputError
 from ..video import Constraints, load_clip, reconcile
 from .clips import Clip, synthetic_clip
+from .pipeline_kinds import clip_constraints, kind_named
 from .spec import Workload
 
-SUPPORTED_PIPELINES = ("WanVACEPipeline",)
 
-
-def _pipeline_class_name(source: str) -> str | None:
+def pipeline_class(source: str | Path) -> str | None:
+    """The `_class_name` of a local pipeline folder's model_index.json (None for a hub id or a folder without one);
+    the one reader of that file."""
     index = Path(source) / "model_index.json"
-    if index.is_file():
-        return json.loads(index.read_text(encoding="utf-8")).get("_class_name")
-    return None
+    if not index.is_file():
+        return None
+    try:
+        data = json.loads(index.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InputError(
+            f"'{index}' cannot be read as JSON ({exc}).", "re-save the pipeline with save_pretrained."
+        ) from None
+    return data.get("_class_name") if isinstance(data, dict) else None
 
 
 def load_pipeline(workload: Workload):
-    """The WanVACEPipeline a workload names, on its device and dtype, with the progress bar off."""
+    """The pipeline a workload names (Wan-VACE or LTX-Video, `pipeline_kinds`), on its device and dtype, with the
+    progress bar off."""
+    import diffusers
     from diffusers import WanVACEPipeline
     from diffusers.utils import logging as diffusers_logging
 
@@ -46,15 +57,12 @@ def load_pipeline(workload: Workload):
         source = str(reference.MODEL_DIR) if workload.is_reference else workload.pipeline
         if workload.is_reference:
             reference.verify()
-        class_name = _pipeline_class_name(source)
-        if class_name is not None and class_name not in SUPPORTED_PIPELINES:
-            raise UnsupportedModelError(
-                f"pipeline '{source}' is a {class_name}; hetcache runs masked video editing with "
-                f"{', '.join(SUPPORTED_PIPELINES)}.",
-                "point --pipeline at a Wan-VACE pipeline folder or hub id (e.g. a Wan2.1-VACE-1.3B-diffusers copy).",
-            )
+        class_name = pipeline_class(source) or WanVACEPipeline.__name__  # a hub id: a Wan-VACE pipeline
+        kind_named(class_name, source)
         try:
-            pipe = WanVACEPipeline.from_pretrained(source, text_encoder=None, tokenizer=None, dtype=dtype)
+            pipe = getattr(diffusers, class_name).from_pretrained(
+                source, text_encoder=None, tokenizer=None, dtype=dtype
+            )
         except (OSError, ValueError) as exc:
             raise InputError(
                 f"cannot load pipeline '{source}' ({str(exc).splitlines()[0]}).",
@@ -102,7 +110,7 @@ def load_prompt_embeds(workload: Workload, pipe) -> tuple[torch.Tensor, torch.Te
             f"workload '{workload.name}' uses pipeline '{workload.pipeline}' but gives no prompt embeddings.",
             "pass --prompt-embeds FILE (a safetensors/torch file with 'prompt_embeds' and 'negative_prompt_embeds').",
         )
-    expected = pipe.transformer.config.text_dim
+    expected = model_shape(pipe.transformer).text_dim
     if positive.ndim != 3 or positive.shape[-1] != expected:
         raise InputError(
             f"prompt embeddings have shape {tuple(positive.shape)}; the transformer expects [1, L, {expected}].",
@@ -112,9 +120,11 @@ def load_prompt_embeds(workload: Workload, pipe) -> tuple[torch.Tensor, torch.Te
     return positive.to(workload.device, dtype), negative.to(workload.device, dtype)
 
 
-def load_clips(workload: Workload) -> list[Clip]:
-    """The workload's clips, reconciled with its size and Wan's constraints (notes say what changed)."""
-    constraints = Constraints(height=workload.height, width=workload.width, num_frames=workload.num_frames)
+def load_clips(workload: Workload, pipe: Any = None) -> list[Clip]:
+    """The workload's clips, reconciled with its size and the pipeline's constraints (Wan's without one; notes say
+    what changed)."""
+    size = dict(height=workload.height, width=workload.width, num_frames=workload.num_frames)
+    constraints = Constraints(**size) if pipe is None else clip_constraints(pipe, **size)
     clips = []
     for source in workload.clip_sources():
         if source.kind is not None:
