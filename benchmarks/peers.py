@@ -7,9 +7,11 @@
 
 Rows: uncached; fewer steps; timestep-only reuse (hetcache's plan with no PARTIAL steps, TeaCache-style); diffusers'
 FirstBlockCache, MagCache (calibrated first), TaylorSeer (patterns that hook Wan blocks), PyramidAttentionBroadcast;
-cache-dit's DBCache (optional); HetCache with the paper-settings policy; HetCache with tuned policies. Each is run at
-its operating points on every clip, runs interleaved across rows for `--reps` rounds; quality is measured against
-the uncached output of the same seed. Writes benchmarks/results/peers.{md,json,html} (and .png with kaleido).
+cache-dit's DBCache (optional); HetCache with the paper-settings policy, also scored as the paper's own code scores
+(pasted back, whole frame); HetCache with tuned policies. Each is run at its operating points on every clip, runs
+interleaved across rows for `--reps` rounds; quality is measured against the uncached output of the same seed under
+the same editing contract (`--contract`, every row; the paper's-evaluation row always pastes, its reference
+too). Writes benchmarks/results/peers.{md,json,html} (and .png with kaleido).
 """
 
 from __future__ import annotations
@@ -35,8 +37,9 @@ import peers_report
 
 from hetcache import reference
 from hetcache.atomic import json_safe
+from hetcache.contracts import parse_contract
 from hetcache.errors import InputError
-from hetcache.metrics import clip_quality, latent_rel_l2, mean_quality
+from hetcache.metrics import clip_quality, latent_rel_l2, mean_quality, video_psnr
 from hetcache.policy import is_policy_file, load_policy
 from hetcache.workloads.execute import LoadedWorkload
 
@@ -44,7 +47,8 @@ QUICK = dict(height=128, width=128, num_frames=17, steps=20, clips="box,moving",
 FULL = dict(height=480, width=832, num_frames=33, steps=20, clips="box", reps=2)
 FULL_TRANSFORMER = reference.WAN21_VACE_1_3B
 FULL_TEXT_LEN = 512
-QUALITY_KEYS = ("psnr", "psnr_mask", "ssim", "ssim_mask", "latent_rel_l2")
+QUALITY_KEYS = ("psnr", "psnr_mask", "psnr_seam", "ssim", "ssim_mask", "ssim_seam", "latent_rel_l2")
+SOURCE_KEYS = ("psnr_vs_source", "psnr_uncached_vs_source")  # the paper's-evaluation row: against the source clip
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -136,6 +140,21 @@ def tuned_policies(paths: list[Path] | None) -> list[tuple[str, Any]]:
     return [(name + hand if p.provenance.get("source") == "hand" else name, p) for name, p in loaded]
 
 
+class Sessions:
+    """The benchmark's session and one per other editing contract a row asks for (sharing its pipeline)."""
+
+    def __init__(self, session: LoadedWorkload):
+        self.main = session
+        self.by_contract = {session.workload.contract: session}
+
+    def of(self, point: pm.Point) -> LoadedWorkload:
+        contract = parse_contract(point.contract or self.main.workload.contract).name
+        if contract not in self.by_contract:
+            workload = self.main.workload.replace(contract=contract)
+            self.by_contract[contract] = LoadedWorkload(workload, pipe=self.main.pipe)
+        return self.by_contract[contract]
+
+
 def _generate(point: pm.Point, session: LoadedWorkload, clip, steps_sessions: dict, decode: bool) -> dict[str, Any]:
     cuda = session.workload.device.startswith("cuda")
     if cuda:
@@ -148,32 +167,41 @@ def _generate(point: pm.Point, session: LoadedWorkload, clip, steps_sessions: di
 
 
 def measure(session: LoadedWorkload, points: list[pm.Point], reps: int, log) -> dict[str, dict[str, Any]]:
-    """Every runnable point on every clip, `reps` interleaved rounds; quality and FLOPs from the first round."""
+    """Every runnable point on every clip, `reps` interleaved rounds; quality and FLOPs from the first round, against
+    the uncached output under the row's contract."""
     runnable = [p for p in points if not p.unavailable]
+    sessions = Sessions(session)
     steps_sessions: dict[int, LoadedWorkload] = {}
     results: dict[str, dict[str, Any]] = {p.key: {"seconds": [], "clips": {}} for p in runnable}
-    references: dict[str, Any] = {}
+    references: dict[tuple[str, str], Any] = {}
     baseline_drift = [0.0]
     for rep in range(reps):
         for point in runnable:
             total = 0.0
+            mine = sessions.of(point)
             for clip in session.clips:
-                record = _generate(point, session, clip, steps_sessions, decode=rep == 0)
+                record = _generate(point, mine, clip, steps_sessions, decode=rep == 0)
                 generation = record["generation"]
                 total += generation.denoise_seconds
+                key = (mine.workload.contract, clip.name)
                 if rep > 0:
                     if point.kind == "uncached":  # the baseline must not drift: no row may leave state behind
-                        drift = latent_rel_l2(references[clip.name].latents, generation.latents)
+                        drift = latent_rel_l2(references[key].latents, generation.latents)
                         baseline_drift[0] = max(baseline_drift[0], drift)
                     continue
                 if point.kind == "uncached":
-                    references[clip.name] = generation
-                ref = references[clip.name]
+                    references[key] = generation
+                if key not in references:  # a row under its own contract: its uncached reference, once
+                    references[key] = mine.generate(clip)
+                ref = references[key]
                 quality = clip_quality(ref.frames, generation.frames, clip.mask, ref.latents, generation.latents)
+                if point.contract is not None:
+                    quality["psnr_vs_source"] = video_psnr(clip.frames, generation.frames)
+                    quality["psnr_uncached_vs_source"] = video_psnr(clip.frames, ref.frames)
                 stats = record["stats"]
                 results[point.key]["clips"][clip.name] = {
                     "flops": record["flops"],
-                    "quality": {k: quality[k] for k in QUALITY_KEYS},
+                    "quality": {k: quality[k] for k in (*QUALITY_KEYS, *SOURCE_KEYS) if k in quality},
                     "peak_bytes": record["peak_bytes"],
                     "decisions": stats.get("decisions"),
                     "cache_bytes": stats.get("cache_bytes"),
@@ -192,6 +220,7 @@ def summarise(points: list[pm.Point], results: dict, checks: dict[str, dict]) ->
     rows = []
     for point in points:
         row: dict[str, Any] = {"method": point.method, "setting": point.setting, "kind": point.kind}
+        row["contract"] = point.contract
         row["correctness"] = checks.get(point.key) or checks.get(point.method) or {}
         row["notes"] = list(point.notes)
         if point.unavailable:
@@ -243,7 +272,8 @@ def render(path: Path, out: Path, figure_wanted: bool) -> int:
         raise InputError(f"--render file '{path}' cannot be read ({exc}).", "pass a JSON file peers.py wrote.") from exc
     if not isinstance(report, dict) or "rows" not in report:
         raise InputError(f"--render file '{path}' is not a peers report (no rows).", "pass a JSON file peers.py wrote.")
-    report["goal"] = json_safe(peers_report.goal_check(report["rows"]))
+    metrics = parse_contract(report["workload"].get("contract")).headline_metrics
+    report["goal"] = json_safe(peers_report.goal_check(report["rows"], metrics))
     peers_report.write(out, report, figure_wanted=figure_wanted)
     print(peers_report.markdown(report))
     return 0
@@ -289,7 +319,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "flops_method": peers_report.FLOPS_METHOD,
         "baseline_drift": results[points[0].key].get("baseline_drift"),
     }
-    goal = peers_report.goal_check(rows)
+    goal = peers_report.goal_check(rows, parse_contract(session.workload.contract).headline_metrics)
     report = {**context, "rows": rows, "goal": goal}
     peers_report.write(args.out, json_safe(report), figure_wanted=not args.no_figure)
     print(peers_report.markdown(report))

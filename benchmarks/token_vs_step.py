@@ -4,6 +4,7 @@
     python benchmarks/token_vs_step.py --kinds small_box,box --sizes 128,256,384 --steps 20
     python benchmarks/token_vs_step.py --variants tokens.refresh_skipped_kv=true   # one more token-level variant
     python benchmarks/token_vs_step.py --render benchmarks/results/token_vs_step.json   # only re-write the table
+    python benchmarks/token_vs_step.py --contract paste --points 8 --out benchmarks/results/token_vs_step_paste.json
 
 At each point (mask kind, size, steps) and held-out seed: the uncached run, then cached runs of explicit plans that
 cache the steps hetcache's accumulated-change rule caches at a ladder of thresholds (warm-up steps and the last step
@@ -18,7 +19,15 @@ Token-level plans are token:* and mixed:*. For each configuration the plans whos
 accounting, not wall-clock) brackets each target are run, and whole-frame and in-mask PSNR against the uncached run
 of the same seed (`hetcache.metrics`) are interpolated linearly in FLOPs at the target. The best configuration of
 each family (by the mean over seeds, per metric) is compared: token − step in dB, mean and range over seeds.
-Numbers come from the tiny reference model. Results are checkpointed after every run: a rerun resumes.
+
+With `--points N` each configuration also runs N plans spread over its whole ladder (the accumulated-change sets
+and, for few steps, evenly spread step sets), and each family is read along its envelope: the upper Pareto front of
+all its runs (every configuration of the family) in FLOPs against quality, interpolated linearly at equal FLOPs — a
+coarse ladder would flatter whichever side has the denser points. `--contract` runs every run (the uncached ones
+too) under an editing contract (hetcache.contracts); under paste, feather and blend the compared metrics are in the
+mask and across its edge (`psnr_mask`, `psnr_seam`), since whole-frame PSNR after paste-back is a function of the
+mask's area (still recorded). Numbers come from the tiny reference model. Results are checkpointed after every run:
+a rerun resumes.
 """
 
 from __future__ import annotations
@@ -43,6 +52,7 @@ import torch
 from benchmark_base import BENCHMARK_BASE
 
 from hetcache.atomic import write_json, write_text
+from hetcache.contracts import contract_note, contract_type, parse_contract
 from hetcache.engine.registry import model_token_mask
 from hetcache.errors import InputError, PolicyError
 from hetcache.metrics import clip_quality
@@ -63,8 +73,10 @@ TOKEN_VARIANTS: dict[str, dict[str, Any]] = {  # name: policy field overrides on
     "attention0.1": {"context_ratio": 0.1, "selection": "attention"},
 }
 MARGIN_FIELDS = ("mask_threshold", "margin_width", "margin_frames", "margin_ratio", "skip_fill")
-QUALITY_KEYS = ("psnr", "psnr_mask", "psnr_margin", "psnr_background", "ssim", "ssim_mask", "latent_rel_l2")
-METRICS = ("psnr", "psnr_mask")  # compared at equal FLOPs
+QUALITY_KEYS = ("psnr", "psnr_mask", "psnr_margin", "psnr_background", "psnr_seam", "ssim", "ssim_mask", "ssim_seam")
+QUALITY_KEYS += ("latent_rel_l2",)
+METRICS = ("psnr", "psnr_mask")  # compared at equal FLOPs under contract none (report_metrics: the contract's)
+CROSSOVER_GRID = tuple(round(0.2 + 0.05 * i, 2) for i in range(16))  # FLOPs fractions the envelopes are read at
 WIN_DB = 1.0  # the issue's bar: token-level ahead by this much, whole frame and in the mask
 QUICK = dict(kinds="small_box", sizes="128", steps="8", seeds="1", targets="0.5", token_variants="ctx0")
 DEFAULTS = dict(
@@ -185,6 +197,25 @@ def cached_step_sets(session: LoadedWorkload, warmup: int) -> list[tuple[int, ..
             found.setdefault(cached, None)
     found.setdefault(tuple(range(warmup, steps - 1)), None)
     return sorted(found, key=len)
+
+
+def spread_step_sets(steps: int, warmup: int) -> list[tuple[int, ...]]:
+    """For every count k of cacheable steps, k steps spread evenly between the warm-up and the last step: a ladder
+    of one plan per k, dense where the accumulated-change ladder is sparse (few steps)."""
+    cacheable = list(range(warmup, steps - 1))
+    sets = []
+    for k in range(1, len(cacheable) + 1):
+        picks = sorted({cacheable[round(i * (len(cacheable) - 1) / max(1, k - 1))] for i in range(k)})
+        if len(picks) == k:
+            sets.append(tuple(picks))
+    return sets
+
+
+def spanning(candidates: Sequence[str], points: int) -> list[str]:
+    """`points` plans spread evenly over a ladder (fewest cached steps first), both ends included."""
+    if len(candidates) <= points:
+        return list(candidates)
+    return [candidates[round(i * (len(candidates) - 1) / (points - 1))] for i in range(points)]
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -319,7 +350,73 @@ def interpolate(runs: list[dict[str, Any]], target: float, metric: str) -> float
     return b[metric] + (a[metric] - b[metric]) * (target - fb) / (fa - fb)
 
 
-def summarise_point(point: dict[str, Any], targets: Sequence[float]) -> dict[str, Any]:
+def family_of(config: str) -> str:
+    """'step' for step-only configurations, 'token' for every configuration with PARTIAL steps (token:*, mixed:*)."""
+    return "step" if config.split(":")[0] == "step" else "token"
+
+
+def envelope(runs: list[dict[str, Any]], metric: str) -> list[tuple[float, float]]:
+    """The upper Pareto front of runs in (FLOPs fraction, `metric`): no other run is cheaper and at least as good."""
+    points = sorted(
+        ((r["flops_fraction"], r[metric]) for r in runs if isinstance(r.get(metric), (int, float))),
+        key=lambda p: (p[0], -p[1]),
+    )
+    front: list[tuple[float, float]] = []
+    for flops, value in points:
+        if not front or value > front[-1][1]:
+            front.append((flops, value))
+    return front
+
+
+def envelope_at(front: list[tuple[float, float]], target: float) -> float | None:
+    """The front's value at FLOPs fraction `target`, linear between its points; None outside the measured range
+    (below it: out of reach; above it: not measured — holding the last value there would flatter the other side)."""
+    if not front or not front[0][0] - 1e-9 <= target <= front[-1][0] + 1e-9:
+        return None
+    if len(front) == 1:
+        return front[0][1]
+    for (fa, va), (fb, vb) in itertools.pairwise(front):
+        if fa <= target <= fb:
+            return va if math.isclose(fa, fb) else va + (vb - va) * (target - fa) / (fb - fa)
+    return None
+
+
+def envelope_summary(seeds: list[dict[str, Any]], targets: Sequence[float], metrics: Sequence[str]) -> dict:
+    """Per FLOPs fraction (the targets and CROSSOVER_GRID) and metric: each family's envelope value per seed and
+    mean, and token − step (mean, min, max over seeds); with the number of runs and front points per family."""
+    fronts = [
+        {
+            m: {f: envelope([r for r in s["runs"] if family_of(r["config"]) == f], m) for f in ("step", "token")}
+            for m in metrics
+        }
+        for s in seeds
+    ]
+    counts = {
+        f: min((sum(family_of(r["config"]) == f for r in s["runs"]) for s in seeds), default=0)
+        for f in ("step", "token")
+    }
+    spans = {f: [front[metrics[0]][f] for front in fronts] for f in ("step", "token")}
+    measured = {  # the FLOPs range every seed's front covers, per family
+        f: [max(fr[0][0] for fr in spans[f]), min(fr[-1][0] for fr in spans[f])] if all(spans[f]) else None
+        for f in ("step", "token")
+    }
+    at: dict[str, Any] = {}
+    for flops in sorted(set(targets) | set(CROSSOVER_GRID), reverse=True):
+        entry: dict[str, Any] = {}
+        for metric in metrics:
+            values = {f: [envelope_at(front[metric][f], flops) for front in fronts] for f in ("step", "token")}
+            cell: dict[str, Any] = {f: statistics.fmean(v) if v and None not in v else None for f, v in values.items()}
+            if cell["step"] is not None and cell["token"] is not None:
+                diffs = [t - s for t, s in zip(values["token"], values["step"], strict=True)]
+                cell["token_minus_step"] = {"mean": statistics.fmean(diffs), "min": min(diffs), "max": max(diffs)}
+            else:
+                cell["token_minus_step"] = None
+            entry[metric] = cell
+        at[f"{flops:g}"] = entry
+    return {"runs_per_family": counts, "flops_range": measured, "at": at}
+
+
+def summarise_point(point: dict[str, Any], targets: Sequence[float], metrics: Sequence[str] = METRICS) -> dict:
     """Per target: each configuration's interpolated quality per seed and mean (configurations run on every
     complete seed), the best step-only and best token-level configuration per metric, and token − step (mean, min,
     max over seeds)."""
@@ -331,7 +428,7 @@ def summarise_point(point: dict[str, Any], targets: Sequence[float]) -> dict[str
         per_config: dict[str, dict[str, Any]] = {}
         for name in names:
             entry: dict[str, Any] = {}
-            for metric in METRICS:
+            for metric in metrics:
                 values = [interpolate([r for r in s["runs"] if r["config"] == name], target, metric) for s in seeds]
                 entry[metric] = {
                     "per_seed": values,
@@ -340,7 +437,7 @@ def summarise_point(point: dict[str, Any], targets: Sequence[float]) -> dict[str
             per_config[name] = entry
         best: dict[str, Any] = {}
         diff: dict[str, Any] = {}
-        for metric in METRICS:
+        for metric in metrics:
             for side in ("step", "token"):
                 reached = [
                     (per_config[n][metric]["mean"], n)
@@ -358,7 +455,14 @@ def summarise_point(point: dict[str, Any], targets: Sequence[float]) -> dict[str
             else:
                 diff[metric] = None
         out[f"{target:g}"] = {"configs": per_config, "best": best, "token_minus_step": diff}
+    if seeds:
+        out["envelope"] = envelope_summary(seeds, targets, metrics)
     return out
+
+
+def report_metrics(report: dict[str, Any]) -> tuple[str, str]:
+    """The two metrics a report compares: its contract's headline (whole / in-mask for the raw output)."""
+    return parse_contract(report["settings"].get("contract")).headline_metrics
 
 
 def ordered(report: dict[str, Any]) -> list[dict[str, Any]]:
@@ -366,12 +470,15 @@ def ordered(report: dict[str, Any]) -> list[dict[str, Any]]:
     return sorted(report["points"].values(), key=lambda p: (p["steps"], p["size"], p["mask_share"]))
 
 
-def _pair(best: dict[str, Any]) -> str:
-    """'whole / in-mask' mean PSNR of a family's best configurations, or why there is none."""
-    whole, inside = best["psnr"], best["psnr_mask"]
-    if whole is None or inside is None:
+LABELS = {"psnr": "whole", "psnr_mask": "in-mask", "psnr_seam": "seam"}
+
+
+def _pair(best: dict[str, Any], metrics: Sequence[str]) -> str:
+    """'a / b' mean PSNR of a family's best configurations in the two compared metrics, or why there is none."""
+    values = [best[m] for m in metrics]
+    if None in values:
         return "out of reach"
-    return f"{whole['mean']:.1f} / {inside['mean']:.1f}"
+    return " / ".join(f"{v['mean']:.1f}" for v in values)
 
 
 def _delta(diff: dict[str, float] | None) -> str:
@@ -379,15 +486,26 @@ def _delta(diff: dict[str, float] | None) -> str:
     return "–" if diff is None else f"{diff['mean']:+.2f} [{diff['min']:+.2f}, {diff['max']:+.2f}]"
 
 
+def _targets_of(point: dict[str, Any]) -> dict[str, Any]:
+    """A point's per-target summaries (without the envelope entry)."""
+    return {k: v for k, v in point.get("summary", {}).items() if k != "envelope"}
+
+
 def markdown(report: dict[str, Any]) -> str:
-    """The crossover table: per target, each point's best step-only and token-level quality and their difference."""
+    """The crossover table: per target, each point's best step-only and token-level quality and their difference;
+    with envelopes (--points), each family's envelope at equal FLOPs."""
+    metrics = report_metrics(report)
+    contract = report["settings"].get("contract", "none")
+    names = " / ".join(LABELS[m] for m in metrics)
     seeds = sorted({seed for point in report["points"].values() for seed in point["seeds"]})
+    note = contract_note(contract)
     lines = [
         "Token-level (PARTIAL steps) vs step-only (REUSE) caching at equal FLOPs, tiny reference model, held-out "
-        f"seeds {', '.join(seeds)}; whole-frame / in-mask PSNR (dB) against the uncached run, "
-        "interpolated at the FLOPs fraction; the best configuration of each family by its mean over seeds "
-        "(per metric: whole / in-mask when they differ); token − step: mean [min, max] over seeds. 'out of reach': no "
-        f"plan of the family gets that cheap. 'wins': token-level ahead by ≥ {WIN_DB:g} dB in both.",
+        f"seeds {', '.join(seeds)}, editing contract `{contract}` (every run, uncached ones included); {names} PSNR "
+        "(dB) against the uncached run, interpolated at the FLOPs fraction; the best configuration of each family by "
+        f"its mean over seeds (per metric: {names} when they differ); token − step: mean [min, max] over seeds. 'out "
+        f"of reach': no plan of the family gets that cheap. 'wins': token-level ahead by ≥ {WIN_DB:g} dB in both."
+        + (f" {note}" if note else ""),
         "",
         "Commands:",
         "",
@@ -398,52 +516,102 @@ def markdown(report: dict[str, Any]) -> str:
     for target in targets:
         key = f"{target:g}"
         lines += [
-            f"At {key} of the uncached FLOPs ({1 / target:.2g}× fewer):",
+            f"At {key} of the uncached FLOPs ({1 / target:.2g}× fewer), contract `{contract}`:",
             "",
             "| mask | area: pixels / tokens | size | steps | seeds | step-only | token-level (best config) | "
-            "token − step whole | token − step in-mask | wins |",
+            + " | ".join(f"token − step {LABELS[m]}" for m in metrics)
+            + " | wins |",
             "|---|---|---|---|---|---|---|---|---|---|",
         ]
         for point in ordered(report):
-            summary = point.get("summary", {}).get(key)
+            summary = _targets_of(point).get(key)
             seeds = sum(bool(entry.get("complete")) for entry in point["seeds"].values())
             if summary is None or not seeds:
                 continue
             best, diff = summary["best"], summary["token_minus_step"]
-            names = dict.fromkeys(best["token"][m]["config"] for m in METRICS if best["token"][m])
-            win = all(diff[m] is not None and diff[m]["mean"] >= WIN_DB for m in METRICS)
-            ahead = all(diff[m] is not None and diff[m]["mean"] > 0 for m in METRICS)
-            verdict = "**yes**" if win else ("ahead < 1 dB" if ahead else "no")
-            area = f"{100 * point['mask_share']:.1f} % / {100 * point.get('token_share', math.nan):.0f} %"
+            configs = dict.fromkeys(best["token"][m]["config"] for m in metrics if best["token"][m])
             lines.append(
-                f"| {point['kind']} | {area} | {point['size']}² | {point['steps']} | {seeds} | "
-                f"{_pair(best['step'])} | {_pair(best['token'])} ({' / '.join(names) or '–'}) | "
-                f"{_delta(diff['psnr'])} | {_delta(diff['psnr_mask'])} | {verdict} |"
+                f"| {point['kind']} | {_area(point)} | {point['size']}² | {point['steps']} | {seeds} | "
+                f"{_pair(best['step'], metrics)} | {_pair(best['token'], metrics)} ({' / '.join(configs) or '–'}) | "
+                + " | ".join(_delta(diff[m]) for m in metrics)
+                + f" | {_verdict([diff[m] for m in metrics])} |"
             )
         lines.append("")
-    return "\n".join(lines + config_tables(report, targets))
+    return "\n".join(lines + envelope_tables(report, metrics) + config_tables(report, targets, metrics))
 
 
-def config_tables(report: dict[str, Any], targets: Sequence[float]) -> list[str]:
-    """Per target, every configuration's mean whole / in-mask PSNR at each point ('–': out of reach)."""
-    summaries = [s for p in report["points"].values() for s in p.get("summary", {}).values()]
+def _area(point: dict[str, Any]) -> str:
+    return f"{100 * point['mask_share']:.1f} % / {100 * point.get('token_share', math.nan):.0f} %"
+
+
+def _verdict(diffs: list[dict[str, float] | None]) -> str:
+    if all(d is not None and d["mean"] >= WIN_DB for d in diffs):
+        return "**yes**"
+    return "ahead < 1 dB" if all(d is not None and d["mean"] > 0 for d in diffs) else "no"
+
+
+def envelope_tables(report: dict[str, Any], metrics: Sequence[str]) -> list[str]:
+    """Per point with envelopes: each family's envelope along the FLOPs grid and where token-level is ahead."""
+    points = [p for p in ordered(report) if "envelope" in p.get("summary", {})]
+    if not points or not report["settings"].get("points"):
+        return []
+    names = " / ".join(LABELS[m] for m in metrics)
+    lines = [
+        f"Along each family's envelope (the upper Pareto front of all its runs, {names} PSNR, mean over seeds; "
+        "token − step of the two envelopes at equal FLOPs; runs: the fewest per family on any seed):",
+        "",
+        "| mask | size | steps | runs step / token | FLOPs | step-only | token-level | "
+        + " | ".join(f"token − step {LABELS[m]}" for m in metrics)
+        + " | wins |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for point in points:
+        env = point["summary"]["envelope"]
+        runs = env["runs_per_family"]
+        for flops, entry in env["at"].items():
+            cells = [entry[m] for m in metrics]
+            ranges = [r for r in env["flops_range"].values() if r]
+            if not ranges or float(flops) > max(r[1] for r in ranges):
+                continue  # above what either family measured: nothing to compare
+
+            def pair(family: str, cells=cells, flops=float(flops), env=env) -> str:
+                values = [c[family] for c in cells]
+                if None not in values:
+                    return " / ".join(f"{v:.1f}" for v in values)
+                span = env["flops_range"][family]
+                return "out of reach" if span is None or flops < span[0] else "not measured"
+
+            diffs = [c["token_minus_step"] for c in cells]
+            lines.append(
+                f"| {point['kind']} | {point['size']}² | {point['steps']} | {runs['step']} / {runs['token']} | "
+                f"{flops} | {pair('step')} | {pair('token')} | "
+                + " | ".join(_delta(d) for d in diffs)
+                + f" | {_verdict(diffs)} |"
+            )
+    return [*lines, ""]
+
+
+def config_tables(report: dict[str, Any], targets: Sequence[float], metrics: Sequence[str]) -> list[str]:
+    """Per target, every configuration's mean quality in the two compared metrics at each point ('–': out of reach)."""
+    summaries = [s for p in report["points"].values() for s in _targets_of(p).values()]
     names = sorted({n for s in summaries for n in s["configs"]}, key=lambda n: (n.split(":")[0] != "step", n))
+    shown = " / ".join(LABELS[m] for m in metrics)
     lines = []
     for target in targets:
         key = f"{target:g}"
         rows = []
         for point in ordered(report):
-            configs = point.get("summary", {}).get(key, {}).get("configs")
+            configs = _targets_of(point).get(key, {}).get("configs")
             if not configs or not any(entry.get("complete") for entry in point["seeds"].values()):
                 continue
             cells = []
             for name in names:
                 entry = configs.get(name)
-                whole, inside = (entry[m]["mean"] if entry else None for m in METRICS)
-                cells.append("" if entry is None else "–" if None in (whole, inside) else f"{whole:.1f} / {inside:.1f}")
+                a, b = (entry[m]["mean"] if entry else None for m in metrics)
+                cells.append("" if entry is None else "–" if None in (a, b) else f"{a:.1f} / {b:.1f}")
             rows.append(f"| {point['kind']} | {point['size']}² | {point['steps']} | " + " | ".join(cells) + " |")
         if rows:
-            lines += [f"Every configuration at {key} of the FLOPs (whole / in-mask PSNR, mean over seeds):", ""]
+            lines += [f"Every configuration at {key} of the FLOPs ({shown} PSNR, mean over seeds):", ""]
             lines += ["| mask | size | steps | " + " | ".join(names) + " |", "|---|---|---|" + "---|" * len(names)]
             lines += [*rows, ""]
     return lines
@@ -534,6 +702,19 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--merge", action="append", type=Path, default=[], help="add the results of another --out file (repeatable)"
     )
+    parser.add_argument(
+        "--contract",
+        type=contract_type,
+        default="none",
+        help="editing contract of every run (none, paste, feather:N, blend, blend+paste; default none)",
+    )
+    parser.add_argument(
+        "--points",
+        type=int,
+        default=0,
+        help="also run this many plans spread over each configuration's ladder and compare the families along their "
+        "envelopes (≥ 8 for a crossover table; 0: bracketing runs only)",
+    )
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args(argv)
     defaults = QUICK if args.quick else DEFAULTS
@@ -565,6 +746,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         raise InputError(f"--targets {args.targets} must lie in (0, 1).", "e.g. --targets 0.7,0.5.")
     if not 0 <= args.split <= 1:
         raise InputError(f"--split {args.split} must lie in [0, 1].", "e.g. --split 0.5.")
+    if args.points < 0 or args.points == 1:
+        raise InputError(f"--points {args.points} spans no ladder.", "give 0 (off) or at least 2, e.g. --points 8.")
     if args.frames < 5 or (args.frames - 1) % 4:
         raise InputError(f"--frames {args.frames} is not 4k+1 ≥ 5.", "e.g. --frames 17.")
     return args
@@ -591,6 +774,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         "split": args.split,
         "configs": {c.name: {"family": c.family, **c.overrides} for c in configs},
     }
+    if args.contract != "none":  # results of earlier versions (no contract: none) stay resumable
+        settings["contract"] = args.contract
+    if args.points:
+        settings["points"] = args.points
     fresh = {"schema": SCHEMA, "settings": settings, "points": {}}
     report = read_report(args.out) if args.render else fresh if args.restart else load_checkpoint(args.out, settings)
     others = [read_report(path) for path in args.merge]  # all read before anything is written
@@ -612,7 +799,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     def save() -> None:
         report["created"] = _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")  # of this version of the file
         for point in report["points"].values():
-            point["summary"] = summarise_point(point, point.get("targets", report["targets"]))
+            point["summary"] = summarise_point(point, point.get("targets", report["targets"]), report_metrics(report))
         write_json(args.out, report)
         write_text(args.out.with_suffix(".md"), markdown(report) + "\n")
 
@@ -627,7 +814,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                 key = point_key(kind, size, steps)
                 sources = tuple(ClipSource(f"{kind}-{seed}", kind=kind, seed=seed) for seed in args.seeds)
                 workload = Workload(
-                    weights=args.weights, height=size, width=size, num_frames=args.frames, steps=steps, clips=sources
+                    weights=args.weights,
+                    height=size,
+                    width=size,
+                    num_frames=args.frames,
+                    steps=steps,
+                    clips=sources,
+                    contract=args.contract,
                 )
                 session = LoadedWorkload(workload, pipe=pipe)
                 pipe = session.pipe
@@ -639,6 +832,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                     for c in session.clips
                 )
                 candidates = cached_step_sets(session, warmup)
+                if args.points:
+                    extra = [c for c in spread_step_sets(steps, warmup) if c not in candidates]
+                    candidates = sorted(candidates + extra, key=len)
                 base_here = token_base(base, WorkloadSpec(**session.summary()), warmup)
                 for seed, clip in zip(args.seeds, session.clips, strict=True):
                     entry = point["seeds"].setdefault(str(seed), {"runs": []})
@@ -657,7 +853,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                     for config in configs:
                         plans = [config.plan(cached, steps, args.split) for cached in candidates]
                         plans = [p for p in plans if config.family == "step" or PARTIAL in p]
-                        runs_for_config(runner, config, list(dict.fromkeys(plans)), args.targets, entry["runs"], record)
+                        plans = list(dict.fromkeys(plans))
+                        runs_for_config(runner, config, plans, args.targets, entry["runs"], record)
+                        measured = {r["plan"] for r in entry["runs"] if r["config"] == config.name}
+                        for plan in spanning(plans, args.points) if args.points else []:
+                            if plan not in measured:
+                                run = runner.cached(config, plan)
+                                entry["runs"].append(run)
+                                record(run)
                     entry["complete"] = True
                     save()
     save()

@@ -53,7 +53,8 @@ def summary_lines(policy: Policy) -> list[str]:
     model = f"`{policy.model.class_name}` ({policy.model.fingerprint})" if policy.model else "any model"
     w = policy.workload
     size = f", {w.width}×{w.height}×{w.num_frames}" if w and w.width and w.height and w.num_frames else ""
-    made_for = f"{w.steps} steps{size}" if w else "any workload"
+    contract = f", editing contract `{w.contract}`" if w and w.contract else ""
+    made_for = f"{w.steps} steps{size}{contract}" if w else "any workload"
     s, t, layers = policy.step_plan, policy.tokens, policy.layers
     if s.rule == "explicit":
         rule = f"explicit plan `{s.plan}`"

@@ -26,6 +26,7 @@ from .cli_common import (
     run_cli,
     workload_from_args,
 )
+from .contracts import Contract, contract_note, parse_contract
 from .errors import InputError
 
 RUN_EXAMPLES = (
@@ -65,7 +66,29 @@ def _speedup_text(row: dict) -> str:
     return f"{row['speedup_time']:.2f} ({row['speedup_time_min']:.2f}–{row['speedup_time_max']:.2f})"
 
 
+def quality_columns(q: dict, contract: Contract) -> dict:
+    """A run table's quality columns, led by the contract's headline (in the mask and across its edge once the
+    source is pasted or blended back; whole frame first for the raw output)."""
+    if contract.keeps_source:
+        return {
+            "mask": q["psnr_mask"],
+            "seam": q["psnr_seam"],
+            "SSIM mask": q["ssim_mask"],
+            "margin": q["psnr_margin"],
+            "PSNR (frame)": q["psnr"],
+        }
+    return {
+        "PSNR": q["psnr"],
+        "mask": q["psnr_mask"],
+        "margin": q["psnr_margin"],
+        "bg": q["psnr_background"],
+        "SSIM": q["ssim"],
+        "SSIM mask": q["ssim_mask"],
+    }
+
+
 def _print_run(record: dict) -> None:
+    contract = parse_contract(record["summary"].get("contract"))
     rows = []
     for clip in record["clips"]:
         row = {"clip": clip["clip"]}
@@ -78,17 +101,7 @@ def _print_run(record: dict) -> None:
         if "speedup_time" in clip:
             row["time x (min–max)"] = _speedup_text(clip)
         if "quality" in clip:
-            q = clip["quality"]
-            row.update(
-                {
-                    "PSNR": q["psnr"],
-                    "mask": q["psnr_mask"],
-                    "margin": q["psnr_margin"],
-                    "bg": q["psnr_background"],
-                    "SSIM": q["ssim"],
-                    "SSIM mask": q["ssim_mask"],
-                }
-            )
+            row.update(quality_columns(clip["quality"], contract))
         rows.append(row)
     print(format_table(rows))
     summary = record["summary"]
@@ -101,12 +114,19 @@ def _print_run(record: dict) -> None:
             f"min–max {summary['speedup_time_min']:.2f}–{summary['speedup_time_max']:.2f}x"
             + (", not trustworthy: see the warnings)" if summary["warnings"] else ")")
         )
-        print(
-            f"\nspeedup: {summary['speedup_flops']:.2f}x FLOPs, {time_text}; "
-            f"mean PSNR {q['psnr']:.2f} dB (mask {q['psnr_mask']:.2f} dB), SSIM {q['ssim']:.4f}; LPIPS {lpips}"
-        )
+        if contract.keeps_source:
+            quality = (
+                f"mean PSNR in the mask {q['psnr_mask']:.2f} dB, across its edge {q['psnr_seam']:.2f} dB "
+                f"(whole frame {q['psnr']:.2f} dB), SSIM in the mask {q['ssim_mask']:.4f}"
+            )
+        else:
+            quality = f"mean PSNR {q['psnr']:.2f} dB (mask {q['psnr_mask']:.2f} dB), SSIM {q['ssim']:.4f}"
+        print(f"\nspeedup: {summary['speedup_flops']:.2f}x FLOPs, {time_text}; {quality}; LPIPS {lpips}")
         for warning in summary["warnings"]:
             print(f"warning: {warning}")
+    note = contract_note(contract)
+    if note and any("quality" in clip for clip in record["clips"]):
+        print(f"contract: {note}")
     for clip in record["clips"]:
         for note in clip.get("notes", [])[1:] + clip.get("stats", {}).get("notes", []):
             print(f"note [{clip['clip']}]: {note}")

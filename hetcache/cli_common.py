@@ -13,6 +13,7 @@ from typing import Any
 
 from . import __version__, cli_types
 from .atomic import MARKER, holds_only_marker, is_marked
+from .contracts import SYNTAX, contract_type
 from .errors import HetCacheError, InputError
 from .workloads.clips import CLIP_KINDS
 from .workloads.spec import ClipSource, Workload, load_workload, parse_clip_names
@@ -90,6 +91,12 @@ def add_workload_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--mask-threshold", type=cli_types.fraction_open, help="binarise a grey-level mask at this level, in (0, 1)"
     )
+    group.add_argument(
+        "--contract",
+        type=contract_type,
+        help=f"editing contract every run follows, uncached and cached: {SYNTAX} (default none: the raw output; "
+        "docs/contracts.md)",
+    )
 
 
 def workload_from_args(args: argparse.Namespace) -> Workload:
@@ -117,6 +124,7 @@ def workload_from_args(args: argparse.Namespace) -> Workload:
         ("dtype", "dtype"),
         ("fit", "fit"),
         ("mask_threshold", "mask_threshold"),
+        ("contract", "contract"),
     ):
         value = getattr(args, flag, None)
         if value is not None:

@@ -1,8 +1,11 @@
 """Quality of a cached output against the uncached output of the same pipeline, seed and inputs.
 
 PSNR and windowed SSIM (11x11 Gaussian, σ = 1.5, as scikit-image with `gaussian_weights=True`) over the whole
-frame and per region — inside the mask, the margin band around it, the background — plus the latent relative L2.
-LPIPS only with weights the user supplies (see `hetcache.lpips`); otherwise it is reported as unavailable.
+frame and per region — inside the mask, the margin band around it, the background, and the seam (a band across the
+mask's edge, `SEAM_BAND` pixels each side: where a paste-back shows) — plus the latent relative L2. LPIPS only with
+weights the user supplies (see `hetcache.lpips`); otherwise it is reported as unavailable. Under a contract that
+pastes or blends the source back (hetcache.contracts), whole-frame PSNR is a function of the mask's area: the
+headline there is `psnr_mask` and `psnr_seam`.
 """
 
 from __future__ import annotations
@@ -14,7 +17,9 @@ import torch
 import torch.nn.functional as F
 
 PSNR_CAP = 100.0  # dB reported for identical outputs (JSON has no infinity)
-REGIONS = ("frame", "mask", "margin", "background")
+REGIONS = ("frame", "mask", "margin", "background", "seam")
+MARGIN_BAND = 16  # pixels of the margin region outside the mask
+SEAM_BAND = 8  # pixels each side of the mask's edge in the seam region
 
 # metric name → whether higher is better; names are what --budget accepts.
 METRICS: dict[str, bool] = {
@@ -26,6 +31,8 @@ METRICS: dict[str, bool] = {
     "ssim_mask": True,
     "ssim_margin": True,
     "ssim_background": True,
+    "psnr_seam": True,
+    "ssim_seam": True,
     "latent_rel_l2": False,
     "lpips": False,
 }
@@ -70,6 +77,11 @@ def psnr(reference: torch.Tensor, test: torch.Tensor, region: torch.Tensor | Non
     return PSNR_CAP if mse <= 10 ** (-PSNR_CAP / 10) else -10.0 * math.log10(mse)
 
 
+def video_psnr(reference_frames: np.ndarray, test_frames: np.ndarray) -> float:
+    """Whole-frame PSNR of two videos [F, H, W, 3] (uint8, or float in [0, 1])."""
+    return psnr(_as_float_video(reference_frames), _as_float_video(test_frames))
+
+
 def _gaussian_window(size: int = 11, sigma: float = 1.5) -> torch.Tensor:
     """The normalised 1-D Gaussian; the 2-D SSIM window is its outer product (applied as two 1-D passes)."""
     r = torch.arange(size, dtype=torch.float64) - (size - 1) / 2
@@ -111,11 +123,18 @@ def ssim(reference: torch.Tensor, test: torch.Tensor, region: torch.Tensor | Non
     return _ssim_over(ssim_map(reference, test), region)
 
 
-def regions(mask: np.ndarray | torch.Tensor, band: int = 16) -> dict[str, torch.Tensor]:
-    """Pixel regions of a clip [F, H, W] bool: the mask, a `band`-pixel margin around it, the background."""
+def _grown(mask: torch.Tensor, band: int) -> torch.Tensor:
+    """Pixels within `band` (Chebyshev) of the mask [F, H, W] bool, per frame."""
+    return F.max_pool2d(mask.float().unsqueeze(1), 2 * band + 1, stride=1, padding=band).squeeze(1) > 0.5
+
+
+def regions(mask: np.ndarray | torch.Tensor, band: int = MARGIN_BAND, seam: int = SEAM_BAND) -> dict[str, torch.Tensor]:
+    """Pixel regions of a clip [F, H, W] bool: the mask, a `band`-pixel margin around it, the background, and the
+    seam: pixels within `seam` of the mask's edge, on either side."""
     m = torch.as_tensor(np.asarray(mask)).bool()
-    grown = F.max_pool2d(m.float().unsqueeze(1), 2 * band + 1, stride=1, padding=band).squeeze(1) > 0.5
-    return {"mask": m, "margin": grown & ~m, "background": ~grown}
+    grown = _grown(m, band)
+    seam_band = _grown(m, seam) & _grown(~m, seam)
+    return {"mask": m, "margin": grown & ~m, "background": ~grown, "seam": seam_band}
 
 
 def latent_rel_l2(reference: torch.Tensor, test: torch.Tensor) -> float:
@@ -130,7 +149,7 @@ def clip_quality(
     reference_latents: torch.Tensor | None = None,
     test_latents: torch.Tensor | None = None,
     lpips=None,
-    band: int = 16,
+    band: int = MARGIN_BAND,
 ) -> dict[str, float | str]:
     """Every metric of METRICS for one clip; region metrics of an empty region are NaN."""
     ref, out = _as_float_video(reference_frames), _as_float_video(test_frames)

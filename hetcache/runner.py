@@ -16,6 +16,7 @@ from typing import Any
 
 from . import __version__, timing
 from .atomic import atomic_dir, write_json
+from .contracts import RAW, Contract
 from .metrics import clip_quality, mean_quality
 from .policy import Policy, load_policy
 from .run_record import RUN_FILE, RUN_SCHEMA
@@ -117,9 +118,11 @@ def run_clips(
     return results
 
 
-def summarise(results: list[ClipResult]) -> dict[str, Any]:
-    """Speedups (FLOPs; wall-clock as the median over rounds of the clips' summed seconds), mean quality, warnings."""
-    out: dict[str, Any] = {"clips": len(results)}
+def summarise(results: list[ClipResult], contract: Contract = RAW) -> dict[str, Any]:
+    """Speedups (FLOPs; wall-clock as the median over rounds of the clips' summed seconds), mean quality, warnings;
+    the editing contract every run followed and the quality metrics that lead under it."""
+    out: dict[str, Any] = {"clips": len(results), "contract": contract.name}
+    out["headline_metrics"] = list(contract.headline_metrics)
     uncached = [r.uncached for r in results if r.uncached is not None]
     cached = [r for r in results if r.cached is not None]
     if uncached and not cached:
@@ -161,7 +164,7 @@ def write_run(
         "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         "workload": workload.to_dict(),
         "policy": policy.to_dict() if policy is not None else None,
-        "summary": summarise(results),
+        "summary": summarise(results, session.contract),
         "clips": [r.summary() for r in results],
     }
     with atomic_dir(out, overwrite=overwrite, kind="run") as tmp:
@@ -195,5 +198,5 @@ def run(
     session = LoadedWorkload(workload)
     results = run_clips(session, loaded, compare, strict, lpips, reps, before_run)
     if out is None:
-        return {"summary": summarise(results), "clips": [r.summary() for r in results]}
+        return {"summary": summarise(results, session.contract), "clips": [r.summary() for r in results]}
     return write_run(out, session, results, loaded, overwrite)

@@ -1,5 +1,6 @@
-"""Profiling a pipeline that is not a masked-editing Wan-VACE pipeline (Wan T2V, CogVideoX, LTX-Video, …) from a
-saved folder: prompt embeddings instead of a text encoder, no mask (drift and attention cover all tokens)."""
+"""Profiling a pipeline that is not a masked editor under the workload's contract (Wan T2V without blending,
+CogVideoX, LTX-Video, …) from a saved folder: prompt embeddings instead of a text encoder, no mask (drift and
+attention cover all tokens)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import torch
 
 from hetcache.dtypes import torch_dtype
 from hetcache.errors import InputError
-from hetcache.workloads.pipeline_kinds import SUPPORTED_PIPELINES
+from hetcache.workloads.pipeline_kinds import edits_masked_video
 from hetcache.workloads.pipelines import pipeline_class
 from hetcache.workloads.pipelines import read_prompt_embeds as read_embeddings_file
 from hetcache.workloads.spec import Workload
@@ -19,11 +20,11 @@ from .run import ClipRun
 
 
 def is_generic(workload: Workload) -> bool:
-    """Whether the workload's pipeline is a local folder of a class other than the masked-editing ones."""
+    """Whether the workload's pipeline is a local folder that does not edit a masked video under its contract."""
     if workload.is_reference:
         return False
     name = pipeline_class(workload.pipeline)
-    return name is not None and name not in SUPPORTED_PIPELINES
+    return name is not None and not edits_masked_video(name, workload.editing_contract)
 
 
 def read_prompt_embeds(path: str | None) -> tuple[torch.Tensor, torch.Tensor]:

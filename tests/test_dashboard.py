@@ -385,7 +385,7 @@ def test_compare_page_frames_metrics_and_slider(dashboard, demo_runs):
     captions = [img.proto.imgs[0].caption for img in rerun(at).get("image")]
     assert captions[0] == "uncached, frame 5" and captions[2] == "|difference| × 16"
     psnr = charts(at)["compare_psnr"]
-    assert [t["name"] for t in psnr["data"]] == ["frame", "mask", "margin", "background"]
+    assert [t["name"] for t in psnr["data"]] == ["frame", "mask", "margin", "background", "seam"]
     assert all(len(t["y"]) == 9 for t in psnr["data"]) and psnr["layout"]["shapes"][0]["x0"] == 5
     regions = at.dataframe[0].value.set_index("region")
     assert regions.loc["mask", "psnr (dB)"] == pytest.approx(clip["quality"]["psnr_mask"])

@@ -8,6 +8,7 @@ import contextlib
 import io
 import json
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import save_file
@@ -15,6 +16,7 @@ from safetensors.torch import save_file
 from hetcache import apply_hetcache
 from hetcache.architectures import ltx_config
 from hetcache.cli import main as hetcache_main
+from hetcache.errors import InputError
 from hetcache.policy import Policy, load_policy
 from hetcache.workloads.execute import LoadedWorkload
 from hetcache.workloads.spec import Workload, parse_clip_names
@@ -73,9 +75,10 @@ def saved(tmp_path_factory):
     return folders, embeds
 
 
-def session_for(saved, kind: str, clips: str = "box", steps: int = 5) -> LoadedWorkload:
+def session_for(saved, kind: str, clips: str = "box", steps: int = 5, contract: str = "none") -> LoadedWorkload:
     folders, embeds = saved
     workload = Workload(
+        contract=contract,
         pipeline=str(folders[kind]),
         prompt_embeds=str(embeds),
         steps=steps,
@@ -114,6 +117,18 @@ def test_partial_and_reuse_steps_on_a_pipeline_run_save_flops(saved):
     assert stats["token_classes"]["generative"][0] > 0
     error = (generation.latents - plain.latents).norm() / plain.latents.norm()
     assert 0 < float(error) < 0.5
+
+
+def test_paste_contracts_keep_the_source_outside_the_mask_and_blend_is_refused_with_the_fix(saved):
+    session = session_for(saved, "LTXPipeline", contract="paste")
+    clip = session.clips[0]
+    generation = session.generate(clip)
+    outside = ~clip.mask
+    assert np.array_equal(generation.frames[outside], clip.frames[outside].astype(np.float32) / 255.0)
+    assert not np.array_equal(generation.frames[clip.mask], clip.frames[clip.mask].astype(np.float32) / 255.0)
+    with pytest.raises(InputError, match="latent blending, which hetcache does not do for LTXPipeline") as refusal:
+        session_for(saved, "LTXPipeline", contract="blend")
+    assert "--contract paste" in refusal.value.fix
 
 
 def quiet(fn, *args):

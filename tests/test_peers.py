@@ -57,7 +57,7 @@ def test_every_row_runs_and_files_are_written(smoke):
         assert row["speedup_time_min"] <= row["speedup_time"] <= row["speedup_time_max"]
         assert set(row["quality"]) >= {"psnr", "psnr_mask", "ssim", "ssim_mask"}
     for method in pm.METHODS:
-        if method not in (pm.UNCACHED, pm.HETCACHE_PAPER, pm.HETCACHE_TUNED):
+        if method not in (pm.UNCACHED, pm.HETCACHE_PAPER, pm.HETCACHE_PAPER_EVAL, pm.HETCACHE_TUNED):
             assert len(_rows(report, method)) >= 2, f"{method} needs at least two operating points"
     (uncached,) = _rows(report, pm.UNCACHED)
     assert uncached["flops_fraction"] == 1.0 and uncached["quality"]["psnr"] == 100.0
@@ -67,6 +67,21 @@ def test_every_row_runs_and_files_are_written(smoke):
     assert markdown.count("\n| ") >= len(report["rows"]) + 1
     html = out.with_suffix(".html").read_text()
     assert "plotly" in html and pm.FBC in html
+
+
+def test_the_papers_own_evaluation_pastes_and_scores_the_whole_frame(smoke):
+    report, out = smoke["report"], smoke["out"]
+    (paper,) = _rows(report, pm.HETCACHE_PAPER)
+    (evaluation,) = _rows(report, pm.HETCACHE_PAPER_EVAL)
+    assert evaluation["contract"] == "paste" and paper["contract"] is None
+    assert evaluation["flops_fraction"] == pytest.approx(paper["flops_fraction"])
+    q, raw = evaluation["quality"], paper["quality"]
+    assert q["psnr_mask"] == pytest.approx(raw["psnr_mask"])  # paste-back does not touch the edit region
+    assert q["psnr"] > raw["psnr"]  # the pasted context matches exactly: whole-frame PSNR rises with it
+    assert q["psnr_vs_source"] < q["psnr"] and q["psnr_uncached_vs_source"] < 100
+    assert all(g["method"] != pm.HETCACHE_PAPER_EVAL for g in report["goal"])
+    markdown = out.with_suffix(".md").read_text()
+    assert "The paper's own evaluation" in markdown and "function of the mask's area" in markdown
 
 
 def test_render_rewrites_the_same_table_from_json(smoke, tmp_path):

@@ -118,3 +118,33 @@ def test_bad_flags_and_variants_fail_before_anything_runs(tmp_path, capsys):
         "selection": "attention",
         "context_ratio": 0.2,
     }
+
+
+def test_contract_and_envelopes(tmp_path):
+    out = tmp_path / "tvs-paste.json"
+    assert run_cli(tvs.main, [*TINY, "--contract", "paste", "--points", "3", "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["settings"]["contract"] == "paste" and report["settings"]["points"] == 3
+    point = report["points"]["small_box/64/6"]
+    runs = point["seeds"]["7001"]["runs"]
+    assert all(run["psnr_background"] == 100.0 for run in runs)  # every run, and its reference, pasted back
+    envelope = point["summary"]["envelope"]
+    assert envelope["runs_per_family"]["step"] >= 3 and envelope["runs_per_family"]["token"] >= 3
+    at = point["summary"]["0.8"]["best"]["step"]
+    assert set(at) == {"psnr_mask", "psnr_seam"}  # the contract's headline, not whole-frame PSNR
+    for flops, entry in envelope["at"].items():
+        cell = entry["psnr_mask"]
+        front = tvs.envelope([r for r in runs if r["family"] == "step"], "psnr_mask")
+        assert cell["step"] == tvs.envelope_at(front, float(flops))
+    table = out.with_suffix(".md").read_text()
+    assert "contract `paste`" in table and "token − step seam" in table and "function of the mask's area" in table
+
+
+def test_envelope_is_the_upper_front():
+    runs = [{"flops_fraction": f, "q": q} for f, q in ((0.4, 20.0), (0.5, 19.0), (0.6, 25.0), (0.8, 24.0), (0.9, 30.0))]
+    assert tvs.envelope(runs, "q") == [(0.4, 20.0), (0.6, 25.0), (0.9, 30.0)]
+    front = tvs.envelope(runs, "q")
+    assert tvs.envelope_at(front, 0.5) == pytest.approx(22.5) and tvs.envelope_at(front, 0.3) is None
+    assert tvs.envelope_at(front, 0.95) is None  # above what was measured: not held flat
+    assert tvs.spanning(list("abcdefghij"), 4) == ["a", "d", "g", "j"]
+    assert tvs.spread_step_sets(8, 2) == [(2,), (2, 6), (2, 4, 6), (2, 3, 5, 6), (2, 3, 4, 5, 6)]

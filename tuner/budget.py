@@ -162,8 +162,22 @@ class Budget:
         return attrs
 
 
-def parse_budget(text: str | None, worst: bool = False, min_speedup: float = 1.1) -> Budget:
-    """Parse 'metric=value[,metric=value…]' into a Budget; every mistake is a clear InputError."""
+def _number_text(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def parse_budget(
+    text: str | None, worst: bool = False, min_speedup: float = 1.1, default_metric: str = "psnr"
+) -> Budget:
+    """Parse 'metric=value[,metric=value…]' into a Budget; every mistake is a clear InputError.
+
+    A bare value bounds `default_metric`: the editing contract's budget metric (hetcache.contracts: `psnr` for the
+    raw output, `psnr_mask` once the source is pasted or blended back, where whole-frame PSNR measures the mask's
+    area)."""
     known = ", ".join(METRICS)
     example = "e.g. --budget psnr=30 or --budget psnr_mask=28,ssim=0.95"
     if text is None or not text.strip():
@@ -173,6 +187,8 @@ def parse_budget(text: str | None, worst: bool = False, min_speedup: float = 1.1
         item = part.strip()
         if not item:
             raise InputError(f"--budget '{text}' has an empty bound (a stray comma).", f"remove it; {example}.")
+        if "=" not in item and _number_text(item):
+            item = f"{default_metric}={item}"
         if "=" not in item:
             raise InputError(f"--budget bound '{item}' has no '='.", f"write metric=value, {example}.")
         name, _, raw = (s.strip() for s in item.partition("="))

@@ -26,6 +26,7 @@ from hetcache.cli_common import (
     run_cli,
     workload_from_args,
 )
+from hetcache.contracts import parse_contract
 from hetcache.errors import InputError
 from hetcache.metrics import METRICS, check_bound
 
@@ -63,7 +64,8 @@ def _budget_arguments(
         "--budget",
         required=required,
         action="append" if repeat else "store",
-        help="bounds over hetcache.metrics names, e.g. psnr=30 or psnr_mask=28,ssim=0.95"
+        help="bounds over hetcache.metrics names, e.g. psnr=30 or psnr_mask=28,ssim=0.95; a bare value (30) bounds "
+        "the contract's budget metric: psnr under --contract none, psnr_mask under paste, feather and blend"
         + (" (repeat for several policies)" if repeat else ""),
     )
     group.add_argument("--worst", action="store_true", help="every clip must meet the budget (default: the mean)")
@@ -250,6 +252,19 @@ def check_budget_bounds(budget) -> None:
             )
 
 
+def note_whole_frame_budget(budget, contract) -> None:
+    """Say so when a budget bounds whole-frame quality under a contract that keeps the source outside the edit."""
+    from hetcache.contracts import AREA_NOTE
+
+    whole = [m for m in budget.metrics if m in ("psnr", "ssim")]
+    if whole and contract.keeps_source:
+        print(
+            f"{PROG}: note: under contract {contract}, {AREA_NOTE}; --budget {whole[0]} is met by shrinking the "
+            f"error's share of the frame, not the error (bound {contract.budget_metric} for the edit itself).",
+            file=sys.stderr,
+        )
+
+
 def miss_label(result, budget) -> str:
     """Which constraints a completed, fully scored trial misses, e.g. 'misses min speedup 1.1x (1.04x)'."""
     aggregate = result.aggregate(budget)
@@ -422,9 +437,12 @@ def command_tune(argv: Sequence[str]) -> int:
     from .study_storage import file_of, resolve_url
 
     args = build_parser().parse_args(argv)
-    budget = with_memory_bound(parse_budget(args.budget, args.worst, args.min_speedup), args)
-    check_budget_bounds(budget)
     workload = workload_from_args(args)
+    contract = workload.editing_contract
+    budget = parse_budget(args.budget, args.worst, args.min_speedup, contract.budget_metric)
+    budget = with_memory_bound(budget, args)
+    check_budget_bounds(budget)
+    note_whole_frame_budget(budget, contract)
     config = _config(args, budget, workload)
     check_output_folder(args.out, reuse=True, what="tuning folder")
     url = resolve_url(config.storage, config.out)
@@ -464,7 +482,8 @@ def command_export(argv: Sequence[str]) -> int:
     study_budget = budget_from_attrs(info.attrs)
     min_speedup = args.min_speedup if args.min_speedup is not None else study_budget.min_speedup
     if args.budget is not None:
-        budget = parse_budget(args.budget, args.worst, min_speedup)
+        contract = parse_contract((info.attrs.get("workload") or {}).get("contract"), "the study's contract")
+        budget = parse_budget(args.budget, args.worst, min_speedup, contract.budget_metric)
     else:
         budget = dataclasses.replace(study_budget, min_speedup=min_speedup)
     budget = with_memory_bound(budget, args, study_budget)
@@ -478,13 +497,18 @@ def command_reference(argv: Sequence[str]) -> int:
     from .ship import reference_policy_name, tune_reference_policies
 
     args = build_reference_parser().parse_args(argv)
-    budgets = [with_memory_bound(parse_budget(text, args.worst, args.min_speedup), args) for text in args.budget]
+    workload = workload_from_args(args)
+    metric = workload.editing_contract.budget_metric
+    budgets = [
+        with_memory_bound(parse_budget(text, args.worst, args.min_speedup, metric), args) for text in args.budget
+    ]
     for budget in budgets:
         check_budget_bounds(budget)
-    workload = workload_from_args(args)
+        note_whole_frame_budget(budget, workload.editing_contract)
     check_output_folder(args.out, reuse=True, what="tuning folder")
     for budget in budgets:
-        check_output_file(args.policies_dir / f"{reference_policy_name(budget)}.json", "--policies-dir")
+        name = reference_policy_name(budget, workload.editing_contract)
+        check_output_file(args.policies_dir / f"{name}.json", "--policies-dir")
     args.out.mkdir(parents=True, exist_ok=True)
     write_marker(args.out, "tune")
     optuna.logging.set_verbosity(optuna.logging.WARNING)

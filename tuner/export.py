@@ -47,6 +47,7 @@ def provenance(result: TrialResult, study: StudyInfo, budget: Budget) -> dict[st
             "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
             "study": study.name,
             "trial": result.number,
+            "contract": (study.attrs.get("workload") or {}).get("contract", "none"),
             "storage": study.storage,
             "budget": budget.as_dict(),
             "budget_mode": budget.mode,

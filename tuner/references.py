@@ -1,8 +1,9 @@
 """Uncached reference outputs per calibration clip, computed once and kept on disk in the run folder.
 
-Every trial compares its cached output with the uncached output of the same pipeline, seed and inputs. The reference
-frames and final latents are stored as one `.npz` per clip under `references/<workload hash>/` (written atomically, so
-concurrent workers sharing a folder never see a partial file) and reused on resume.
+Every trial compares its cached output with the uncached output of the same pipeline, seed and inputs. The references
+follow the workload's editing contract (a pasted or blended reference for a pasted or blended trial). The reference
+frames and final latents are stored as one `.npz` per clip under `references/<contract>-<workload hash>/` (written
+atomically, so concurrent workers sharing a folder never see a partial file) and reused on resume.
 """
 
 from __future__ import annotations
@@ -50,13 +51,16 @@ def weights_signature(model: torch.nn.Module, tensors: int = 4, values: int = 25
 
 
 def workload_key(session: Any) -> str:
-    """A short hash of everything the uncached output depends on: the workload, the architecture and the weights."""
+    """<contract>-<hash>: the editing contract the references follow, and a short hash of everything the uncached
+    output depends on (the workload with its contract, the architecture and the weights)."""
+    contract = session.workload.editing_contract
     payload = {
         "workload": session.workload.to_dict(),
+        "contract": contract.name,
         "model": model_fingerprint(session.transformer)["fingerprint"],
         "weights": weights_signature(session.transformer),
     }
-    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+    return f"{contract.slug}-{hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]}"
 
 
 class ReferenceStore:
@@ -118,7 +122,8 @@ class ReferenceStore:
         self.folder.mkdir(parents=True, exist_ok=True)
         info = self.folder / "workload.json"
         if not info.exists():
-            write_json(info, {"workload": self.session.workload.to_dict(), "created": time.time()})
+            workload = self.session.workload
+            write_json(info, {"workload": workload.to_dict(), "contract": workload.contract, "created": time.time()})
         with atomic_path(path) as tmp, open(tmp, "wb") as handle:
             np.savez(
                 handle,

@@ -2,7 +2,8 @@
 
 `hetcache-tune reference-policies --budget psnr=30 --budget psnr=35 --trials 60 --policies-dir policies` runs one
 study per budget (names `reference-<budget>`, all in one study file in the run folder, references shared) and exports
-each best feasible policy under the name `reference-<budget>`, with the tool's provenance.
+each best feasible policy under the name `reference-<budget>` (`reference-<contract>-<budget>` under a contract other
+than none, e.g. `reference-paste-psnr_mask35`), with the tool's provenance.
 """
 
 from __future__ import annotations
@@ -11,15 +12,19 @@ import dataclasses
 import sys
 from pathlib import Path
 
+from hetcache.contracts import RAW, Contract
+
 from .budget import Budget
 from .export import NoFeasibleTrial, export_best
 from .references import FOLDER as REFERENCE_FOLDER
 from .study import TuneConfig, tune
 
 
-def reference_policy_name(budget: Budget) -> str:
-    """'reference-psnr30' for psnr=30 (the file is policies/<name>.json)."""
-    return f"reference-{budget.slug()}"
+def reference_policy_name(budget: Budget, contract: Contract = RAW) -> str:
+    """'reference-psnr30' for psnr=30, 'reference-paste-psnr_mask35' under contract paste (the file is
+    policies/<name>.json)."""
+    middle = "" if contract.is_none else f"{contract.slug}-"
+    return f"reference-{middle}{budget.slug()}"
 
 
 def tune_reference_policies(budgets: list[Budget], config: TuneConfig, policies_dir: Path) -> list[Path]:
@@ -29,7 +34,7 @@ def tune_reference_policies(budgets: list[Budget], config: TuneConfig, policies_
     session = LoadedWorkload(config.workload)
     written = []
     for budget in budgets:
-        name = reference_policy_name(budget)
+        name = reference_policy_name(budget, config.workload.editing_contract)
         run = dataclasses.replace(
             config,
             budget=budget,
@@ -44,7 +49,8 @@ def tune_reference_policies(budgets: list[Budget], config: TuneConfig, policies_
         size = session.summary()
         description = (
             f"Tuned by hetcache-tune for the {config.workload.name} workload ({size['steps']} steps, "
-            f"{size['height']}x{size['width']}x{size['num_frames']}, clips {clips}) under {budget.describe()}."
+            f"{size['height']}x{size['width']}x{size['num_frames']}, clips {clips}, editing contract "
+            f"{config.workload.contract}) under {budget.describe()}."
         )
         try:
             _, path = export_best(

@@ -65,7 +65,10 @@ class TuneConfig:
     reference_dir: Path | None = None
 
     def name(self) -> str:
-        return self.study_name or f"{self.workload.name}-{self.budget.slug()}"
+        """The study name: given, or <workload>[-<contract>]-<budget> (the contract named unless it is none)."""
+        contract = self.workload.editing_contract
+        middle = "" if contract.is_none else f"-{contract.slug}"
+        return self.study_name or f"{self.workload.name}{middle}-{self.budget.slug()}"
 
 
 @dataclass
@@ -108,6 +111,12 @@ def _check_same_study(attrs: dict[str, Any], expected: dict[str, Any], name: str
                 f"use the study's {flag} to resume it (or leave it out if the study has none), "
                 "or choose another --study-name.",
             )
+    theirs, mine = (attrs.get("workload") or {}).get("contract", "none"), expected["workload"].get("contract", "none")
+    if theirs != mine:
+        raise InputError(
+            f"study '{name}' was tuned under editing contract {theirs}; this run asks for {mine}.",
+            f"pass --contract {theirs} to resume it, or choose another --study-name.",
+        )
     if _comparable_workload(attrs.get("workload") or {}) != _comparable_workload(expected["workload"]):
         raise InputError(
             f"study '{name}' was tuned on another workload ({(attrs.get('workload') or {}).get('name')!r} with "

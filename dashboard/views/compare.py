@@ -6,6 +6,7 @@ import pandas as pd
 import streamlit as st
 from hetcache.dashboard import figures, frames, ui
 
+from hetcache.contracts import contract_note, parse_contract
 from hetcache.metrics import REGIONS
 
 st.title("Compare")
@@ -47,11 +48,19 @@ cols[1].metric(
 )
 fraction = summary.get("flops_fraction")
 cols[2].metric("FLOPs fraction", f"{fraction:.3f}" if isinstance(fraction, (int, float)) else "n/a")
-psnr_mean = (summary.get("quality") or {}).get("psnr")
-cols[3].metric("PSNR (mean)", f"{psnr_mean:.2f} dB" if isinstance(psnr_mean, (int, float)) else "n/a")
+contract = parse_contract((record.get("workload") or {}).get("contract") or summary.get("contract"))
+headline = contract.headline_metrics[0]
+psnr_mean = (summary.get("quality") or {}).get(headline)
+label = "PSNR in the mask (mean)" if headline == "psnr_mask" else "PSNR (mean)"
+cols[3].metric(label, f"{psnr_mean:.2f} dB" if isinstance(psnr_mean, (int, float)) else "n/a")
 for warning in summary.get("warnings") or []:
     st.warning(f"Wall-clock figure not trustworthy: {warning}", icon=":material/timer_off:")
-st.caption(f"Policy: `{policy_name or 'none (uncached run)'}` · created {record.get('created', '?')}")
+st.caption(
+    f"Policy: `{policy_name or 'none (uncached run)'}` · editing contract `{contract}` · created "
+    f"{record.get('created', '?')}"
+)
+if contract_note(contract):
+    st.caption(contract_note(contract))
 if not run.compared:
     st.warning(
         "This run holds no uncached/cached pair to compare. Re-run it with a policy and the comparison: "

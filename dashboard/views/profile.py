@@ -25,7 +25,8 @@ model = data.get("model") or {}
 clips = data.get("clips") or []
 st.caption(
     f"Model `{model.get('class', 'unknown')}` ({model.get('fingerprint', 'no fingerprint')}) · workload "
-    f"`{(data.get('workload') or {}).get('name', '?')}` · {data.get('created', '')}"
+    f"`{(data.get('workload') or {}).get('name', '?')}` (editing contract "
+    f"`{(data.get('workload') or {}).get('contract', 'none')}`) · {data.get('created', '')}"
 )
 cols = st.columns(3)
 cols[0].metric("steps", data.get("steps", "?"))

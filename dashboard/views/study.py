@@ -46,7 +46,8 @@ best = judged.best
 cols[4].metric("best speedup", f"{best.value:.3f}×" if best is not None else "n/a")
 st.caption(
     f"Budget: {judged.budget.describe()}, speedup ≥ {judged.budget.min_speedup:g}× · objective: "
-    f"{judged.objective} speedup · workload: {(attrs.get('workload') or {}).get('name', 'n/a')}"
+    f"{judged.objective} speedup · workload: {(attrs.get('workload') or {}).get('name', 'n/a')} · editing contract "
+    f"`{(attrs.get('workload') or {}).get('contract', 'none')}`"
 )
 if not complete:
     st.info("No trial has completed yet; the front, importance and export appear once one has.")

@@ -6,7 +6,8 @@ import dataclasses
 import math
 from typing import Any
 
-from ..errors import PolicyError
+from ..contracts import parse_contract
+from ..errors import HetCacheError, PolicyError
 from ..steps import FULL, PLAN_LETTERS
 from .core import Policy
 from .model_match import check_blocks
@@ -217,6 +218,12 @@ def policy_from_dict(data: Any, origin: str = "policy") -> Policy:
         reader = top.child(section)
         sections[section.name] = reader.read(section.cls) if reader is not None else None
     top.finish()
+    if sections["workload"] is not None and sections["workload"].contract is not None:
+        try:
+            contract = parse_contract(sections["workload"].contract, f"{origin}: workload.contract")
+        except HetCacheError as exc:
+            raise PolicyError(exc.what, exc.fix) from None
+        sections["workload"] = dataclasses.replace(sections["workload"], contract=contract.name)
     policy = Policy(name=name, description=description, provenance=dict(provenance), **sections)
     _check_step_plan(_Reader({}, origin, "step_plan"), policy.step_plan, policy.workload)
     if policy.model is not None:

@@ -132,6 +132,13 @@ class WorkloadSpec:
     )
     scheduler: str | None = spec(None, kind="str", nullable=True, optional=True, doc="scheduler class (and shift)")
     name: str | None = spec(None, kind="str", nullable=True, optional=True, doc="workload name")
+    contract: str | None = spec(
+        None,
+        kind="str",
+        nullable=True,
+        optional=True,
+        doc="the editing contract its quality was measured under: none, paste, feather:N, blend, blend+paste, …",
+    )
 
 
 @dataclass(frozen=True)

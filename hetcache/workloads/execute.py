@@ -1,6 +1,8 @@
-"""Running a workload's clips through its pipeline: edited frames, final latents and timings per clip.
+"""Running a workload's clips through its pipeline under its editing contract: frames, final latents, timings.
 
-How a clip is passed to each pipeline class, and which timesteps a run takes, is `pipeline_kinds`'.
+Every run of a workload — the uncached reference and every cached run — follows the workload's contract
+(hetcache.contracts): latent blending inside the denoising loop (hetcache.blend), paste-back on the decoded frames
+(hetcache.paste). How a clip is passed to each pipeline class, and which timesteps a run takes, is `pipeline_kinds`'.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ import numpy as np
 import PIL.Image
 import torch
 
+from .. import blend
+from ..paste import composite
 from .clips import Clip
 from .pipeline_kinds import kind_of, mask_frames, painted_video
 from .pipelines import load_clips, load_pipeline, load_prompt_embeds
@@ -23,13 +27,15 @@ from .spec import Workload
 
 @dataclass
 class Generation:
-    """One pipeline call: decoded frames [F, H, W, 3] float32 in [0, 1], final latents, timings."""
+    """One pipeline call: decoded frames [F, H, W, 3] float32 in [0, 1] (pasted back when the contract says so),
+    final latents (blended when it says so), timings (`paste_seconds`: the paste-back of the decoded frames)."""
 
     clip: str
     frames: np.ndarray | None
     latents: torch.Tensor
     denoise_seconds: float
     total_seconds: float
+    paste_seconds: float = 0.0
 
 
 def _sync(device: torch.device | str) -> None:
@@ -60,15 +66,27 @@ def pipeline_inputs(clip: Clip) -> tuple[list[PIL.Image.Image], list[PIL.Image.I
 
 
 class LoadedWorkload:
-    """A loaded workload: its pipeline, prompt embeddings and reconciled clips, ready to generate."""
+    """A loaded workload: its pipeline, prompt embeddings and reconciled clips, ready to generate under its contract."""
 
     def __init__(self, workload: Workload, pipe=None):
         self.workload = workload
+        self.contract = workload.editing_contract
         self.pipe = pipe if pipe is not None else load_pipeline(workload)
         self.kind = kind_of(self.pipe)
+        if self.contract.blend:
+            blend.check_scheduler(self.pipe.scheduler)
         self.prompt_embeds, self.negative_prompt_embeds = load_prompt_embeds(workload, self.pipe)
         self.clips = load_clips(workload, self.pipe)
         self._conditioning: dict[str, torch.Tensor] = {}
+        self._blend_inputs: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def blend_inputs(self, clip: Clip) -> tuple[torch.Tensor, torch.Tensor]:
+        """The clip's source latents and latent edit weights (hetcache.blend), computed once per clip."""
+        if clip.name not in self._blend_inputs:
+            temporal, spatial = blend.vae_factors(self.pipe)
+            weights = blend.edit_mask(clip.mask, blend.vae_reach(self.pipe), temporal, spatial, self.contract.soft)
+            self._blend_inputs[clip.name] = (blend.source_latents(self.pipe, clip.frames), weights)
+        return self._blend_inputs[clip.name]
 
     @property
     def transformer(self):
@@ -124,14 +142,14 @@ class LoadedWorkload:
         """
         from ..engine import apply_hetcache
 
-        mask = self.engine_mask(clip)
-        with apply_hetcache(self.pipe, policy, strict=strict, plan=plan, mask=mask) as handle:
+        with apply_hetcache(self.pipe, policy, mask=self.engine_mask(clip), strict=strict, plan=plan) as handle:
             generation = self.generate(clip, decode=decode, seed=seed)
             return generation, handle.stats()
 
     @torch.no_grad()
     def generate(self, clip: Clip, decode: bool = True, seed: int | None = None) -> Generation:
-        """Run the pipeline on one clip (masked region painted grey first, as an editing input)."""
+        """Run the pipeline on one clip under the workload's contract (masked region painted grey first, as an
+        editing input)."""
         w = self.workload
         captured: dict[str, float | torch.Tensor] = {}
 
@@ -153,6 +171,10 @@ class LoadedWorkload:
             with contextlib.ExitStack() as stack:
                 if self.kind.memoise_conditioning:
                     stack.enter_context(_memoized_conditioning(self.pipe, self._conditioning, clip.name))
+                if self.contract.blend:
+                    source, weights = self.blend_inputs(clip)
+                    blend_run = blend.blended(self.pipe, source, weights, self.contract.soft, self.kind.noised_start)
+                    stack.enter_context(blend_run)
                 output = self.pipe(
                     **self.kind.arguments(clip),
                     **self._prompt_masks(),
@@ -160,7 +182,6 @@ class LoadedWorkload:
                     negative_prompt_embeds=self.negative_prompt_embeds,
                     height=clip.frames.shape[1],
                     width=clip.frames.shape[2],
-                    num_frames=clip.frames.shape[0],
                     num_inference_steps=w.steps,
                     guidance_scale=w.guidance_scale,
                     generator=torch.Generator(device="cpu").manual_seed(w.seed if seed is None else seed),
@@ -172,12 +193,16 @@ class LoadedWorkload:
             for handle in handles:
                 handle.remove()
         _sync(w.device)
-        total = time.perf_counter() - started
         frames = np.asarray(output.frames[0], dtype=np.float32) if decode else None
+        pasted = time.perf_counter()
+        if frames is not None and self.contract.paste:
+            frames = composite(frames, clip.frames, clip.mask, self.contract.feather)
+        ended = time.perf_counter()
         return Generation(
             clip=clip.name,
             frames=frames,
             latents=captured["latents"],
             denoise_seconds=float(captured["end"] - captured["start"]),
-            total_seconds=total,
+            total_seconds=ended - started,
+            paste_seconds=ended - pasted,
         )

@@ -1,14 +1,18 @@
 """The pipelines a workload can run, by class: how a clip is passed, which timesteps a run takes, what the engine
-needs to be told.
+needs to be told, and under which editing contracts (hetcache.contracts) the class edits a masked video.
 
-- `WanVACEPipeline`: masked video editing; the video (masked region painted grey) and the mask are its inputs, and
-  the engine reads the mask back from the VACE control states.
+- `WanVACEPipeline`: masked video editing under every contract; the video (masked region painted grey) and the mask
+  are its inputs, and the engine reads the mask back from the VACE control states.
+- `WanPipeline` (text-to-video) and `WanVideoToVideoPipeline` (at strength 1, so every planned step runs; its first
+  latents are the video noised to σ0): they take no mask, so they edit a masked video only by latent blending
+  (`blend`, `blend+paste`); the engine is given the mask.
 - `LTXPipeline`: text-to-video; the clip gives the size and the edit mask, which the engine is given explicitly
   (`apply_hetcache(..., mask=)`): PARTIAL steps recompute the masked region and a margin. Outside the mask the
   output is the model's own, not the source: keeping the source there is an editing contract's job (latent
   blending), not this table's.
 - `LTXConditionPipeline`: the same, with the clip's first frame as a hard condition at frame 0 (its latent frame
   is denoised with timestep 0: LTX's per-token timesteps).
+  LTX-Video runs under `none`, `paste` and `feather`; latent blending of its packed latents is not built yet.
 """
 
 from __future__ import annotations
@@ -21,8 +25,9 @@ import numpy as np
 import PIL.Image
 import torch
 
+from ..contracts import Contract
 from ..engine.registry import pipeline_vae
-from ..errors import UnsupportedModelError
+from ..errors import InputError, UnsupportedModelError
 from ..video import Constraints
 from .clips import Clip
 
@@ -36,15 +41,31 @@ def mask_frames(clip: Clip) -> list[PIL.Image.Image]:
     return [PIL.Image.fromarray(m.astype(np.uint8) * 255, mode="L") for m in clip.mask]
 
 
+VIDEO_TO_VIDEO_STRENGTH = 1.0  # the whole schedule, so every step the engine plans is run
+
+
+def _frames(clip: Clip) -> int:
+    return clip.frames.shape[0]
+
+
 def _vace_arguments(clip: Clip) -> dict[str, Any]:
-    return {"video": painted_video(clip), "mask": mask_frames(clip)}
+    return {"video": painted_video(clip), "mask": mask_frames(clip), "num_frames": _frames(clip)}
+
+
+def _text_to_video_arguments(clip: Clip) -> dict[str, Any]:
+    return {"num_frames": _frames(clip)}
+
+
+def _video_to_video_arguments(clip: Clip) -> dict[str, Any]:
+    """The painted video at strength 1 (its frame count is the video's: no num_frames)."""
+    return {"video": painted_video(clip), "strength": VIDEO_TO_VIDEO_STRENGTH}
 
 
 def _first_frame_condition(clip: Clip) -> dict[str, Any]:
     from diffusers.pipelines.ltx.pipeline_ltx_condition import LTXVideoCondition
 
     first = PIL.Image.fromarray(clip.painted()[0])
-    return {"conditions": [LTXVideoCondition(image=first, frame_index=0, strength=1.0)]}
+    return {"conditions": [LTXVideoCondition(image=first, frame_index=0, strength=1.0)], "num_frames": _frames(clip)}
 
 
 def _scheduler_copy(pipe: Any):
@@ -96,6 +117,23 @@ class PipelineKind:
     engine_mask: bool  # the engine is given the clip's mask (else it reads it from the pipeline's inputs)
     prompt_masks: bool = False  # the pipeline wants attention masks next to the prompt embeddings
     memoise_conditioning: bool = False  # Wan-VACE: the clip's VAE-encoded conditioning is reused across calls
+    blends: bool = True  # latent blending (hetcache.blend) works on its latents
+    blend_only: bool = False  # takes no mask and keeps no source: a masked editor only under a blend contract
+    noised_start: bool = False  # its first latents are the input video noised to σ0 (video-to-video)
+
+    def check_contract(self, contract: Contract, source: str) -> None:
+        """Refuse a contract under which this pipeline class cannot edit a masked video."""
+        if self.blend_only and not contract.blend:
+            raise InputError(
+                f"pipeline '{source}' is a {self.name}, which takes no mask: it edits a masked video only by latent "
+                f"blending, not under contract {contract}.",
+                "pass --contract blend (or blend+paste), or point --pipeline at a Wan-VACE pipeline.",
+            )
+        if contract.blend and not self.blends:
+            raise InputError(
+                f"contract {contract} needs latent blending, which hetcache does not do for {self.name} yet.",
+                "pass --contract paste or --contract feather:N (paste-back after decoding), or --contract none.",
+            )
 
 
 KINDS: dict[str, PipelineKind] = {
@@ -104,13 +142,25 @@ KINDS: dict[str, PipelineKind] = {
         PipelineKind(
             "WanVACEPipeline", _vace_arguments, _default_timesteps, engine_mask=False, memoise_conditioning=True
         ),
-        PipelineKind("LTXPipeline", lambda clip: {}, _ltx_timesteps, engine_mask=True, prompt_masks=True),
+        PipelineKind("WanPipeline", _text_to_video_arguments, _default_timesteps, engine_mask=True, blend_only=True),
+        PipelineKind(
+            "WanVideoToVideoPipeline",
+            _video_to_video_arguments,
+            _default_timesteps,
+            engine_mask=True,
+            blend_only=True,
+            noised_start=True,
+        ),
+        PipelineKind(
+            "LTXPipeline", _text_to_video_arguments, _ltx_timesteps, engine_mask=True, prompt_masks=True, blends=False
+        ),
         PipelineKind(
             "LTXConditionPipeline",
             _first_frame_condition,
             _ltx_condition_timesteps,
             engine_mask=True,
             prompt_masks=True,
+            blends=False,
         ),
     )
 }
@@ -123,14 +173,20 @@ def kind_named(class_name: str, source: str = "") -> PipelineKind:
         where = f"pipeline '{source}' is a {class_name}" if source else f"{class_name} is not a pipeline hetcache runs"
         raise UnsupportedModelError(
             f"{where}; hetcache runs workloads with {', '.join(SUPPORTED_PIPELINES)}.",
-            "point --pipeline at a Wan-VACE or LTX-Video pipeline folder (profile other pipelines with "
-            "hetcache-profile).",
+            "point --pipeline at a Wan-VACE or LTX-Video pipeline folder, a Wan text-to-video or video-to-video one "
+            "under --contract blend (profile other pipelines with hetcache-profile).",
         )
     return KINDS[class_name]
 
 
 def kind_of(pipe: Any) -> PipelineKind:
     return kind_named(type(pipe).__name__)
+
+
+def edits_masked_video(class_name: str | None, contract: Contract) -> bool:
+    """Whether a pipeline of `class_name` runs as a masked editor under `contract`."""
+    kind = KINDS.get(class_name)
+    return kind is not None and not (kind.blend_only and not contract.blend) and (kind.blends or not contract.blend)
 
 
 def clip_constraints(pipe: Any, height: int | None, width: int | None, num_frames: int | None) -> Constraints:

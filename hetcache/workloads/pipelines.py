@@ -58,7 +58,7 @@ def load_pipeline(workload: Workload):
         if workload.is_reference:
             reference.verify()
         class_name = pipeline_class(source) or WanVACEPipeline.__name__  # a hub id: a Wan-VACE pipeline
-        kind_named(class_name, source)
+        kind_named(class_name, source).check_contract(workload.editing_contract, source)
         try:
             pipe = getattr(diffusers, class_name).from_pretrained(
                 source, text_encoder=None, tokenizer=None, dtype=dtype

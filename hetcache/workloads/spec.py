@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import cli_types
+from ..contracts import Contract, parse_contract
 from ..errors import InputError
 from .clips import CLIP_KINDS, MASK_KINDS
 
@@ -55,10 +56,19 @@ class Workload:
     prompt_embeds: str | None = None
     fit: str = "strict"
     mask_threshold: float | None = None
+    contract: str = "none"  # the editing contract (hetcache.contracts), canonical spelling
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "contract", parse_contract(self.contract, "workload contract").name)
 
     @property
     def is_reference(self) -> bool:
         return self.pipeline == "reference"
+
+    @property
+    def editing_contract(self) -> Contract:
+        """The parsed editing contract every run of this workload (uncached and cached) follows."""
+        return parse_contract(self.contract)
 
     def synthetic_size(self) -> tuple[int, int, int]:
         """(frames, height, width) of synthetic clips: the given size or the reference 17 x 256 x 256."""
@@ -93,6 +103,7 @@ class Workload:
             "guidance_scale": self.guidance_scale,
             "scheduler": f"{'FlowMatchEulerDiscreteScheduler' if self.is_reference else 'pipeline default'}"
             + (f"(shift={self.shift})" if self.shift is not None else ""),
+            "contract": self.contract,
         }
 
 
@@ -161,6 +172,8 @@ def workload_from_dict(data: dict[str, Any], origin: str = "workload") -> Worklo
         raise _fail(origin, "dtype", f"must be one of {', '.join(DTYPES)}, got {kwargs['dtype']!r}")
     if kwargs.get("weights", "trained") not in ("trained", "random"):
         raise _fail(origin, "weights", f"must be 'trained' or 'random', got {kwargs['weights']!r}")
+    if "contract" in kwargs:
+        kwargs["contract"] = parse_contract(kwargs["contract"], f"{origin}: contract").name
     clips = []
     for i, raw in enumerate(data.get("clips") or []):
         if not isinstance(raw, dict) or "name" not in raw:
