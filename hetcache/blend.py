@@ -31,6 +31,7 @@ import PIL.Image
 import torch
 import torch.nn.functional as F
 
+from .engine.registry import pipeline_vae
 from .errors import InputError
 from .tokens import pool_frames_to_latent
 
@@ -53,13 +54,24 @@ def _wan_normalise(vae: Any, latents: torch.Tensor) -> torch.Tensor:
     return (latents.float() - mean) * inverse_std
 
 
+def _ltx_normalise(vae: Any, latents: torch.Tensor) -> torch.Tensor:
+    """LTX-Video VAEs: (z − latents_mean) · scaling_factor / latents_std, as the LTX pipelines normalise theirs."""
+    mean = vae.latents_mean.view(1, -1, 1, 1, 1).to(latents.device, torch.float32)
+    std = vae.latents_std.view(1, -1, 1, 1, 1).to(latents.device, torch.float32)
+    return (latents.float() - mean) * vae.config.scaling_factor / std
+
+
 # VAE class name → the latent normalisation its pipelines apply after encoding (another family adds its own entry)
-LATENT_NORMALISERS: dict[str, Callable[[Any, torch.Tensor], torch.Tensor]] = {"AutoencoderKLWan": _wan_normalise}
+LATENT_NORMALISERS: dict[str, Callable[[Any, torch.Tensor], torch.Tensor]] = {
+    "AutoencoderKLWan": _wan_normalise,
+    "AutoencoderKLLTXVideo": _ltx_normalise,
+}
 
 
 def vae_factors(pipe: Any) -> tuple[int, int]:
     """(temporal, spatial) compression of the pipeline's VAE."""
-    return int(pipe.vae_scale_factor_temporal), int(pipe.vae_scale_factor_spatial)
+    strides = pipeline_vae(pipe)
+    return int(strides.temporal), int(strides.spatial)
 
 
 def _normaliser(vae: Any) -> Callable[[Any, torch.Tensor], torch.Tensor]:
@@ -183,7 +195,9 @@ class LatentBlend:
     weights: latent edit weights [1, 1, T', H', W'] (1 = generate, 0 = keep the source; in between: released at step
     (1 − w)·N). The run's initial noise ε is the first step's sample, as text-to-video and Wan-VACE pipelines draw
     it (pure noise, whatever the first sigma); with `noised_start` (video-to-video pipelines, whose first sample is
-    their encoded input noised to σ0) it is recovered from it: ε = (x − (1 − σ0)·x_src) / σ0.
+    their encoded input noised to σ0) it is recovered from it: ε = (x − (1 − σ0)·x_src) / σ0. `pack` maps the
+    source latents and weights [1, C, T', H', W'] to the layout of the pipeline's latents (LTX-Video packs them into
+    tokens [1, T'·H'·W', C]); without it they are the pipeline's layout already.
     """
 
     def __init__(
@@ -193,6 +207,7 @@ class LatentBlend:
         weights: torch.Tensor,
         soft: bool = False,
         noised_start: bool = False,
+        pack: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ):
         check_scheduler(scheduler)
         self.scheduler = scheduler
@@ -201,6 +216,7 @@ class LatentBlend:
         self.weights = weights
         self.soft = soft
         self.noised_start = noised_start
+        self.pack = pack
         self.kept: torch.Tensor | None = None  # the cells kept on every step (hard weights)
         self.noise: torch.Tensor | None = None
         self.sigmas: torch.Tensor | None = None
@@ -215,7 +231,10 @@ class LatentBlend:
             scheduler._init_step_index(timestep)
         self.first_index = int(scheduler.step_index)
         self.steps = len(scheduler.timesteps) - self.first_index
-        if tuple(self.source.shape[2:]) != tuple(sample.shape[2:]) or self.weights.shape[2:] != sample.shape[2:]:
+        if self.pack is not None:
+            self.source, self.weights = self.pack(self.source), self.pack(self.weights)
+        fits = tuple(self.source.shape[1:]) == tuple(sample.shape[1:]) and self.weights.dim() == sample.dim()
+        if not fits or any(w not in (1, n) for w, n in zip(self.weights.shape, sample.shape, strict=True)):
             raise InputError(
                 f"contract blend: the source latents {tuple(self.source.shape)} and edit mask "
                 f"{tuple(self.weights.shape)} do not match the pipeline's latents {tuple(sample.shape)}.",
@@ -261,11 +280,17 @@ class LatentBlend:
 
 @contextlib.contextmanager
 def blended(
-    pipe: Any, source: torch.Tensor, weights: torch.Tensor, soft: bool = False, noised_start: bool = False
+    pipe: Any,
+    source: torch.Tensor,
+    weights: torch.Tensor,
+    soft: bool = False,
+    noised_start: bool = False,
+    pack: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> Iterator[LatentBlend]:
     """Blend the source outside `weights` on every step of the one pipeline call made inside (`noised_start`: the
-    pipeline starts from its input noised to the first sigma, as video-to-video pipelines do)."""
-    blend = LatentBlend(pipe.scheduler, source, weights, soft, noised_start)
+    pipeline starts from its input noised to the first sigma, as video-to-video pipelines do; `pack`: the pipeline's
+    latent layout, see `LatentBlend`)."""
+    blend = LatentBlend(pipe.scheduler, source, weights, soft, noised_start, pack)
     pipe.scheduler.step = blend.step
     try:
         yield blend

@@ -75,7 +75,9 @@ def saved(tmp_path_factory):
     return folders, embeds
 
 
-def session_for(saved, kind: str, clips: str = "box", steps: int = 5, contract: str = "none") -> LoadedWorkload:
+def session_for(
+    saved, kind: str, clips: str = "box", steps: int = 5, contract: str = "none", size: dict | None = None
+) -> LoadedWorkload:
     folders, embeds = saved
     workload = Workload(
         contract=contract,
@@ -84,7 +86,7 @@ def session_for(saved, kind: str, clips: str = "box", steps: int = 5, contract: 
         steps=steps,
         guidance_scale=3.0,
         clips=parse_clip_names(clips),
-        **{"height": SIZE["height"], "width": SIZE["width"], "num_frames": SIZE["num_frames"]},
+        **(size or SIZE),
     )
     return LoadedWorkload(workload)
 
@@ -119,15 +121,17 @@ def test_partial_and_reuse_steps_on_a_pipeline_run_save_flops(saved):
     assert 0 < float(error) < 0.5
 
 
-def test_paste_contracts_keep_the_source_outside_the_mask_and_blend_is_refused_with_the_fix(saved):
+def test_paste_keeps_the_source_outside_the_mask_and_conditioned_ltx_refuses_blend_with_the_fix(saved):
     session = session_for(saved, "LTXPipeline", contract="paste")
     clip = session.clips[0]
     generation = session.generate(clip)
     outside = ~clip.mask
     assert np.array_equal(generation.frames[outside], clip.frames[outside].astype(np.float32) / 255.0)
     assert not np.array_equal(generation.frames[clip.mask], clip.frames[clip.mask].astype(np.float32) / 255.0)
-    with pytest.raises(InputError, match="latent blending, which hetcache does not do for LTXPipeline") as refusal:
-        session_for(saved, "LTXPipeline", contract="blend")
+    with pytest.raises(
+        InputError, match="latent blending, which hetcache does not do for LTXConditionPipeline"
+    ) as refusal:
+        session_for(saved, "LTXConditionPipeline", contract="blend")
     assert "--contract paste" in refusal.value.fix
 
 
@@ -166,3 +170,22 @@ def test_profile_tune_and_run_an_ltx_pipeline_folder(saved, tmp_path):
     assert code == 0, err
     report = json.loads((run / "run.json").read_text())
     assert report["clips"][0]["speedup_flops"] >= 1.0
+
+
+def test_blend_keeps_the_source_latents_outside_the_edit_on_ltx_video(saved):
+    """Latent blending on LTXPipeline's packed latents: the final latents outside the latent edit mask are the source's,
+    and an all-FULL cached run under blend equals the uncached blended one. (The random VAE reaches 6 cells of 32
+    pixels: at 128² the conservative edit mask covers every cell, so this runs at 512².)"""
+    size = dict(SIZE, height=512, width=512)
+    session = session_for(saved, "LTXPipeline", clips="small_box", steps=3, contract="blend", size=size)
+    clip = session.clips[0]
+    plain = session.generate(clip, decode=False)
+    source, weights = session.blend_inputs(clip)
+    pack = session.kind.pack_latents
+    packed_source, keep = pack(session.pipe, source), pack(session.pipe, weights) < 0.5
+    assert keep.any() and not keep.all()
+    kept = keep.expand_as(packed_source)
+    assert torch.equal(plain.latents[kept], packed_source[kept])
+    assert not torch.allclose(plain.latents[~kept], packed_source[~kept], atol=1e-3)
+    cached, _ = session.generate_cached(clip, ALL_FULL, strict=False, plan="FFF", decode=False)
+    assert (cached.latents - plain.latents).abs().max().item() <= 1e-5

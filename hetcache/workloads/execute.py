@@ -8,6 +8,7 @@ Every run of a workload — the uncached reference and every cached run — foll
 from __future__ import annotations
 
 import contextlib
+import functools
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -173,8 +174,9 @@ class LoadedWorkload:
                     stack.enter_context(_memoized_conditioning(self.pipe, self._conditioning, clip.name))
                 if self.contract.blend:
                     source, weights = self.blend_inputs(clip)
-                    blend_run = blend.blended(self.pipe, source, weights, self.contract.soft, self.kind.noised_start)
-                    stack.enter_context(blend_run)
+                    pack = self.kind.pack_latents and functools.partial(self.kind.pack_latents, self.pipe)
+                    soft, noised = self.contract.soft, self.kind.noised_start
+                    stack.enter_context(blend.blended(self.pipe, source, weights, soft, noised, pack))
                 output = self.pipe(
                     **self.kind.arguments(clip),
                     **self._prompt_masks(),

@@ -8,11 +8,11 @@ needs to be told, and under which editing contracts (hetcache.contracts) the cla
   (`blend`, `blend+paste`); the engine is given the mask.
 - `LTXPipeline`: text-to-video; the clip gives the size and the edit mask, which the engine is given explicitly
   (`apply_hetcache(..., mask=)`): PARTIAL steps recompute the masked region and a margin. Outside the mask the
-  output is the model's own, not the source: keeping the source there is an editing contract's job (latent
-  blending), not this table's.
+  output is the model's own, not the source: keeping the source there is an editing contract's job (paste-back,
+  or latent blending of its packed latents), not this table's.
 - `LTXConditionPipeline`: the same, with the clip's first frame as a hard condition at frame 0 (its latent frame
-  is denoised with timestep 0: LTX's per-token timesteps).
-  LTX-Video runs under `none`, `paste` and `feather`; latent blending of its packed latents is not built yet.
+  is denoised with timestep 0: LTX's per-token timesteps). It runs under `none`, `paste` and `feather`; latent
+  blending is not built for it (its scheduler steps per-token timesteps and its first latents hold the condition).
 """
 
 from __future__ import annotations
@@ -68,6 +68,11 @@ def _first_frame_condition(clip: Clip) -> dict[str, Any]:
     return {"conditions": [LTXVideoCondition(image=first, frame_index=0, strength=1.0)], "num_frames": _frames(clip)}
 
 
+def _ltx_pack(pipe: Any, latents: torch.Tensor) -> torch.Tensor:
+    """[1, C, T', H', W'] latents (or edit weights) as LTX-Video's packed tokens [1, T'·H'·W', C·p_t·p·p]."""
+    return pipe._pack_latents(latents, pipe.transformer_spatial_patch_size, pipe.transformer_temporal_patch_size)
+
+
 def _scheduler_copy(pipe: Any):
     return type(pipe.scheduler).from_config(pipe.scheduler.config)
 
@@ -120,6 +125,7 @@ class PipelineKind:
     blends: bool = True  # latent blending (hetcache.blend) works on its latents
     blend_only: bool = False  # takes no mask and keeps no source: a masked editor only under a blend contract
     noised_start: bool = False  # its first latents are the input video noised to σ0 (video-to-video)
+    pack_latents: Callable[[Any, torch.Tensor], torch.Tensor] | None = None  # (pipe, [1, C, T, H, W]) → its layout
 
     def check_contract(self, contract: Contract, source: str) -> None:
         """Refuse a contract under which this pipeline class cannot edit a masked video."""
@@ -152,7 +158,12 @@ KINDS: dict[str, PipelineKind] = {
             noised_start=True,
         ),
         PipelineKind(
-            "LTXPipeline", _text_to_video_arguments, _ltx_timesteps, engine_mask=True, prompt_masks=True, blends=False
+            "LTXPipeline",
+            _text_to_video_arguments,
+            _ltx_timesteps,
+            engine_mask=True,
+            prompt_masks=True,
+            pack_latents=_ltx_pack,
         ),
         PipelineKind(
             "LTXConditionPipeline",
