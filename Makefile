@@ -23,15 +23,16 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 DEMO_CLIPS ?= box,moving
-DEMO_BUDGET ?= psnr=35
+DEMO_CONTRACT ?= paste
+DEMO_BUDGET ?= psnr_mask=32
 DEMO_TRIALS ?= 20
 DEMO_REPS ?= 3
 
 demo: $(STAMP)
-	$(BIN)/hetcache-profile --clips $(DEMO_CLIPS) --out $(DEMO)/profile --overwrite
-	$(BIN)/hetcache-tune --budget $(DEMO_BUDGET) --trials $(DEMO_TRIALS) --clips $(DEMO_CLIPS) --profile $(DEMO)/profile \
+	$(BIN)/hetcache-profile --clips $(DEMO_CLIPS) --contract $(DEMO_CONTRACT) --out $(DEMO)/profile --overwrite
+	$(BIN)/hetcache-tune --budget $(DEMO_BUDGET) --trials $(DEMO_TRIALS) --clips $(DEMO_CLIPS) --contract $(DEMO_CONTRACT) --profile $(DEMO)/profile \
 		--out $(DEMO)/tune --join --export-pareto $(DEMO)/tune/pareto
-	$(BIN)/hetcache run --policy $(DEMO)/tune/policy.json --compare --reps $(DEMO_REPS) --clips $(DEMO_CLIPS) \
+	$(BIN)/hetcache run --policy $(DEMO)/tune/policy.json --compare --reps $(DEMO_REPS) --clips $(DEMO_CLIPS) --contract $(DEMO_CONTRACT) \
 		--out $(DEMO)/apply --overwrite
 	@echo "explore it: $(BIN)/hetcache-dashboard --runs $(DEMO)"
 
