@@ -17,7 +17,7 @@ from typing import Any
 import optuna
 
 from hetcache.policy import Policy
-from hetcache.steps import FULL, PARTIAL
+from hetcache.steps import FULL, PARTIAL, REUSE
 
 from .references import ReferenceStore
 from .results import OVER_MEMORY_ATTR, TrialResult
@@ -59,15 +59,23 @@ def spread(values: list[int]) -> list[int]:
     return order + [v for i, v in enumerate(values) if i not in seen]
 
 
+def forecast_acts(plan: str) -> bool:
+    """Whether the linear forecast changes what `plan` computes: a REUSE step after the second computed step (before
+    it, the engine has one computed step to extrapolate from, and reuses it as it is)."""
+    computed = [i for i, letter in enumerate(plan) if letter != REUSE]
+    return len(computed) > 1 and REUSE in plan[computed[1] :]
+
+
 def candidates(model: StepModel, space: SearchSpace, keep: int = KEEP) -> list[Candidate]:
     """Every plan to verify, most useful first: for each count of computed steps (spread over the cost range, all
-    FULL left out) the better forecast setting's best plan, then the other setting's, then the runners-up."""
+    FULL left out) the better forecast setting's best plan, then the other setting's, then the runners-up; a
+    forecast plan the forecast does not change is left to its plain twin."""
     warmup, final = space.warmup_steps[0], max(1, space.final_full_steps[0])
     ranked: dict[tuple[int, str], list[tuple[float, str]]] = {}
     for name, forecast in FORECAST_SETTINGS:
         for k, plans in best_plans(model, forecast, warmup, final, keep).items():
             if k < model.steps:
-                ranked[(k, name)] = plans
+                ranked[(k, name)] = [(e, plan) for e, plan in plans if not forecast or forecast_acts(plan)]
     counts = spread(sorted({k for k, _ in ranked}))
     out: list[Candidate] = []
     for rank in range(keep):
