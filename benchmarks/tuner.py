@@ -2,6 +2,7 @@
 
     python benchmarks/tuner.py                    # reference workload (trained weights when installed, else random)
     python benchmarks/tuner.py --weights trained --height 256 --width 256 --frames 17 --steps 20 --trials 60
+    python benchmarks/tuner.py --compare-search --tpe-trials 96 --schedule-trials 24   # tuner_search.py
 
 The workload is profiled first (the tuner reads the profile's layer drift and step-curve polynomial), then tuned twice
 with the same seed and budget, with and without the warm start (paper settings, timestep-only, profile guesses). The
@@ -20,6 +21,7 @@ from typing import Any
 
 import harness
 import optuna
+import tuner_search
 from hetcache.tuner.budget import Budget, parse_budget
 from hetcache.tuner.objective import Evaluator, Outcome
 from hetcache.tuner.references import ReferenceStore
@@ -69,11 +71,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--targets", default="1.5,2.0,2.5", help="speedups to reach (FLOPs)")
     parser.add_argument("--study-seed", type=int, default=0, help="the sampler's seed (--seed: the noise)")
     parser.add_argument("--work", type=Path, default=Path("runs/bench-tuner"), help="scratch folder (studies, profile)")
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/tuner.json"))
+    parser.add_argument("--out", type=Path, help="result JSON (default benchmarks/results/tuner[_search].json)")
+    tuner_search.add_flags(parser)
     args = parser.parse_args(argv)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
 
     workload = harness.workload_from_flags(args)
+    if args.compare_search:
+        args.out = args.out or Path("benchmarks/results/tuner_search.json")
+        tuner_search.run(args, workload, argv)
+        return
+    args.out = args.out or Path("benchmarks/results/tuner.json")
     weights = workload.weights
     budget = parse_budget(args.budget)
     targets = [float(t) for t in args.targets.split(",")]

@@ -105,6 +105,13 @@ def _search_arguments(parser: argparse.ArgumentParser, default_out: str) -> None
     group.add_argument(
         "--timeout", type=cli_types.number(0.0, low_open=True), help="stop starting trials after this many seconds"
     )
+    group.add_argument(
+        "--search",
+        choices=("tpe", "schedule"),
+        default="tpe",
+        help="tpe: sample the whole search space (default); schedule: step plans ranked by a step model from one "
+        "uncached pass per clip, the best verified as trials (README, 'Affordable studies')",
+    )
     group.add_argument("--sampler-seed", type=cli_types.integer(0), help="TPE seed (default: --seed, else 0)")
     group.add_argument("--profile", type=Path, help="profile folder from hetcache-profile (layer order, step curve)")
     group.add_argument("--no-warm-start", action="store_true", help="do not enqueue the paper / timestep-only points")
@@ -216,6 +223,7 @@ def _config(args: argparse.Namespace, budget, workload, **overrides):
         heartbeat=_heartbeat(args),
         lpips_weights=args.lpips_weights,
         progress=progress_enabled(),
+        search=args.search,
     )
     values.update(overrides)
     return TuneConfig(**values)
@@ -295,6 +303,7 @@ def _print_summary(result, budget, trials: int | None = None) -> None:
         f"\nstudy '{result.info.name}' in {result.info.storage}: {len(result.results)} completed trials{asked} "
         f"({result.ran} run by this worker in {result.seconds:.0f} s), {feasible} meet {budget.describe()}"
     )
+    print(steps_line(result))
     if result.pending:
         shown = ", ".join(f"trial {p.number} ({p.reason})" for p in result.pending)
         print(f"{len(result.pending)} points wait for a worker: {shown}; the same command with --resume runs them")
@@ -305,6 +314,21 @@ def _print_summary(result, budget, trials: int | None = None) -> None:
             f"{len(result.over_memory)} more trials were not run: their policy misses max cache "
             f"{budget.memory.max_gib:g} GiB ({shown}{more})"
         )
+
+
+def steps_line(result) -> str:
+    """What the study's denoising cost: steps its trials ran, and the uncached passes over the clips."""
+    from .schedule import STUDY_ATTR, trial_steps
+
+    count = trial_steps(result.results)
+    attrs = result.info.attrs
+    clips, steps = len(attrs.get("clips") or ()), int((attrs.get("workload") or {}).get("steps") or 0)
+    capture = (attrs.get(STUDY_ATTR) or {}).get("capture_passes", 0)
+    extra = f" + {capture} step-model capture pass{'es' if capture != 1 else ''}" if capture else ""
+    return (
+        f"denoising steps: {count.steps} run by {count.trials} evaluated trials ({count.computed} FULL/PARTIAL), "
+        f"plus {clips} x {steps} per uncached pass over the clips (reference{extra}, timing)"
+    )
 
 
 def _export(results, budget, info, export: Path | None, pareto: Path | None, name: str | None) -> int:

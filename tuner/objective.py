@@ -28,6 +28,7 @@ from .budget import MAX_CACHE_KEY, Budget
 from .recovery import IDENTITY_ATTRS, worker_identity
 from .references import ReferenceStore
 from .results import CACHE_GIB_ATTR, OVER_MEMORY_ATTR
+from .schedule import scheduled_policy
 from .space import SearchSpace, behaviour_key
 
 OBJECTIVES = ("flops", "time")
@@ -199,7 +200,7 @@ class Objective:
         for name, value in self.worker.items():  # first: a check that finds this process gone can fail the trial
             trial.set_user_attr(name, value)
         params = self.space.suggest(trial)
-        policy = self.policy_for(params, trial.number)
+        policy = scheduled_policy(self.policy_for(params, trial.number), trial.user_attrs)
         plan = self.evaluator.plan(policy)
         key = behaviour_key(policy, plan)
         trial.set_user_attr("policy", policy.to_dict())

@@ -82,9 +82,18 @@ class ReferenceStore:
         path = self._path(clip)
         reference = self._load(path, clip) if path.is_file() else None
         if reference is None:
-            generation = self.session.generate(clip)
-            reference = Reference(generation.frames, generation.latents, generation.denoise_seconds)
-            self._save(path, reference)
+            return self.store(clip, self.session.generate(clip))
+        self._memory[clip.name] = reference
+        return reference
+
+    def has(self, clip: Clip) -> bool:
+        """Whether the reference of `clip` is at hand (in memory or on disk) without generating it."""
+        return clip.name in self._memory or self._path(clip).is_file()
+
+    def store(self, clip: Clip, generation: Any) -> Reference:
+        """Keep an uncached generation of `clip` (made by the caller, e.g. with hooks recording it) as its reference."""
+        reference = Reference(generation.frames, generation.latents, generation.denoise_seconds)
+        self._save(self._path(clip), reference)
         self._memory[clip.name] = reference
         return reference
 

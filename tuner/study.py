@@ -36,6 +36,7 @@ from .recovery import pending_retries, reap_orphans, watchable
 from .references import FOLDER as REFERENCE_FOLDER
 from .references import ReferenceStore, weights_signature
 from .results import TrialResult, best_feasible, over_memory, trial_results
+from .schedule import capture_tables, enqueue
 from .space import SearchSpace
 from .study_storage import Heartbeat, display_url, open_storage, reap_lock, resolve_url
 
@@ -63,6 +64,7 @@ class TuneConfig:
     lpips_weights: Path | None = None
     progress: bool = False
     reference_dir: Path | None = None
+    search: str = "tpe"  # "schedule": step plans from a one-pass step model, verified as trials (tuner/schedule.py)
 
     def name(self) -> str:
         """The study name: given, or <workload>[-<contract>]-<budget> (the contract named unless it is none)."""
@@ -210,11 +212,12 @@ def open_study(
             "profile": str(config.profile) if config.profile else None,
             "tool": f"hetcache {__version__}",
             "seed": config.seed,
+            "search": config.search,
             "clips": [clip.name for clip in session.clips],
         }
         for key, value in attrs.items():
             study.set_user_attr(key, value)
-        if config.warm_start:
+        if config.warm_start and config.search == "tpe":  # a schedule study enqueues its candidates instead
             for label, params in space.warm_starts(hints)[: config.trials]:  # --trials is the total
                 study.enqueue_trial(params, user_attrs={"warm_start": label}, skip_if_exists=True)
         study.set_user_attr("search_space", space.to_dict())  # last: joining workers wait for it
@@ -339,6 +342,9 @@ def tune(config: TuneConfig, session: Any = None) -> TuneResult:
         )
     study, space, created = open_study(config, session, hints, storage, url)
     references = ReferenceStore(config.reference_dir or config.out / REFERENCE_FOLDER, session)
+    if config.search == "schedule":  # before the references: their runs record the step tables
+        model, passes = capture_tables(session, references)
+        enqueue(study, space, model, config.trials, passes)
     for clip in session.clips:
         references.get(clip)
     for clip in session.clips:

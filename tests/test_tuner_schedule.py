@@ -1,0 +1,166 @@
+"""`hetcache-tune --search schedule` on the tiny random-weight reference workload: the step model's predicted errors
+against measured ones, its dynamic programme against brute force, and its study against every step plan run.
+
+Random weights still give step-reuse errors that tell plans apart (latent_rel_l2 1e-3 … 3e-2 here).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import itertools
+from pathlib import Path
+
+import optuna
+import pytest
+from hetcache.tuner.budget import parse_budget
+from hetcache.tuner.cli import main
+from hetcache.tuner.objective import Evaluator
+from hetcache.tuner.references import ReferenceStore
+from hetcache.tuner.results import best_feasible, trial_results
+from hetcache.tuner.schedule import PLAN_ATTR, capture_tables, forecast_acts, spread, trial_steps
+from hetcache.tuner.space import SearchSpace
+from hetcache.tuner.step_model import StepModel, best_plans
+
+from hetcache.fingerprint import model_fingerprint
+from hetcache.metrics import latent_rel_l2
+from hetcache.policy import Policy, WorkloadSpec, model_spec_from_fingerprint
+from hetcache.workloads.execute import LoadedWorkload
+from hetcache.workloads.spec import parse_clip_names, reference_workload
+
+STEPS = 8
+WORKLOAD = ["--weights", "random", "--height", "64", "--width", "64", "--frames", "9", "--steps", "6"]
+CLIPS = "box,moving"
+
+
+@pytest.fixture(scope="module")
+def captured(tmp_path_factory):
+    """One clip's uncached run with the step recorder on (it is also the clip's stored reference)."""
+    workload = reference_workload(
+        weights="random", height=64, width=64, num_frames=9, steps=STEPS, clips=parse_clip_names("box")
+    )
+    session = LoadedWorkload(workload)
+    references = ReferenceStore(tmp_path_factory.mktemp("refs"), session)
+    model, passes = capture_tables(session, references)
+    return session, references, model, passes
+
+
+def measured(session, references, plan: str, forecast: str) -> float:
+    clip = session.clips[0]
+    policy = Policy(name="plan").replace(forecast=forecast)
+    generation, _ = session.generate_cached(clip, policy, plan=plan, decode=False, strict=False)
+    return latent_rel_l2(references.get(clip).latents, generation.latents)
+
+
+def test_capture_rides_on_the_reference_run_and_is_reused(captured, tmp_path):
+    session, references, model, passes = captured
+    assert passes == 0 and references.has(session.clips[0])  # the recorded run was stored as the reference
+    assert model.steps == STEPS
+    again, passes = capture_tables(session, references)  # on disk now: nothing runs
+    assert passes == 0 and (again.tables[0].gram == model.tables[0].gram).all()
+    fresh = ReferenceStore(tmp_path, session)
+    fresh.store(session.clips[0], session.generate(session.clips[0]))
+    _, passes = capture_tables(session, fresh)  # a reference without a table: one capture pass
+    assert passes == 1
+
+
+@pytest.mark.parametrize("forecast", ["none", "linear"])
+def test_predicted_error_of_reuse_plans_matches_the_measured_one(captured, forecast):
+    """Every single-REUSE plan and some longer spans: predicted latent_rel_l2 within 25 % of the measured one, and
+    the same order (rank correlation ≥ 0.9)."""
+    session, references, model, _ = captured
+    plans = ["F" * j + "R" + "F" * (STEPS - j - 1) for j in range(1, STEPS - 1)]
+    plans += ["F" * j + "R" * n + "F" * (STEPS - j - n) for j in (1, 3) for n in (2, 3)]
+    predicted = [model.plan_error(plan, forecast == "linear") for plan in plans]
+    actual = [measured(session, references, plan, forecast) for plan in plans]
+    for plan, p, a in zip(plans, predicted, actual, strict=True):
+        assert 0.75 < p / a < 1.25, (plan, p, a)
+    ranks = [sorted(values).index(v) for values in (predicted, actual) for v in values]
+    n = len(plans)
+    d2 = sum((ranks[i] - ranks[n + i]) ** 2 for i in range(n))
+    assert 1 - 6 * d2 / (n * (n * n - 1)) >= 0.9
+
+
+def brute_force(model: StepModel, forecast: bool, warmup: int, final: int) -> dict[int, list[tuple[float, str]]]:
+    """Every plan of F and R that keeps the first `warmup` and last `final` steps FULL, priced one by one."""
+    free = range(warmup, STEPS - final)
+    out: dict[int, list[tuple[float, str]]] = {}
+    for letters in itertools.product("FR", repeat=len(free)):
+        plan = "F" * warmup + "".join(letters) + "F" * final
+        out.setdefault(plan.count("F"), []).append((model.plan_error(plan, forecast), plan))
+    return {k: sorted(v) for k, v in sorted(out.items())}
+
+
+@pytest.mark.parametrize(("forecast", "warmup", "final"), [(False, 1, 1), (True, 1, 1), (True, 2, 2)])
+def test_the_dynamic_programme_finds_the_exhaustive_optimum(captured, forecast, warmup, final):
+    model = captured[2]
+    found = best_plans(model, forecast, warmup, final, keep=3)
+    truth = brute_force(model, forecast, warmup, final)
+    assert sorted(found) == sorted(truth)
+    for k, plans in truth.items():
+        assert [p for _, p in found[k]] == [p for _, p in plans[:3]], k
+        assert [e for e, _ in found[k]] == pytest.approx([e for e, _ in plans[:3]])
+
+
+def test_spread_and_forecast_rules():
+    assert spread([2, 3, 4, 5, 6]) == [2, 6, 4, 3, 5]
+    assert sorted(spread(list(range(11)))) == list(range(11))
+    assert not forecast_acts("FRRRFF")  # every REUSE before the second computed step: nothing to extrapolate
+    assert forecast_acts("FFRFFF") and forecast_acts("FRFRFF")
+
+
+def run_tune(*args: str) -> tuple[int, str]:
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(io.StringIO()):
+        code = main(list(args))
+    return code, out.getvalue()
+
+
+def every_step_plan(out: Path, budget: str):
+    """The full objective where it can run: every F/R plan of the 6-step workload (first and last step FULL, with
+    and without the forecast) run as a policy on the study's clips; returns the best feasible (speedup, quality)."""
+    workload = reference_workload(
+        weights="random", height=64, width=64, num_frames=9, steps=6, clips=parse_clip_names(CLIPS)
+    )
+    session = LoadedWorkload(workload)
+    budget_ = parse_budget(budget, min_speedup=1.1)
+    evaluator = Evaluator(session, ReferenceStore(out / "references", session), budget_, "flops")
+    space = SearchSpace.for_session(session)
+    model = model_spec_from_fingerprint(model_fingerprint(session.transformer))
+    spec = WorkloadSpec(**session.summary())
+    best = None
+    for letters in itertools.product("FR", repeat=4):
+        plan = "F" + "".join(letters) + "F"
+        for forecast in ("none", "linear") if forecast_acts(plan) else ("none",):
+            policy = space.policy(space.point(forecast=forecast), plan, model, spec).replace(rule="explicit", plan=plan)
+            outcome = evaluator.evaluate(policy, prune=False)
+            quality = budget_.aggregate(outcome.quality, outcome.quality_worst)["psnr"]
+            if budget_.feasible({"psnr": quality}, outcome.speedup_flops):
+                best = max(best or (0.0, 0.0), (round(outcome.speedup_flops, 9), quality))
+    return best
+
+
+def test_schedule_study_returns_the_best_policy_of_the_full_objective(tmp_path):
+    """With a third of the step plans verified, the schedule study's best feasible policy is the one running every
+    plan finds (the same speedup and quality), and no slower than a plain TPE study's over the whole space; its
+    trials ran explicit plans and its summary counts their steps."""
+    budget = "psnr=34"
+    truth = every_step_plan(tmp_path / "all", budget)
+    args = ["--budget", budget, "--trials", "9", "--search", "schedule", *WORKLOAD, "--clips", CLIPS]
+    code, stdout = run_tune(*args, "--out", str(tmp_path / "run"))
+    assert code == 0, stdout
+    study = optuna.load_study(study_name="reference-psnr34", storage=f"sqlite:///{tmp_path / 'run' / 'study.db'}")
+    results = trial_results(study, "flops")
+    assert len(results) == 9 and all(PLAN_ATTR in r.attrs for r in results)
+    assert all(r.plan() == r.attrs[PLAN_ATTR] for r in results)
+    best = best_feasible(results, parse_budget(budget, min_speedup=1.1))
+    assert (round(best.value, 9), best.aggregate(parse_budget(budget))["psnr"]) == pytest.approx(truth)
+    code, _ = run_tune(
+        "--budget", budget, "--trials", "16", *WORKLOAD, "--clips", CLIPS, "--out", str(tmp_path / "tpe")
+    )
+    tpe = optuna.load_study(study_name="reference-psnr34", storage=f"sqlite:///{tmp_path / 'tpe' / 'study.db'}")
+    tpe_best = best_feasible(trial_results(tpe, "flops"), parse_budget(budget, min_speedup=1.1))
+    assert code == 0 and best.value >= tpe_best.value  # the whole space sampled by TPE finds nothing faster
+    count = trial_steps(results)
+    assert f"denoising steps: {count.steps} run by {count.trials} evaluated trials" in stdout
+    assert count.steps == 9 * 2 * 6 and count.computed < count.steps
