@@ -101,6 +101,8 @@ PARAMS = (
     Param("cache_dtype", "choice", "auto", choices=TUNED_CACHE_DTYPES, field="dtype"),
     Param("refresh_skipped_kv", "choice", False, choices=(False, True), field="refresh_skipped_kv"),
     Param("forecast", "choice", "none", choices=FORECASTS, field="forecast"),
+    # skip rows forecast over the whole PARTIAL run (null), at most 2 FULL-step intervals, or not (REUSE only)
+    Param("forecast_skip_horizon", "choice", None, choices=(None, 2.0, 0.0), field="forecast_skip_horizon"),
 )
 PARAM_NAMES = tuple(p.name for p in PARAMS)
 ALL, QUIET = "all", "quiet"  # warm-start values of partial_blocks: every main block, the least drifting ones
@@ -324,4 +326,6 @@ def behaviour_key(policy: Policy, plan: str) -> str:
             parts.append(f"clusters={t.clusters}")
         if t.refresh_skipped_kv:  # only when on, so that keys of studies made before the option stay valid
             parts.append("refresh_kv")
+        if policy.cache.forecast != "none" and policy.cache.forecast_skip_horizon is not None:  # the same
+            parts.append(f"skip_horizon={policy.cache.forecast_skip_horizon:g}")
     return ";".join(parts)
