@@ -120,7 +120,8 @@ class WarmStart:
 
 TOKEN_LEVEL = {"margin_width": 2, "margin_ratio": 0.5, "context_ratio": 0.1, "selection": "kmeans_attention"}
 # the skipped tokens' keys/values refreshed and cached residuals forecast: the cheapest error fixes (docs/method.md)
-REFRESHED = {"refresh_skipped_kv": True, "forecast": "linear", "partial_vace": True}
+# (the skip rows not forecast: from the two warm-up FULL steps it misleads long PARTIAL runs, forecast_partial.py)
+REFRESHED = {"refresh_skipped_kv": True, "forecast": "linear", "forecast_skip_horizon": 0.0, "partial_vace": True}
 # timestep-only plans are a subset of the space: a ladder of them (every other value neutral: step reuse only)
 # seeds every study, so that its Pareto front is at least as good as step reuse at every cost
 TIMESTEP_LADDER = (1.5, 0.5, 1.0, 2.5)
