@@ -367,6 +367,7 @@ def _buffers(plan: MemoryPlan, arch: Architecture, policy: Policy, letters: set[
     scores = spec.selection in ("attention", "kmeans_attention") and spec.context_ratio > 0
     partial = PARTIAL in letters and bool(plan.partial_blocks or plan.partial_vace_blocks)
     forecast = policy.cache.forecast != "none"
+    forecast_skipped = forecast and policy.cache.forecast_skip_horizon != 0  # skip rows extrapolated on PARTIAL steps
     out: list[Buffer] = []
     for expert in range(plan.experts):
         for context in plan.contexts:
@@ -379,7 +380,7 @@ def _buffers(plan: MemoryPlan, arch: Architecture, policy: Policy, letters: set[
                     add("key", owner, (b, n, heads, head_dim), cache, stored)
                     add("value", owner, (b, n, heads, head_dim), cache, stored)
                 add("skip", owner, (b, nk, d), cache, stored)
-                if forecast:  # the skip rows of the FULL step before
+                if forecast_skipped:  # the skip rows of the FULL step before
                     add("skip_prev", owner, (b, nk, d), cache, stored)
                 if hint:
                     add("hint", owner, (b, n, d), model)
@@ -413,7 +414,7 @@ def _buffers(plan: MemoryPlan, arch: Architecture, policy: Policy, letters: set[
             for _slot in range(min(2, cached_layers)):  # two slots: the next layer is prefetched while one computes
                 kinds = [] if spec.refresh_skipped_kv else [("key", kv), ("value", kv)]
                 kinds += [("skip", (b, nk, d))]
-                kinds += [("skip_prev", (b, nk, d))] if forecast else []
+                kinds += [("skip_prev", (b, nk, d))] if forecast_skipped else []
                 for kind, shape in kinds:
                     out.append(
                         Buffer(f"staging.{kind}", "transformer", None, expert, shape, cache, DEVICE, True, PARTIAL)

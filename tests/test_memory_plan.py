@@ -96,6 +96,12 @@ CASES = {
     "batch of two, attention": (SOME.replace(selection="attention", context_ratio=0.0), "FPP", 2, True),
     "skipped K/V refresh, offload": (SOME.replace(refresh_skipped_kv=True, offload=True), "FPRPF", 1, True),
     "forecast, offload": (SOME.replace(forecast="linear", offload=True), "FFRPF", 1, True),
+    "forecast on REUSE only, offload": (
+        SOME.replace(forecast="linear", forecast_skip_horizon=0.0, offload=True),
+        "FFRPF",
+        1,
+        True,
+    ),
     "forecast, kmeans_attention, no CFG": (
         SOME.replace(forecast="linear", selection="kmeans_attention"),
         "FFPR",

@@ -101,6 +101,8 @@ PARAMS = (
     Param("cache_dtype", "choice", "auto", choices=TUNED_CACHE_DTYPES, field="dtype"),
     Param("refresh_skipped_kv", "choice", False, choices=(False, True), field="refresh_skipped_kv"),
     Param("forecast", "choice", "none", choices=FORECASTS, field="forecast"),
+    # skip rows forecast over the whole PARTIAL run (null), at most 2 FULL-step intervals, or not (REUSE only)
+    Param("forecast_skip_horizon", "choice", None, choices=(None, 2.0, 0.0), field="forecast_skip_horizon"),
 )
 PARAM_NAMES = tuple(p.name for p in PARAMS)
 ALL, QUIET = "all", "quiet"  # warm-start values of partial_blocks: every main block, the least drifting ones
@@ -118,7 +120,8 @@ class WarmStart:
 
 TOKEN_LEVEL = {"margin_width": 2, "margin_ratio": 0.5, "context_ratio": 0.1, "selection": "kmeans_attention"}
 # the skipped tokens' keys/values refreshed and cached residuals forecast: the cheapest error fixes (docs/method.md)
-REFRESHED = {"refresh_skipped_kv": True, "forecast": "linear", "partial_vace": True}
+# (the skip rows not forecast: from the two warm-up FULL steps it misleads long PARTIAL runs, forecast_partial.py)
+REFRESHED = {"refresh_skipped_kv": True, "forecast": "linear", "forecast_skip_horizon": 0.0, "partial_vace": True}
 # timestep-only plans are a subset of the space: a ladder of them (every other value neutral: step reuse only)
 # seeds every study, so that its Pareto front is at least as good as step reuse at every cost
 TIMESTEP_LADDER = (1.5, 0.5, 1.0, 2.5)
@@ -324,4 +327,6 @@ def behaviour_key(policy: Policy, plan: str) -> str:
             parts.append(f"clusters={t.clusters}")
         if t.refresh_skipped_kv:  # only when on, so that keys of studies made before the option stay valid
             parts.append("refresh_kv")
+        if policy.cache.forecast != "none" and policy.cache.forecast_skip_horizon is not None:  # the same
+            parts.append(f"skip_horizon={policy.cache.forecast_skip_horizon:g}")
     return ";".join(parts)

@@ -73,12 +73,13 @@ class CacheBuffers:
         cfg = self.config
         batch, tokens, dim = run.batch, run.tokens, cfg.geometry.dim
         stream = (batch, tokens, dim)
-        forecast = cfg.forecast
+        forecast, forecast_skipped = cfg.forecast, cfg.forecast_skipped
         ctx.x_in = _buffer(ctx.x_in, stream, cfg.model_dtype, device)
         ctx.residual = _buffer(ctx.residual, stream, self.head_dtype, device, zero=forecast)
         if forecast:
             ctx.residual_prev = _buffer(ctx.residual_prev, stream, self.head_dtype, device, zero=True)
             ctx.forecast.reuse = _buffer(ctx.forecast.reuse, (), torch.float32, device, zero=True)
+        if forecast_skipped:
             ctx.forecast.skip = _buffer(ctx.forecast.skip, (), torch.float32, device, zero=True)
         if cfg.is_vace and (ctx.zero_hint is None or tuple(ctx.zero_hint.shape) != stream):
             ctx.zero_hint = torch.zeros(stream, dtype=cfg.model_dtype, device=device)
@@ -95,8 +96,8 @@ class CacheBuffers:
             layer = ctx.layer(name)
             layer.key = None if shared else _buffer(layer.key, kv, cfg.cache_dtype, store, pin)
             layer.value = None if shared else _buffer(layer.value, kv, cfg.cache_dtype, store, pin)
-            layer.skip = _buffer(layer.skip, skip, cfg.cache_dtype, store, pin, zero=forecast)
-            if forecast:
+            layer.skip = _buffer(layer.skip, skip, cfg.cache_dtype, store, pin, zero=forecast_skipped)
+            if forecast_skipped:
                 layer.skip_prev = _buffer(layer.skip_prev, skip, cfg.cache_dtype, store, pin, zero=True)
             if name.startswith("vace."):
                 layer.hint = _buffer(layer.hint, stream, cfg.model_dtype, device)
@@ -197,7 +198,7 @@ class CacheBuffers:
     ) -> None:
         """After a full computation: keys, values and the residual (or output) of the skippable tokens."""
         offload = self.config.offload
-        if self.config.forecast:  # offloaded: a host copy, after the last FULL step's writes (the step's timestep
+        if self.config.forecast_skipped:  # offloaded: a host copy, after the last FULL step's writes (the timestep
             layer.skip_prev.copy_(layer.skip)  # read synchronised the stream since)
         if layer.key is not None:  # not with the K/V refresh: PARTIAL steps rewrite every row
             layer.key.copy_(key, non_blocking=offload)
@@ -246,10 +247,10 @@ class CacheBuffers:
     def refresh_skip(self, layer: LayerCache, rows: Rows, computed: torch.Tensor, base: torch.Tensor) -> None:
         """Skip rows of the computed skippable tokens (the first `n_refresh` active ones).
 
-        Not with a forecast: its history must hold FULL-step rows only (these rows are computed on every PARTIAL
-        step until the next FULL step, which rewrites them all).
+        Not when the skip rows are forecast: their history must hold FULL-step rows only (these rows are computed on
+        every PARTIAL step until the next FULL step, which rewrites them all).
         """
-        if self.config.forecast:
+        if self.config.forecast_skipped:
             return
         fresh = computed[:, : rows.n_refresh]
         if self.config.residual_fill:
@@ -258,9 +259,9 @@ class CacheBuffers:
 
     def fill_skipped(self, ctx: ContextState, staged: dict[str, torch.Tensor], out: torch.Tensor, rows: Rows) -> None:
         """Skipped tokens of `out` (in place): input + cached residual, or the cached output (forecast: either
-        extrapolated linearly from the last two FULL steps to this one)."""
+        extrapolated linearly from the last two FULL steps to this one, unless `cache.forecast_skip_horizon` is 0)."""
         skip = staged["skip"].to(out.dtype)
-        if self.config.forecast:
+        if self.config.forecast_skipped:
             # skip + f·(skip − prev) as one lerp (one temporary, not three); weight 1 gives `skip` exactly
             skip = torch.lerp(staged["skip_prev"].to(out.dtype), skip, 1 + ctx.forecast.skip)
         if self.config.residual_fill:

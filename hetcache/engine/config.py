@@ -58,7 +58,9 @@ class EngineConfig:
     seed: int
     cache_dtype: torch.dtype
     offload: bool
-    forecast: bool  # REUSE steps and skipped tokens extrapolate their cached residuals linearly in time
+    forecast: bool  # REUSE steps extrapolate the cached whole-stack residual linearly in time
+    forecast_skipped: bool  # PARTIAL steps extrapolate the skipped tokens' skip rows too
+    forecast_skip_horizon: float | None  # the most FULL-step intervals they are extrapolated over (None: no limit)
     model_dtype: torch.dtype
     patch_size: tuple[int, int, int]
     is_vace: bool
@@ -126,6 +128,8 @@ def resolve_config(
         cache_dtype={**TORCH_DTYPES, **CACHE_ONLY_DTYPES}.get(policy.cache.dtype, model.dtype),
         offload=policy.cache.offload,
         forecast=policy.cache.forecast == "linear",
+        forecast_skipped=policy.cache.forecast == "linear" and policy.cache.forecast_skip_horizon != 0,
+        forecast_skip_horizon=policy.cache.forecast_skip_horizon,
         model_dtype=model.dtype,
         patch_size=shape.patch,
         is_vace=bool(vace_blocks),

@@ -99,7 +99,7 @@ class RootHook(ModelHook):
         ctx.text_fresh, ctx.text_signature = signature != ctx.text_signature, signature
         ctx.decision, ctx.last_step = self._runnable(ctx, decision), step
         if state.config.forecast:
-            _advance_forecast(ctx, run.last_t)
+            _advance_forecast(ctx, run.last_t, state.config.forecast_skip_horizon)
         state.phase_seconds["engine"] += time.perf_counter() - started
         ctx.started = started
 
@@ -210,14 +210,24 @@ class RootHook(ModelHook):
         self.state.phase_seconds["select"] += time.perf_counter() - started
 
 
-def _advance_forecast(ctx: ContextState, t: float) -> None:
-    """This call's extrapolation factors from the steps computed before it, then its own place in the history."""
+def _bounded(factor: float, horizon: float | None) -> float:
+    """An extrapolation factor limited to `horizon` FULL-step intervals (None: as it is)."""
+    return factor if horizon is None else min(factor, horizon)
+
+
+def _advance_forecast(ctx: ContextState, t: float, horizon: float | None) -> None:
+    """This call's extrapolation factors from the steps computed before it, then its own place in the history.
+
+    PARTIAL steps extrapolate the skip rows over at most `horizon` intervals of the last two FULL steps: after a long
+    run of PARTIAL steps an unbounded factor carries one early difference far beyond where it holds
+    (benchmarks/forecast_partial.py).
+    """
     forecast = ctx.forecast
     if ctx.decision == REUSE:
         forecast.reuse.fill_(extrapolation(forecast.computed, t))
         return
-    if ctx.decision == PARTIAL:
-        forecast.skip.fill_(extrapolation(forecast.full, t))
+    if ctx.decision == PARTIAL and forecast.skip is not None:  # the skip rows are forecast too
+        forecast.skip.fill_(_bounded(extrapolation(forecast.full, t), horizon))
     forecast.computed = [*forecast.computed, t][-2:]
     if ctx.decision == FULL:
         forecast.full = [*forecast.full, t][-2:]

@@ -105,6 +105,15 @@ class CacheSpec:
         optional=True,
         doc="cached residuals extrapolated in time from the last two computed steps (REUSE, skipped tokens)",
     )
+    forecast_skip_horizon: float | None = spec(
+        None,
+        kind="float",
+        ge=0.0,
+        nullable=True,
+        optional=True,
+        doc="with the forecast: the most FULL-step intervals a PARTIAL step extrapolates skip rows over "
+        "(null: no limit; 0: none, the forecast is for REUSE steps only)",
+    )
 
 
 @dataclass(frozen=True)
