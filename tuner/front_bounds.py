@@ -1,8 +1,8 @@
 """Which search-space bounds the Pareto front sits on: a front pressed against a bound was capped by the space.
 
 `hetcache-tune` prints, after a study, one row per front point naming the capping bounds it sits on
-(`SearchSpace.bounds_hit`), and one warning line when the best feasible point sits on one, with the `--space` flag
-that widens it.
+(`SearchSpace.bounds_hit`), and one warning line when the best feasible point sits on one past which it would compute
+less (the side that holds the fastest point back), with the `--space` flag that widens it.
 """
 
 from __future__ import annotations
@@ -19,9 +19,9 @@ def _space(attrs: dict[str, Any]) -> SearchSpace | None:
     return SearchSpace.from_dict(data) if isinstance(data, dict) else None
 
 
-def bounds_of(result: TrialResult, space: SearchSpace) -> list[tuple[str, str]]:
-    """The capping bounds a trial's point sits on."""
-    return space.bounds_hit(result.params, result.plan())
+def bounds_of(result: TrialResult, space: SearchSpace, cheaper: bool = False) -> list[tuple[str, str]]:
+    """The capping bounds a trial's point sits on (with `cheaper`: those past which it would compute less)."""
+    return space.bounds_hit(result.params, result.plan(), cheaper)
 
 
 def front_rows(results: list[TrialResult], budget: Budget, attrs: dict[str, Any]) -> list[dict[str, Any]]:
@@ -42,11 +42,12 @@ def front_rows(results: list[TrialResult], budget: Budget, attrs: dict[str, Any]
 
 
 def best_bound_warning(results: list[TrialResult], budget: Budget, attrs: dict[str, Any]) -> str | None:
-    """One line when the best feasible trial sits on a capping bound, naming it and the `--space` flag to widen it."""
+    """One line when the best feasible trial sits on a bound past which it would compute less, naming the parameter
+    and the `--space` flag that widens it."""
     space, best = _space(attrs), best_feasible(results, budget)
     if space is None or best is None:
         return None
-    hits = bounds_of(best, space)
+    hits = bounds_of(best, space, cheaper=True)
     if not hits:
         return None
     shown = "; ".join(

@@ -70,6 +70,7 @@ class Param:
     log: bool = False
     field: str | None = None
     domain: tuple[float | None, float | None] = (None, None)  # derived parameters' own limits (no schema field)
+    cheaper: str | None = None  # "low" / "high": the side on which a policy computes less (None: neither)
 
     @property
     def tunable(self) -> bool:
@@ -113,15 +114,16 @@ class Param:
 
 
 PARAMS = (
-    Param("reuse_threshold", "float", None, bounds="reuse_threshold", log=True, field="reuse_threshold"),
     Param(
-        "full_ratio", "float", 1.0, bounds=(1.0, 4.0), domain=(1.0, None)
-    ),  # full_threshold = reuse_threshold · full_ratio
-    Param("warmup_steps", "int", 2, bounds="warmup_steps", field="warmup_steps"),
-    Param("final_full_steps", "int", 1, bounds="final_full_steps", field="final_full_steps"),
-    Param("margin_width", "int", 0, bounds="margin_width", field="margin_width"),
-    Param("margin_ratio", "float", 0.0, bounds=(0.0, 1.0), field="margin_ratio"),
-    Param("context_ratio", "float", 0.0, bounds=(0.0, 0.5), field="context_ratio"),
+        "reuse_threshold", "float", None, bounds="reuse_threshold", log=True, field="reuse_threshold", cheaper="high"
+    ),
+    # full_threshold = reuse_threshold · full_ratio
+    Param("full_ratio", "float", 1.0, bounds=(1.0, 4.0), domain=(1.0, None), cheaper="high"),
+    Param("warmup_steps", "int", 2, bounds="warmup_steps", field="warmup_steps", cheaper="low"),
+    Param("final_full_steps", "int", 1, bounds="final_full_steps", field="final_full_steps", cheaper="low"),
+    Param("margin_width", "int", 0, bounds="margin_width", field="margin_width", cheaper="low"),
+    Param("margin_ratio", "float", 0.0, bounds=(0.0, 1.0), field="margin_ratio", cheaper="low"),
+    Param("context_ratio", "float", 0.0, bounds=(0.0, 0.5), field="context_ratio", cheaper="low"),
     Param("selection", "choice", "stride", choices=SELECTIONS, field="selection"),
     Param("clusters", "int", 8, bounds=(2, 32), log=True, field="clusters"),
     Param("skip_fill", "choice", "residual", choices=SKIP_FILLS, field="skip_fill"),
@@ -274,9 +276,10 @@ class SearchSpace:
             caps_low, caps_high = low > 1, caps_high and high < self.steps - 1  # the last step is FULL anyway
         return caps_low, caps_high
 
-    def bounds_hit(self, params: dict[str, Any], plan: str) -> list[tuple[str, str]]:
+    def bounds_hit(self, params: dict[str, Any], plan: str, cheaper: bool = False) -> list[tuple[str, str]]:
         """(parameter, "low" | "high") for each capping bound the point sits on, among the parameters that matter
-        for it (token and layer settings only when its plan has PARTIAL steps)."""
+        for it (token and layer settings only when its plan has PARTIAL steps); with `cheaper`, only the bounds past
+        which a policy computes less (those that hold back the fastest point)."""
         hits = []
         for param in PARAMS:
             if not param.tunable or param.name not in params:
@@ -288,6 +291,8 @@ class SearchSpace:
             low, high = param.range(self)
             value = float(params[param.name])
             for side, bound, caps in zip(("low", "high"), (low, high), self.caps(param.name), strict=True):
+                if cheaper and side != param.cheaper:
+                    continue
                 if caps and _near(value, float(bound), float(low), float(high), param):
                     hits.append((param.name, side))
         return hits
