@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 from pathlib import Path
 
 import optuna
@@ -90,3 +91,51 @@ def test_best_point_on_a_bound_warns_and_the_widened_space_gets_past_it(tmp_path
     assert attrs["space_ranges"] == {} and load(tmp_path / "capped", "reference-psnr10").user_attrs["space_ranges"] == {
         "reuse_threshold": [0.2, 0.3]
     }
+
+
+def test_export_validation_drops_a_point_dominated_on_held_out_clips(tmp_path):
+    """A real SQLite study on clip `box`, plus one fixed trial: the plain step-reuse policy of the `timestep-only`
+    warm start, recorded with a calibration score that ranks it on the front (as noise on few calibration clips
+    does). On held-out clips the forecast twin of its plan (same FLOPs) beats it: export drops it, or flags it."""
+    out = tmp_path / "run"
+    code, _, stderr = run_tune("--budget", "psnr=10", "--trials", "8", *WORKLOAD, "--clips", "box", "--out", str(out))
+    assert code == 0, stderr
+    study = load(out, "reference-psnr10")
+    by_label = {t.user_attrs.get("warm_start"): t for t in study.trials}
+    plain, forecast = by_label["timestep-only"], by_label["timestep-only-forecast"]
+    assert plain.user_attrs["decisions"] == forecast.user_attrs["decisions"]  # the same plan: the same FLOPs
+    lucky = {**plain.user_attrs, "quality": {**plain.user_attrs["quality"], "psnr": 60.0}, "warm_start": "fixed"}
+    lucky["speedup_flops"] = plain.user_attrs["speedup_flops"] * 0.99  # just slower, so it stands on the front
+    fixed = optuna.trial.create_trial(
+        params=plain.params, distributions=plain.distributions, value=lucky["speedup_flops"], user_attrs=lucky
+    )
+    study.add_trial(fixed)
+    fixed_number = len(study.trials) - 1
+    storage = str(out / "study.db")
+    base = ["export", "--storage", storage, "--study-name", "reference-psnr10"]
+
+    code, _, stderr = run_tune(*base, "--validate-clips", "box", "--export", str(tmp_path / "x.json"))
+    assert code == 2 and "not held out" in stderr and not (tmp_path / "x.json").exists(), stderr
+
+    code, stdout, stderr = run_tune(
+        *base, "--validate-clips", "box-7,small_box-7", "--export", str(tmp_path / "p.json"),
+        "--export-pareto", str(tmp_path / "ladder"),
+    )  # fmt: skip
+    assert code == 0, stderr
+    assert "editing contract none" in stdout and f"dropped: dominated by trial {forecast.number}" in stdout, stdout
+    ladder = json.loads((tmp_path / "ladder" / "index.json").read_text())["ladder"]
+    assert fixed_number not in {rung["trial"] for rung in ladder}
+    assert forecast.number in {rung["trial"] for rung in ladder}
+    provenance = load_policy(tmp_path / "p.json").provenance
+    held, calibration = provenance["held_out_quality"], provenance["calibration_quality"]
+    assert held["clips"] == ["box-7", "small_box-7"] and held["contract"] == "none" and held["metric"] == "psnr"
+    assert calibration["clips"] == ["box"] and calibration["value"] == provenance["quality"]["psnr"]
+    assert held["value"] != calibration["value"]  # measured on other clips
+
+    code, stdout, _ = run_tune(
+        *base, "--validate-clips", "box-7,small_box-7", "--keep-dominated", "--export-pareto", str(tmp_path / "all"),
+    )  # fmt: skip
+    assert code == 0 and "flagged: dominated by trial" in stdout
+    kept = json.loads((tmp_path / "all" / "index.json").read_text())["ladder"]
+    flagged = next(rung for rung in kept if rung["trial"] == fixed_number)
+    assert flagged["held_out"]["dominated_by_trial"] == forecast.number
