@@ -115,6 +115,13 @@ def _search_arguments(parser: argparse.ArgumentParser, default_out: str) -> None
     group.add_argument("--sampler-seed", type=cli_types.integer(0), help="TPE seed (default: --seed, else 0)")
     group.add_argument("--profile", type=Path, help="profile folder from hetcache-profile (layer order, step curve)")
     group.add_argument("--no-warm-start", action="store_true", help="do not enqueue the paper / timestep-only points")
+    group.add_argument(
+        "--space",
+        action="append",
+        metavar="NAME=LOW:HIGH",
+        help="replace a numeric parameter's range, e.g. reuse_threshold=0.01:2 or full_ratio=1:8 (repeatable; "
+        "stored with the study, so --resume / --join must pass the same)",
+    )
     group.add_argument("--lpips-weights", type=Path, help="LPIPS weights folder (needed to bound lpips)")
     group.add_argument("--out", type=Path, default=Path(default_out), help=f"run folder (default {default_out})")
     store = parser.add_argument_group("study storage (several workers: one per GPU, same --storage and --study-name)")
@@ -172,6 +179,7 @@ def build_export_parser() -> argparse.ArgumentParser:
     parser.add_argument("--study-name", required=True)
     _budget_arguments(parser, required=False, tuning=False)
     _export_arguments(parser, "default policy.json")
+    _validation_arguments(parser)
     return parser
 
 
@@ -186,6 +194,7 @@ def build_reference_parser() -> argparse.ArgumentParser:
     _budget_arguments(parser, required=True, repeat=True)
     _search_arguments(parser, "runs/reference-policies")
     parser.add_argument("--policies-dir", type=Path, default=Path("policies"), help="where to write (default policies)")
+    _validation_arguments(parser)
     add_workload_arguments(parser)
     return parser
 
@@ -204,6 +213,7 @@ def _heartbeat(args: argparse.Namespace):
 
 
 def _config(args: argparse.Namespace, budget, workload, **overrides):
+    from .space import parse_space_ranges
     from .study import TuneConfig
 
     seed = args.sampler_seed if args.sampler_seed is not None else (args.seed if args.seed is not None else 0)
@@ -224,6 +234,7 @@ def _config(args: argparse.Namespace, budget, workload, **overrides):
         lpips_weights=args.lpips_weights,
         progress=progress_enabled(),
         search=args.search,
+        space_ranges=parse_space_ranges(args.space),
     )
     values.update(overrides)
     return TuneConfig(**values)
@@ -289,6 +300,7 @@ def miss_label(result, budget) -> str:
 
 
 def _print_summary(result, budget, trials: int | None = None) -> None:
+    from .front_bounds import best_bound_warning, front_rows
     from .results import summary_rows
 
     rows = summary_rows(result.results, budget)
@@ -314,6 +326,12 @@ def _print_summary(result, budget, trials: int | None = None) -> None:
             f"{len(result.over_memory)} more trials were not run: their policy misses max cache "
             f"{budget.memory.max_gib:g} GiB ({shown}{more})"
         )
+    front = front_rows(result.results, budget, result.info.attrs)
+    if front:
+        print("\nPareto front (the search-space bounds each point sits on):\n" + format_table(front))
+    warning = best_bound_warning(result.results, budget, result.info.attrs)
+    if warning is not None:
+        print(f"{PROG}: {warning}", file=sys.stderr)
 
 
 def steps_line(result) -> str:
@@ -331,19 +349,44 @@ def steps_line(result) -> str:
     )
 
 
-def _export(results, budget, info, export: Path | None, pareto: Path | None, name: str | None) -> int:
-    from .export import NoFeasibleTrial, export_best, export_pareto
+def _validation_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("held-out validation")
+    group.add_argument(
+        "--validate-clips",
+        metavar="CLIPS",
+        help="score the Pareto front on these clips (other seeds than the study's, e.g. box-7,small_box-7) under the "
+        "study's workload and editing contract, and drop the points another front point dominates there",
+    )
+    group.add_argument(
+        "--keep-dominated", action="store_true", help="with --validate-clips: flag dominated points instead of dropping"
+    )
 
+
+def _export(
+    results, budget, info, export: Path | None, pareto: Path | None, name: str | None, validation=None, keep=False
+) -> int:
+    from .export import NoFeasibleTrial, export_best, export_pareto
+    from .results import pareto_front
+
+    front = extra = None
+    if validation is not None:
+        from .validate import validation_report
+
+        print(validation_report(results, validation, keep))
+        dropped = set() if keep else validation.dominated
+        results = [r for r in results if r.number not in dropped]
+        front = [r for r in pareto_front(results, budget) if r.number in validation.scores]
+        extra = validation.provenance
     if pareto is not None:
         try:
-            rows = export_pareto(results, budget, info, pareto)
+            rows = export_pareto(results, budget, info, pareto, front, extra)
             print(f"wrote {pareto}/: {len(rows)} policies along the Pareto front (speedup vs {budget.primary})")
         except NoFeasibleTrial as exc:
             print(f"{PROG}: {exc}", file=sys.stderr)
     if export is None:
         return 0
     try:
-        best, path = export_best(results, budget, info, export, name=name)
+        best, path = export_best(results, budget, info, export, name=name, extra=extra)
     except NoFeasibleTrial as exc:
         print(f"{PROG}: {exc}", file=sys.stderr)
         return NO_FEASIBLE_EXIT
@@ -511,7 +554,13 @@ def command_export(argv: Sequence[str]) -> int:
     else:
         budget = dataclasses.replace(study_budget, min_speedup=min_speedup)
     budget = with_memory_bound(budget, args, study_budget)
-    return _export(results, budget, info, export, args.export_pareto, args.name)
+    validation = None
+    if args.validate_clips is not None:
+        from .validate import held_out_workload, study_workload, validate_front
+
+        held_out = held_out_workload(study_workload(info), args.validate_clips, info.name)
+        validation = validate_front(results, budget, info, held_out)
+    return _export(results, budget, info, export, args.export_pareto, args.name, validation, args.keep_dominated)
 
 
 def command_reference(argv: Sequence[str]) -> int:
@@ -537,8 +586,13 @@ def command_reference(argv: Sequence[str]) -> int:
     write_marker(args.out, "tune")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     config = _config(args, budgets[0], workload, resume=True)
+    held_out = None
+    if args.validate_clips is not None:
+        from .validate import held_out_workload
+
+        held_out = held_out_workload(workload, args.validate_clips, "reference-policies")
     with quiet_interrupts():
-        written = tune_reference_policies(budgets, config, args.policies_dir)
+        written = tune_reference_policies(budgets, config, args.policies_dir, held_out, args.keep_dominated)
     for path in written:
         print(f"wrote {path}")
     return 0 if len(written) == len(budgets) else NO_FEASIBLE_EXIT

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as _dt
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -71,9 +72,15 @@ def provenance(result: TrialResult, study: StudyInfo, budget: Budget) -> dict[st
 
 
 def policy_of(
-    result: TrialResult, study: StudyInfo, budget: Budget, name: str | None = None, description: str | None = None
+    result: TrialResult,
+    study: StudyInfo,
+    budget: Budget,
+    name: str | None = None,
+    description: str | None = None,
+    extra: dict[str, Any] | None = None,
 ) -> Policy:
-    """The trial's policy with its resolved plan and full provenance."""
+    """The trial's policy with its resolved plan and full provenance (`extra`: more provenance, e.g. held-out
+    quality)."""
     policy = policy_from_dict(result.policy, origin=f"trial {result.number} of study '{study.name}'")
     plan = result.plan()
     step_plan = policy.step_plan
@@ -88,7 +95,7 @@ def policy_of(
         name=name or policy.name,
         description=text,
         step_plan=step_plan,
-        provenance=provenance(result, study, budget),
+        provenance={**provenance(result, study, budget), **(extra or {})},
     )
 
 
@@ -118,18 +125,28 @@ def export_best(
     path: Path,
     name: str | None = None,
     description: str | None = None,
+    extra: Callable[[TrialResult], dict[str, Any]] | None = None,
 ) -> tuple[TrialResult, Path]:
-    """Write the best feasible trial's policy to `path`; raise NoFeasibleTrial (writing nothing) if there is none."""
+    """Write the best feasible trial's policy to `path`; raise NoFeasibleTrial (writing nothing) if there is none.
+    `extra(trial)`: more provenance for the written policy."""
     best = best_feasible(results, budget)
     if best is None:
         raise no_feasible_message(results, budget, study)
-    policy = policy_of(best, study, budget, name, description)
+    policy = policy_of(best, study, budget, name, description, extra(best) if extra else None)
     return best, policy.save(path)
 
 
-def export_pareto(results: list[TrialResult], budget: Budget, study: StudyInfo, folder: Path) -> list[dict[str, Any]]:
-    """Write one policy per Pareto-front trial (speedup vs the budget's first metric) plus an index, atomically."""
-    front = pareto_front(results, budget)
+def export_pareto(
+    results: list[TrialResult],
+    budget: Budget,
+    study: StudyInfo,
+    folder: Path,
+    front: list[TrialResult] | None = None,
+    extra: Callable[[TrialResult], dict[str, Any]] | None = None,
+) -> list[dict[str, Any]]:
+    """Write one policy per Pareto-front trial (speedup vs the budget's first metric) plus an index, atomically.
+    `front`: the trials to write instead (held-out validation drops some); `extra(trial)`: more provenance."""
+    front = pareto_front(results, budget) if front is None else front
     if not front:
         raise NoFeasibleTrial(
             f"study '{study.name}' has no fully scored trial to place on a Pareto front; no ladder was written.",
@@ -139,7 +156,8 @@ def export_pareto(results: list[TrialResult], budget: Budget, study: StudyInfo, 
     with atomic_dir(folder, overwrite=True) as tmp:
         for rung, result in enumerate(front, start=1):
             file = f"{rung:02d}-{result.value:.2f}x.json"
-            policy = policy_of(result, study, budget, name=f"{study.name}-pareto{rung:02d}")
+            more = extra(result) if extra else None
+            policy = policy_of(result, study, budget, name=f"{study.name}-pareto{rung:02d}", extra=more)
             policy.save(tmp / file)
             rows.append(
                 json_safe(
@@ -152,6 +170,7 @@ def export_pareto(results: list[TrialResult], budget: Budget, study: StudyInfo, 
                         budget.primary: result.aggregate(budget).get(budget.primary),
                         "cache_gib": result.cache_gib,
                         "feasible": result.feasible(budget),
+                        **({"held_out": more["held_out_quality"]} if more and "held_out_quality" in more else {}),
                     }
                 )
             )

@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from hetcache.contracts import RAW, Contract
+from hetcache.workloads.spec import Workload
 
 from .budget import Budget
 from .export import NoFeasibleTrial, export_best
@@ -27,11 +28,22 @@ def reference_policy_name(budget: Budget, contract: Contract = RAW) -> str:
     return f"reference-{middle}{budget.slug()}"
 
 
-def tune_reference_policies(budgets: list[Budget], config: TuneConfig, policies_dir: Path) -> list[Path]:
-    """Tune `config.workload` under each budget (resuming earlier studies) and write one policy file per budget."""
+def tune_reference_policies(
+    budgets: list[Budget],
+    config: TuneConfig,
+    policies_dir: Path,
+    held_out: Workload | None = None,
+    keep_dominated: bool = False,
+) -> list[Path]:
+    """Tune `config.workload` under each budget (resuming earlier studies) and write one policy file per budget;
+    with `held_out` (the workload on --validate-clips), the front is validated there first (`tuner/validate.py`) and
+    a point dominated there is not shipped (unless `keep_dominated`)."""
     from hetcache.workloads.execute import LoadedWorkload
 
+    from .validate import validate_front, validation_report
+
     session = LoadedWorkload(config.workload)
+    held_session = LoadedWorkload(held_out, session.pipe) if held_out is not None else None
     written = []
     for budget in budgets:
         name = reference_policy_name(budget, config.workload.editing_contract)
@@ -52,9 +64,21 @@ def tune_reference_policies(budgets: list[Budget], config: TuneConfig, policies_
             f"{size['height']}x{size['width']}x{size['num_frames']}, clips {clips}, editing contract "
             f"{config.workload.contract}) under {budget.describe()}."
         )
+        results, extra = result.results, None
+        if held_session is not None:
+            validation = validate_front(results, budget, result.info, held_out, held_session)
+            print(validation_report(results, validation, keep_dominated))
+            dropped = set() if keep_dominated else validation.dominated
+            results, extra = [r for r in results if r.number not in dropped], validation.provenance
         try:
             _, path = export_best(
-                result.results, budget, result.info, policies_dir / f"{name}.json", name=name, description=description
+                results,
+                budget,
+                result.info,
+                policies_dir / f"{name}.json",
+                name=name,
+                description=description,
+                extra=extra,
             )
         except NoFeasibleTrial as exc:
             print(f"hetcache-tune: {exc}", file=sys.stderr)

@@ -4,11 +4,16 @@ Each `Param` says once how it is sampled (kind, bounds or choices, log scale), w
 neutral value and how a point from elsewhere is brought inside it; `suggest`, `clamp`, `policy`, `paper_params`
 and the warm starts all walk that table. The per-model bounds are fixed when the study is created and stored in
 its user attrs, so every worker and every resume samples the same distributions: the reuse-threshold range comes
-from this model's (rescaled) timestep-change curve, the layer schedule is "the k main blocks with the least context
+from this model's (rescaled) timestep-change curve and reaches past the threshold that reuses every middle step (so the
+front is never capped by the space), the layer schedule is "the k main blocks with the least context
 drift" (profile) or the first k blocks (no profile), plus VACE blocks on or off.
 
 A parameter set whose layer schedule has no partial block gets full_threshold = reuse_threshold: a PARTIAL step
 that computes every block is a FULL step at the cost of one, so the space never plans one.
+
+`hetcache-tune --space NAME=LOW:HIGH` replaces a numeric parameter's range (`parse_space_ranges`, checked against the
+policy schema's bounds before any compute); the ranges given are stored with the study. `SearchSpace.bounds_hit`
+says which bounds a point sits on that cap the search (widening them could change what the policy does).
 """
 
 from __future__ import annotations
@@ -23,9 +28,11 @@ import optuna
 
 from hetcache.dtypes import CACHE_DTYPES
 from hetcache.engine.registry import model_shape, pipeline_vae
+from hetcache.errors import InputError
 from hetcache.plan import rescale, step_changes
 from hetcache.policy import (
     FORECASTS,
+    SECTIONS,
     SELECTIONS,
     SKIP_FILLS,
     ModelSpec,
@@ -35,6 +42,7 @@ from hetcache.policy import (
     field_value,
     load_policy,
 )
+from hetcache.policy.rules import rule_of
 from hetcache.steps import FULL, PARTIAL
 
 from .profile_input import ProfileHints
@@ -61,9 +69,29 @@ class Param:
     choices: tuple[Any, ...] = ()
     log: bool = False
     field: str | None = None
+    domain: tuple[float | None, float | None] = (None, None)  # derived parameters' own limits (no schema field)
+    cheaper: str | None = None  # "low" / "high": the side on which a policy computes less (None: neither)
+
+    @property
+    def tunable(self) -> bool:
+        """Whether `--space` may set its range (numeric; partial_blocks always spans every block)."""
+        return self.kind != "choice" and self.name != "partial_blocks"
+
+    def limits(self) -> tuple[float | None, float | None]:
+        """The values a range of this parameter may reach: the policy schema's ge / le of its field, else `domain`."""
+        if self.field is None:
+            return self.domain
+        for section in SECTIONS:
+            for f in dataclasses.fields(section.cls):
+                if f.name == self.field:
+                    rule = rule_of(f)
+                    return (rule.ge, rule.le)
+        return self.domain
 
     def range(self, space: SearchSpace) -> tuple[Any, Any]:
-        """(low, high) on this space."""
+        """(low, high) on this space (a `--space` range when the study was created with one)."""
+        if self.name in space.ranges:
+            return tuple(space.ranges[self.name])
         if isinstance(self.bounds, str):
             return tuple(getattr(space, self.bounds))
         return self.bounds
@@ -86,13 +114,16 @@ class Param:
 
 
 PARAMS = (
-    Param("reuse_threshold", "float", None, bounds="reuse_threshold", log=True, field="reuse_threshold"),
-    Param("full_ratio", "float", 1.0, bounds=(1.0, 4.0)),  # full_threshold = reuse_threshold · full_ratio
-    Param("warmup_steps", "int", 2, bounds="warmup_steps", field="warmup_steps"),
-    Param("final_full_steps", "int", 1, bounds="final_full_steps", field="final_full_steps"),
-    Param("margin_width", "int", 0, bounds="margin_width", field="margin_width"),
-    Param("margin_ratio", "float", 0.0, bounds=(0.0, 1.0), field="margin_ratio"),
-    Param("context_ratio", "float", 0.0, bounds=(0.0, 0.5), field="context_ratio"),
+    Param(
+        "reuse_threshold", "float", None, bounds="reuse_threshold", log=True, field="reuse_threshold", cheaper="high"
+    ),
+    # full_threshold = reuse_threshold · full_ratio
+    Param("full_ratio", "float", 1.0, bounds=(1.0, 4.0), domain=(1.0, None), cheaper="high"),
+    Param("warmup_steps", "int", 2, bounds="warmup_steps", field="warmup_steps", cheaper="low"),
+    Param("final_full_steps", "int", 1, bounds="final_full_steps", field="final_full_steps", cheaper="low"),
+    Param("margin_width", "int", 0, bounds="margin_width", field="margin_width", cheaper="low"),
+    Param("margin_ratio", "float", 0.0, bounds=(0.0, 1.0), field="margin_ratio", cheaper="low"),
+    Param("context_ratio", "float", 0.0, bounds=(0.0, 0.5), field="context_ratio", cheaper="low"),
     Param("selection", "choice", "stride", choices=SELECTIONS, field="selection"),
     Param("clusters", "int", 8, bounds=(2, 32), log=True, field="clusters"),
     Param("skip_fill", "choice", "residual", choices=SKIP_FILLS, field="skip_fill"),
@@ -105,6 +136,10 @@ PARAMS = (
     Param("forecast_skip_horizon", "choice", None, choices=(None, 2.0, 0.0), field="forecast_skip_horizon"),
 )
 PARAM_NAMES = tuple(p.name for p in PARAMS)
+BY_NAME = {p.name: p for p in PARAMS}
+# parameters that change what a policy does only when its plan has PARTIAL steps (`behaviour_key` says the same)
+PARTIAL_ONLY = frozenset({"full_ratio", "margin_width", "margin_ratio", "context_ratio", "clusters"})
+SATURATION_MARGIN = 1.05  # the reuse-threshold range ends this far past the sum that reuses every middle step
 ALL, QUIET = "all", "quiet"  # warm-start values of partial_blocks: every main block, the least drifting ones
 
 
@@ -161,18 +196,27 @@ class SearchSpace:
     polynomial: tuple[float, ...] | None
     layer_order_source: str
     step_changes: tuple[float, ...]
+    reuse_saturation: float = 0.0  # the accumulated change over every middle step: a threshold above it reuses all
+    ranges: dict[str, list[float]] = dataclasses.field(default_factory=dict)  # --space ranges, by parameter
 
     # -- construction ---------------------------------------------------------------------------------------
     @classmethod
-    def for_session(cls, session: Any, hints: ProfileHints | None = None) -> SearchSpace:
-        """The space for a loaded workload (its model, timesteps and token grid) and an optional profile."""
+    def for_session(
+        cls, session: Any, hints: ProfileHints | None = None, ranges: dict[str, tuple[float, float]] | None = None
+    ) -> SearchSpace:
+        """The space for a loaded workload (its model, timesteps and token grid) and an optional profile; `ranges`
+        (from `--space`) replace the ranges of the parameters they name.
+
+        The reuse threshold reaches past the accumulated change over every middle step (warm-up 1, the last step
+        FULL), so the plan that reuses every middle step is in the space: its top is never a cap on the front."""
         transformer = session.transformer
         steps = session.workload.steps
         polynomial = hints.polynomial if hints is not None else None
         changes = rescale(step_changes(transformer, session.timesteps()), polynomial)
         positive = [c for c in changes if c > 0] or [1e-3]
         low = max(1e-4, 0.5 * min(positive))
-        high = max(2.0 * low, 3.0 * statistics.median(positive))
+        saturation = sum(changes[: max(0, steps - 2)])  # change into steps 1 … steps−2, the middle steps
+        high = max(2.0 * low, 3.0 * statistics.median(positive), SATURATION_MARGIN * saturation)
         shape = model_shape(transformer)
         num_layers, num_vace = shape.num_layers, shape.num_vace_layers
         if hints is not None and len(hints.main_order) == num_layers:
@@ -194,6 +238,8 @@ class SearchSpace:
             polynomial=polynomial,
             layer_order_source=source,
             step_changes=tuple(round(c, 6) for c in changes),
+            reuse_saturation=round(saturation, 6),
+            ranges={name: [low, high] for name, (low, high) in (ranges or {}).items()},
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -215,6 +261,61 @@ class SearchSpace:
     def median_change(self) -> float:
         """The median positive step change, the scale of the warm starts' reuse thresholds."""
         return statistics.median([c for c in self.step_changes if c > 0] or [self.reuse_threshold[0]])
+
+    # -- bounds -------------------------------------------------------------------------------------------
+    def caps(self, name: str) -> tuple[bool, bool]:
+        """Whether the low / high bound of a parameter caps the search: values past it exist and can change what a
+        policy does (a bound at the schema's limit, or a reuse threshold past the all-middle-REUSE one, does not)."""
+        param = BY_NAME[name]
+        low, high = param.range(self)
+        floor, ceiling = param.limits()
+        caps_low = floor is None or low > floor
+        caps_high = ceiling is None or high < ceiling
+        if name == "reuse_threshold" and self.reuse_saturation > 0:
+            caps_high = high <= self.reuse_saturation
+        if name == "warmup_steps":
+            caps_low, caps_high = low > 1, caps_high and high < self.steps - 1  # step 0 is FULL anyway
+        if name == "final_full_steps":
+            caps_low, caps_high = low > 1, caps_high and high < self.steps - 1  # the last step is FULL anyway
+        return caps_low, caps_high
+
+    def bounds_hit(self, params: dict[str, Any], plan: str, cheaper: bool = False) -> list[tuple[str, str]]:
+        """(parameter, "low" | "high") for each capping bound the point sits on, among the parameters that matter
+        for it (token and layer settings only when its plan has PARTIAL steps); with `cheaper`, only the bounds past
+        which a policy computes less (those that hold back the fastest point)."""
+        hits = []
+        for param in PARAMS:
+            if not param.tunable or param.name not in params:
+                continue
+            if param.name in PARTIAL_ONLY and PARTIAL not in plan:
+                continue
+            if param.name == "clusters" and "kmeans" not in str(params.get("selection")):
+                continue
+            low, high = param.range(self)
+            value = float(params[param.name])
+            for side, bound, caps in zip(("low", "high"), (low, high), self.caps(param.name), strict=True):
+                if cheaper and side != param.cheaper:
+                    continue
+                if caps and _near(value, float(bound), float(low), float(high), param):
+                    hits.append((param.name, side))
+        return hits
+
+    def widen_hint(self, name: str, side: str) -> str:
+        """The `--space` flag that widens a parameter's range past the bound `side`, e.g.
+        `--space full_ratio=1:8`."""
+        param = BY_NAME[name]
+        low, high = (float(v) for v in param.range(self))
+        floor, ceiling = param.limits()
+        if side == "high":
+            high = 2.0 * high if high > 0 else 1.0
+            if name == "reuse_threshold":
+                high = max(high, 2.0 * SATURATION_MARGIN * self.reuse_saturation)
+            high = min(high, ceiling) if ceiling is not None else high
+        else:
+            low = low / 2.0 if param.log else (floor if floor is not None else low - (high - low))
+        if param.kind == "int":
+            low, high = math.floor(low), math.ceil(high)
+        return f"--space {name}={low:g}:{high:g}"
 
     # -- sampling -------------------------------------------------------------------------------------------
     def suggest(self, trial: optuna.Trial) -> dict[str, Any]:
@@ -288,6 +389,52 @@ class SearchSpace:
         main_names = {f"blocks.{i}" for i in self.main_order}
         quiet = [n for n in hints.least_drifting if n in main_names] if hints is not None else []
         return len(quiet) or max(1, len(self.main_order) // 2)
+
+
+def _near(value: float, bound: float, low: float, high: float, param: Param) -> bool:
+    """Whether `value` sits on `bound`: equal for integers, within 1% of the range (its log for log scales)."""
+    if param.kind == "int":
+        return round(value) == round(bound)
+    if param.log and low > 0 and value > 0:
+        return abs(math.log(value / bound)) <= 0.01 * max(math.log(high / low), 1e-9)
+    return abs(value - bound) <= 0.01 * max(high - low, 1e-12)
+
+
+def parse_space_ranges(texts: list[str] | None) -> dict[str, tuple[float, float]]:
+    """`--space NAME=LOW:HIGH` flags → {name: (low, high)}, each checked against the parameter's limits (the policy
+    schema's bounds of its field) before any compute; InputError names the flag and the fix."""
+    tunable = [p.name for p in PARAMS if p.tunable]
+    out: dict[str, tuple[float, float]] = {}
+    for text in texts or []:
+        name, _, span = text.partition("=")
+        name = name.strip()
+        low_text, sep, high_text = span.partition(":")
+        if name not in tunable:
+            raise InputError(
+                f"--space {text}: {name!r} is not a numeric parameter of the search space.",
+                f"use one of {', '.join(tunable)}, e.g. --space reuse_threshold=0.01:2.",
+            )
+        param = BY_NAME[name]
+        try:
+            low, high = float(low_text), float(high_text)
+        except ValueError:
+            low = high = float("nan")
+        if not sep or not (math.isfinite(low) and math.isfinite(high)):
+            raise InputError(f"--space {text}: the range must be LOW:HIGH numbers.", f"e.g. --space {name}=1:4.")
+        if param.kind == "int" and not (low.is_integer() and high.is_integer()):
+            raise InputError(f"--space {text}: {name} takes whole numbers.", f"e.g. --space {name}=1:4.")
+        if low >= high:
+            raise InputError(f"--space {text}: LOW must be below HIGH.", f"e.g. --space {name}={high:g}:{low:g}.")
+        floor, ceiling = param.limits()
+        if param.log and low <= 0:
+            raise InputError(f"--space {text}: {name} is sampled on a log scale, so LOW must be > 0.", "raise LOW.")
+        if (floor is not None and low < floor) or (ceiling is not None and high > ceiling):
+            shown = f"[{'-inf' if floor is None else f'{floor:g}'}, {'inf' if ceiling is None else f'{ceiling:g}'}]"
+            raise InputError(f"--space {text}: {name} must lie in {shown}.", "give a range inside it.")
+        if name in out:
+            raise InputError(f"--space names {name} twice.", "give each parameter once.")
+        out[name] = (int(low), int(high)) if param.kind == "int" else (low, high)
+    return out
 
 
 def paper_params(num_layers: int) -> dict[str, Any]:

@@ -42,6 +42,7 @@ from .study_storage import Heartbeat, display_url, open_storage, reap_lock, reso
 
 FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
 JOIN_WAIT_S = 60.0
+SPACE_RANGES_KEY = "space_ranges"  # study user attr: the --space ranges it was created with ({} for none)
 
 
 @dataclass
@@ -65,6 +66,7 @@ class TuneConfig:
     progress: bool = False
     reference_dir: Path | None = None
     search: str = "tpe"  # "schedule": step plans from a one-pass step model, verified as trials (tuner/schedule.py)
+    space_ranges: dict[str, tuple[float, float]] = field(default_factory=dict)  # --space, by parameter
 
     def name(self) -> str:
         """The study name: given, or <workload>[-<contract>]-<budget> (the contract named unless it is none)."""
@@ -127,11 +129,25 @@ def _check_same_study(attrs: dict[str, Any], expected: dict[str, Any], name: str
         )
     if (attrs.get("model") or {}).get("fingerprint") != expected["model"]["fingerprint"]:
         raise InputError(f"study '{name}' was tuned for another model architecture.", "choose another --study-name.")
+    theirs, mine = attrs.get(SPACE_RANGES_KEY) or {}, expected[SPACE_RANGES_KEY]
+    differ = sorted(n for n in set(theirs) | set(mine) if list(theirs.get(n, [])) != list(mine.get(n, [])))
+    if differ:
+        shown = "; ".join(
+            f"{n}: study {_range_text(theirs.get(n))}, this run {_range_text(mine.get(n))}" for n in differ
+        )
+        raise InputError(
+            f"study '{name}' was tuned in another search space ({shown}).",
+            "pass the study's --space flags to resume it (none for its own ranges), or choose another --study-name.",
+        )
     if attrs.get("weights") not in (None, expected["weights"]):
         raise InputError(
             f"study '{name}' was tuned with other weights of this model (their signature differs).",
             "load the same weights on every worker, or start a new study (--study-name) for the new weights.",
         )
+
+
+def _range_text(span: Any) -> str:
+    return f"--space {span[0]:g}:{span[1]:g}" if span else "the default range"
 
 
 def _check_budget_regions(budget: Budget, session: Any) -> None:
@@ -191,11 +207,12 @@ def open_study(
         "workload": session.workload.to_dict(),
         "model": fp,
         "weights": weights_signature(session.transformer),
+        SPACE_RANGES_KEY: {k: list(v) for k, v in config.space_ranges.items()},
     }
     created = False
     space = None
     if not exists:
-        space = SearchSpace.for_session(session, hints)
+        space = SearchSpace.for_session(session, hints, config.space_ranges)
         try:
             study = optuna.create_study(
                 study_name=name,
