@@ -56,13 +56,16 @@ class StepRule:
     Warm-up steps and the final steps are FULL; at least the last step is FULL whatever `final_full_steps` says
     (a run never ends on a reused or partial output), when the step count is known. In between, the rescaled
     change is accumulated since the last computed step: below `reuse_threshold` the step is REUSE, below
-    `full_threshold` PARTIAL, else FULL; a computed step resets the sum.
+    `full_threshold` PARTIAL, else FULL; a computed step resets the sum. With `max_partial_run` set, a step that
+    would be the (max_partial_run + 1)-th PARTIAL step since the last FULL one is FULL instead: the skipped
+    tokens' cached residuals, refreshed only on FULL steps, are never older than that many PARTIAL steps.
     """
 
     def __init__(self, spec: StepPlanSpec, steps: int | None = None) -> None:
         self.spec = spec
         self.steps = steps
         self.accumulated = 0.0
+        self.partial_run = 0  # PARTIAL steps since the last FULL step
 
     def final_steps(self) -> int:
         """How many steps at the end are FULL: `final_full_steps`, at least 1."""
@@ -73,13 +76,17 @@ class StepRule:
         spec = self.spec
         final = self.steps is not None and step >= self.steps - self.final_steps()
         if step < spec.warmup_steps or final or change is None:
-            self.accumulated = 0.0
-            return FULL
+            return self._computed(FULL)
         self.accumulated += rescale([change], spec.polynomial)[0]
         if self.accumulated < spec.reuse_threshold:
             return REUSE
-        letter = PARTIAL if self.accumulated < spec.full_threshold else FULL
+        stale = spec.max_partial_run is not None and self.partial_run >= spec.max_partial_run
+        return self._computed(PARTIAL if self.accumulated < spec.full_threshold and not stale else FULL)
+
+    def _computed(self, letter: str) -> str:
+        """Record a computed step: the accumulated change restarts, a FULL step ends the PARTIAL run."""
         self.accumulated = 0.0
+        self.partial_run = self.partial_run + 1 if letter == PARTIAL else 0
         return letter
 
 

@@ -109,3 +109,14 @@ def test_step_by_step_decisions_equal_the_whole_plan():
     denoise(model, model_inputs(box_token_mask(1, 3, 8, 8)), times)
     assert handle.stats()["plan"] is None  # decided step by step: no scheduler
     assert handle.stats()["decisions"] == expected
+
+
+def test_max_partial_run_bounds_the_partial_steps_between_full_steps():
+    spec = Policy(name="p").replace(reuse_threshold=0.0, full_threshold=1e9, warmup_steps=1, final_full_steps=0)
+    assert plan_from_changes([0.01] * 9, spec.step_plan) == "FPPPPPPPPF"  # off: one long PARTIAL run
+    bounded = spec.replace(max_partial_run=3)
+    assert plan_from_changes([0.01] * 9, bounded.step_plan) == "FPPPFPPPFF"
+    reuse_between = bounded.replace(reuse_threshold=0.015)  # REUSE steps do not count towards the run
+    assert plan_from_changes([0.01] * 9, reuse_between.step_plan) == "FRPRPRPRFF"
+    rule = StepRule(bounded.step_plan)  # step by step (the engine's path): the same letters
+    assert "".join(rule.decide(s, None if s == 0 else 0.01) for s in range(9)) == "FPPPFPPPF"

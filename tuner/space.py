@@ -134,6 +134,8 @@ PARAMS = (
     Param("forecast", "choice", "none", choices=FORECASTS, field="forecast"),
     # skip rows forecast over the whole PARTIAL run (null), at most 2 FULL-step intervals, or not (REUSE only)
     Param("forecast_skip_horizon", "choice", None, choices=(None, 2.0, 0.0), field="forecast_skip_horizon"),
+    # a FULL step after at most 4 or 8 PARTIAL ones (the skipped tokens' residuals that stale), or no bound
+    Param("max_partial_run", "choice", None, choices=(None, 4, 8), field="max_partial_run"),
 )
 PARAM_NAMES = tuple(p.name for p in PARAMS)
 BY_NAME = {p.name: p for p in PARAMS}

@@ -41,6 +41,15 @@ class StepPlanSpec:
     plan: str | None = spec(
         None, kind="str", nullable=True, doc="explicit per-step plan over F/P/R (one letter per step), or null"
     )
+    max_partial_run: int | None = spec(
+        None,
+        kind="int",
+        ge=1,
+        nullable=True,
+        optional=True,
+        doc="rule only: the most PARTIAL steps since the last FULL one; the next would-be PARTIAL step is FULL "
+        "(bounds how stale the skipped tokens' cached residuals get; null: no bound)",
+    )
 
 
 @dataclass(frozen=True)
