@@ -137,7 +137,7 @@ def command_run(args: argparse.Namespace) -> int:
     from .runner import run
 
     workload = workload_from_args(args)
-    out = check_output_folder(args.out, args.overwrite)
+    out = check_output_folder(args.out, args.overwrite, kind="run")
     lpips = load_lpips(args.lpips_weights) if args.lpips_weights else None
     compare = args.compare or args.policy is None
     runs = len(workload.clip_sources()) * ((1 + args.reps) * 2 if compare and args.policy else 1)

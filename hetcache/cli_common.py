@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__, cli_types
-from .atomic import MARKER, holds_only_marker, is_marked
+from .atomic import replace_refusal
 from .contracts import SYNTAX, contract_type
 from .errors import HetCacheError, InputError
 from .workloads.clips import CLIP_KINDS
@@ -156,15 +156,36 @@ def _check_writable(folder: Path, flag: str, shown: Path) -> None:
         ) from None
 
 
-def check_output_folder(
-    path: Path, overwrite: bool = False, what: str = "output folder", flag: str = "--out", reuse: bool = False
-) -> Path:
-    """Check, before any compute, that `path` can become (or, with `reuse`, be written into as) an output folder.
+def _refuse_link(path: Path, flag: str) -> None:
+    """A symbolic link (dangling or not) is never written through or replaced: refused before any compute."""
+    link = path.expanduser().absolute()
+    if link.is_symlink():
+        target = os.readlink(link)
+        state = "" if link.exists() else ", which does not exist"
+        raise InputError(
+            f"{flag} '{path}' is a symbolic link to '{target}'{state}; hetcache never writes through or replaces a "
+            "link.",
+            f"pass the real location (or another {flag}).",
+        )
 
-    Refused whatever the flags: the working folder and its parents, a path under a file, a place that cannot be
-    written, and a non-empty folder hetcache did not write (no marker). A folder hetcache wrote is replaced only with
-    `overwrite` (or written into when `reuse`).
+
+def check_output_folder(
+    path: Path,
+    overwrite: bool = False,
+    what: str = "output folder",
+    flag: str = "--out",
+    reuse: bool = False,
+    *,
+    kind: str,
+) -> Path:
+    """Check, before any compute, that `path` can become (or, with `reuse`, be written into as) a `kind` folder.
+
+    Refused whatever the flags: the working folder and its parents, a symbolic link, a path under a file, a place
+    that cannot be written, a non-empty folder hetcache did not write (no marker), one another kind of command
+    wrote, and one holding a file hetcache did not put there (`atomic.replace_refusal`). A folder of the same kind
+    is replaced only with `overwrite` (or written into when `reuse`).
     """
+    _refuse_link(path, flag)
     resolved = path.expanduser().absolute().resolve()
     cwd = Path.cwd().resolve()
     if resolved == cwd or resolved in cwd.parents:
@@ -175,11 +196,11 @@ def check_output_folder(
     if resolved.exists():
         if not resolved.is_dir():
             raise InputError(f"{flag} '{path}' is a file, not a folder.", f"choose another {flag}.")
-        if not (holds_only_marker(resolved) or is_marked(resolved)):
+        refusal = replace_refusal(resolved, kind)
+        if refusal is not None:
             raise InputError(
-                f"{flag} '{path}' is a non-empty folder hetcache did not write (no {MARKER} marker); it is never "
-                "replaced or written into, even with --overwrite.",
-                f"choose a new or empty {flag}, or move that folder away yourself.",
+                f"{flag} '{path}' {refusal}; it is never replaced or written into, even with --overwrite.",
+                f"choose a new or empty {flag}, or move that folder (or file) away yourself.",
             )
         if not (overwrite or reuse):
             raise InputError(
@@ -191,8 +212,11 @@ def check_output_folder(
     return path
 
 
-def check_output_file(path: Path, flag: str) -> Path:
-    """Check, before any compute, that the file `path` can be written (atomically, next to where it goes)."""
+def check_output_file(path: Path, flag: str, replace: bool = True) -> Path:
+    """Check, before any compute, that the file `path` can be written (atomically, next to where it goes); a file
+    that is `replace`d by a rename must not be a symbolic link (the rename would replace the link, not its target)."""
+    if replace:
+        _refuse_link(path, flag)
     resolved = path.expanduser().absolute().resolve()
     if resolved.is_dir():
         raise InputError(f"{flag} '{path}' is a folder; it must name a file.", f"e.g. {flag} {path / 'policy.json'}.")

@@ -166,15 +166,94 @@ def test_atomic_dir_refuses_an_unmarked_folder_and_marks_what_it_writes(tmp_path
     foreign = tmp_path / "foreign"
     foreign.mkdir()
     (foreign / "data.bin").write_bytes(b"\x00")
-    with pytest.raises(Exception, match="was not written by hetcache"), atomic_dir(foreign, overwrite=True):
+    with pytest.raises(Exception, match="hetcache did not write"), atomic_dir(foreign, "run", overwrite=True):
         pass
     assert tree(foreign) == {"data.bin": b"\x00"}
-    with atomic_dir(tmp_path / "mine", kind="run") as tmp:
+    with atomic_dir(tmp_path / "mine", "run") as tmp:
         (tmp / "a.txt").write_text("1")
-    assert json.loads((tmp_path / "mine" / MARKER).read_text())["kind"] == "run"
-    with atomic_dir(tmp_path / "mine", overwrite=True) as tmp:
+    assert json.loads((tmp_path / "mine" / MARKER).read_text()) | {"tool": ""} == {
+        "tool": "",
+        "kind": "run",
+        "files": ["a.txt"],
+    }
+    with atomic_dir(tmp_path / "mine", "run", overwrite=True) as tmp:
         (tmp / "b.txt").write_text("2")
     assert sorted(p.name for p in (tmp_path / "mine").iterdir()) == [MARKER, "b.txt"]
+    with pytest.raises(Exception, match="not a profile folder"), atomic_dir(tmp_path / "mine", "profile", True):
+        pass
+    assert sorted(p.name for p in (tmp_path / "mine").iterdir()) == [MARKER, "b.txt"]
+
+
+def _run_folder(folder: Path, *extra: str) -> Path:
+    """A run folder as `hetcache run` writes it (marked, its files listed), plus `extra` files a user added."""
+    with atomic_dir(folder, "run") as tmp:
+        (tmp / "run.json").write_text("{}")
+    for name in extra:
+        (folder / name).write_text("my own work\n")
+    return folder
+
+
+def _export_case(tmp: Path) -> tuple[list[str], str]:
+    (tmp / "notes.txt").write_text("my notes\n")
+    store = str(tmp / "study.db")
+    args = ["export", "--storage", store, "--study-name", "s", "--export", str(tmp / "notes.txt"), "--overwrite"]
+    return args, "--export '{tmp}/notes.txt' is not a policy file"
+
+
+def _user_file_in_run_case(tmp: Path) -> tuple[list[str], str]:
+    _run_folder(tmp / "out", "notes.txt")
+    args = [*WRITERS["run"][1], "--out", str(tmp / "out"), "--overwrite"]
+    return args, "--out '{tmp}/out' holds 'notes.txt', which hetcache did not write there"
+
+
+def _profile_over_run_case(tmp: Path) -> tuple[list[str], str]:
+    _run_folder(tmp / "out")
+    args = [*WRITERS["profile"][1], "--out", str(tmp / "out"), "--overwrite"]
+    return args, "--out '{tmp}/out' is a hetcache run folder, not a profile folder"
+
+
+def _symlink_case(tmp: Path) -> tuple[list[str], str]:
+    (tmp / "link").symlink_to(_run_folder(tmp / "out"))
+    args = [*WRITERS["run"][1], "--out", str(tmp / "link"), "--overwrite"]
+    return args, "--out '{tmp}/link' is a symbolic link to '{tmp}/out'; hetcache never writes through"
+
+
+def _dangling_symlink_case(tmp: Path) -> tuple[list[str], str]:
+    (tmp / "link").symlink_to(tmp / "gone")
+    args = [*WRITERS["profile"][1], "--out", str(tmp / "link")]
+    return args, "--out '{tmp}/link' is a symbolic link to '{tmp}/gone', which does not exist"
+
+
+def _symlink_export_case(tmp: Path) -> tuple[list[str], str]:
+    (tmp / "mine.json").write_text("{}")
+    (tmp / "link.json").symlink_to(tmp / "mine.json")
+    store = str(tmp / "study.db")
+    args = ["export", "--storage", store, "--study-name", "s", "--export", str(tmp / "link.json"), "--overwrite"]
+    return args, "--export '{tmp}/link.json' is a symbolic link"
+
+
+# what --overwrite must never replace: (entry point, case builder → (flags, message with {tmp}))
+OVERWRITE_CASES = {
+    "export over a user's text file": (tune_main, _export_case),
+    "run over a run folder holding a user's file": (hetcache_main, _user_file_in_run_case),
+    "profile over a run folder": (profile_main, _profile_over_run_case),
+    "run through a symlink": (hetcache_main, _symlink_case),
+    "profile into a dangling symlink": (profile_main, _dangling_symlink_case),
+    "export through a symlink": (tune_main, _symlink_export_case),
+}
+
+
+@pytest.mark.parametrize("case", list(OVERWRITE_CASES))
+def test_overwrite_replaces_only_what_the_same_command_wrote(tmp_path, case):
+    main, build = OVERWRITE_CASES[case]
+    args, message = build(tmp_path)
+    links = {p.name: os.readlink(p) for p in tmp_path.iterdir() if p.is_symlink()}
+    before = tree(tmp_path)
+    code, out, err = call(main, *args)
+    assert code == 2 and message.format(tmp=tmp_path) in err, err
+    assert len(err.strip().splitlines()) == 1 and "Fix:" in err and out == ""
+    assert tree(tmp_path) == before
+    assert {p.name: os.readlink(p) for p in tmp_path.iterdir() if p.is_symlink()} == links
 
 
 # -- tuning: resume, overwrite and the trial count mean one thing ---------------------------------------------------

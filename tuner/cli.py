@@ -333,16 +333,19 @@ def _export(results, budget, info, export: Path | None, pareto: Path | None, nam
 
 
 def _exported_from(path: Path) -> str | None:
-    """The study a policy file or Pareto folder was exported from ('' when hetcache-tune did not export it)."""
+    """The study a policy file or Pareto folder was exported from ('' when hetcache-tune did not export it; None
+    when the file is no policy at all, by its schema, so that it is never replaced)."""
     from hetcache.errors import PolicyError
-    from hetcache.policy import read_policy_json
+    from hetcache.policy import SCHEMA_PREFIX, read_policy_json
 
     try:
         data = read_policy_json(path / "index.json" if path.is_dir() else path)
     except PolicyError:
-        return ""
+        return "" if path.is_dir() else None
     if not isinstance(data, dict):
-        return ""
+        return "" if path.is_dir() else None
+    if not path.is_dir() and not str(data.get("schema", "")).startswith(SCHEMA_PREFIX):
+        return None
     study = data.get("study") if path.is_dir() else (data.get("provenance") or {}).get("study")
     return study if isinstance(study, str) else ""
 
@@ -360,12 +363,18 @@ def check_export_targets(export: Path | None, pareto: Path | None, study: str, o
         if flag == "--export":
             check_output_file(path, flag)
         else:
-            check_output_folder(path, overwrite=True, what="Pareto folder", flag=flag)
+            check_output_folder(path, overwrite=True, what="Pareto folder", flag=flag, kind="pareto")
         if not path.exists() or _exported_from(path) == study:
             continue
         owner = _exported_from(path)
+        if owner is None:
+            raise InputError(
+                f"{flag} '{path}' is not a policy file (no hetcache.policy schema); it is never replaced, even with "
+                "--overwrite.",
+                f"choose another {flag}, or move that file away yourself.",
+            )
         if not overwrite:
-            holds = f"the export of study '{owner}'" if owner else "a file hetcache-tune did not export"
+            holds = f"the export of study '{owner}'" if owner else "a policy hetcache-tune did not export"
             raise InputError(
                 f"{flag} '{path}' holds {holds}, not of study '{study}'.",
                 f"choose another {flag} (or --out), or pass --overwrite to replace it (it is removed if no trial "
@@ -444,10 +453,10 @@ def command_tune(argv: Sequence[str]) -> int:
     check_budget_bounds(budget)
     note_whole_frame_budget(budget, contract)
     config = _config(args, budget, workload)
-    check_output_folder(args.out, reuse=True, what="tuning folder")
+    check_output_folder(args.out, reuse=True, what="tuning folder", kind="tune")
     url = resolve_url(config.storage, config.out)
     if config.storage is not None and file_of(url) is not None:
-        check_output_file(file_of(url), "--storage")
+        check_output_file(file_of(url), "--storage", replace=False)
     export = args.export or args.out / "policy.json"
     foreign = check_export_targets(export, args.export_pareto, config.name(), args.overwrite)
     check_study_mode(args, config.name(), url, config.heartbeat)
@@ -505,7 +514,7 @@ def command_reference(argv: Sequence[str]) -> int:
     for budget in budgets:
         check_budget_bounds(budget)
         note_whole_frame_budget(budget, workload.editing_contract)
-    check_output_folder(args.out, reuse=True, what="tuning folder")
+    check_output_folder(args.out, reuse=True, what="tuning folder", kind="tune")
     for budget in budgets:
         name = reference_policy_name(budget, workload.editing_contract)
         check_output_file(args.policies_dir / f"{name}.json", "--policies-dir")

@@ -136,7 +136,7 @@ def export_pareto(results: list[TrialResult], budget: Budget, study: StudyInfo, 
             "run more --trials (trials stopped early are not on the front).",
         )
     rows = []
-    with atomic_dir(folder, overwrite=True) as tmp:
+    with atomic_dir(folder, "pareto", overwrite=True) as tmp:
         for rung, result in enumerate(front, start=1):
             file = f"{rung:02d}-{result.value:.2f}x.json"
             policy = policy_of(result, study, budget, name=f"{study.name}-pareto{rung:02d}")
