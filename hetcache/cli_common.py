@@ -15,6 +15,7 @@ from . import __version__, cli_types
 from .atomic import replace_refusal
 from .contracts import SYNTAX, contract_type
 from .errors import HetCacheError, InputError
+from .preflight import check_workload
 from .workloads.clips import CLIP_KINDS
 from .workloads.spec import ClipSource, Workload, load_workload, parse_clip_names
 
@@ -108,8 +109,13 @@ def workload_from_args(args: argparse.Namespace) -> Workload:
     if args.video or args.mask:
         if not (args.video and args.mask):
             raise InputError("--video and --mask must be given together.", "pass both files.")
+        if args.clips is not None:
+            raise InputError(
+                f"--video/--mask and --clips {args.clips!r} both name the clips to run.",
+                "pass either the video and mask files or synthetic --clips, not both.",
+            )
         changes["clips"] = (ClipSource(name=args.video.stem, video=str(args.video), mask=str(args.mask)),)
-    if args.clips:
+    if args.clips is not None:  # given but empty ('') is refused by parse_clip_names, not read as "the default"
         changes["clips"] = parse_clip_names(args.clips, workload)
     for flag, field in (
         ("weights", "weights"),
@@ -129,7 +135,7 @@ def workload_from_args(args: argparse.Namespace) -> Workload:
         value = getattr(args, flag, None)
         if value is not None:
             changes[field] = str(value) if isinstance(value, Path) else value
-    return workload.replace(**changes)
+    return check_workload(workload.replace(**changes))
 
 
 def _existing_ancestor(path: Path, flag: str, shown: Path) -> Path:

@@ -63,7 +63,7 @@ def _budget_arguments(
     group.add_argument(
         "--budget",
         required=required,
-        action="append" if repeat else "store",
+        action="append" if repeat else cli_types.Once,
         help="bounds over hetcache.metrics names, e.g. psnr=30 or psnr_mask=28,ssim=0.95; a bare value (30) bounds "
         "the contract's budget metric: psnr under --contract none, psnr_mask under paste, feather and blend"
         + (" (repeat for several policies)" if repeat else ""),
@@ -111,7 +111,7 @@ def _search_arguments(parser: argparse.ArgumentParser, default_out: str) -> None
     group.add_argument("--lpips-weights", type=Path, help="LPIPS weights folder (needed to bound lpips)")
     group.add_argument("--out", type=Path, default=Path(default_out), help=f"run folder (default {default_out})")
     store = parser.add_argument_group("study storage (several workers: one per GPU, same --storage and --study-name)")
-    store.add_argument("--study-name", help="default: <workload>-<budget>, e.g. reference-psnr30")
+    store.add_argument("--study-name", type=cli_types.name, help="default: <workload>-<budget>, e.g. reference-psnr30")
     store.add_argument("--storage", help="database URL or .db / .log file (default OUT/study.db)")
     mode = store.add_mutually_exclusive_group()
     mode.add_argument("--resume", action="store_true", help="continue an existing study (refused if there is none)")
@@ -162,7 +162,7 @@ def build_export_parser() -> argparse.ArgumentParser:
         CODES,
     )
     parser.add_argument("--storage", required=True, help="database URL or .db / .log file holding the study")
-    parser.add_argument("--study-name", required=True)
+    parser.add_argument("--study-name", type=cli_types.name, required=True)
     _budget_arguments(parser, required=False, tuning=False)
     _export_arguments(parser, "default policy.json")
     return parser
