@@ -256,6 +256,145 @@ def test_overwrite_replaces_only_what_the_same_command_wrote(tmp_path, case):
     assert {p.name: os.readlink(p) for p in tmp_path.iterdir() if p.is_symlink()} == links
 
 
+# -- pre-flight: devices, input files, clip lists, plans and flag pairs, refused before any model is built ---------
+
+
+def _write_embeds(tmp: Path, kind: str) -> Path:
+    """A prompt-embeddings file that must be refused: 'nan' (a torch file holding NaN), 'junk' (neither format)."""
+    import torch
+
+    path = tmp / f"{kind}.safetensors"
+    if kind == "nan":
+        torch.save({"prompt_embeds": torch.full((1, 4, 8), float("nan"))}, path)
+    else:
+        path.write_text("not a tensor file\n")
+    return path
+
+
+def _plan_policy(tmp: Path, plan: str) -> Path:
+    """A policy file whose explicit step plan is `plan`, tuned for no particular step count (no workload section),
+    for a run of SMALL's 3 steps."""
+    data = json.loads(policies.policy_path("reference-psnr35").read_text())
+    data["step_plan"] = {**data["step_plan"], "rule": "explicit", "plan": plan}
+    data["workload"]["steps"] = len(plan)  # the policy's own workload agrees: the run's --steps is what differs
+    data.pop("workload")
+    path = tmp / "plan.json"
+    path.write_text(json.dumps(data))
+    return path
+
+
+def _workload_file(tmp: Path, **changes) -> Path:
+    """The reference workload file with `changes` (raw JSON values, NaN included)."""
+    from hetcache.workloads.spec import reference_workload
+
+    data = {**reference_workload().to_dict(), **changes}
+    path = tmp / "workload.json"
+    path.write_text(json.dumps(data))
+    return path
+
+
+def _run(*flags: str) -> list[str]:
+    """`hetcache run` on SMALL with `flags` replacing SMALL's own where they name the same flag."""
+    small = dict(zip(SMALL[::2], SMALL[1::2], strict=True))
+    given = dict(zip(flags[::2], flags[1::2], strict=False)) if len(flags) % 2 == 0 else {}
+    return ["run", *(x for k, v in small.items() if k not in given for x in (k, v)), *flags]
+
+
+# (entry point, flags built from tmp, message) — every one refused with exit 2 and one line before compute
+PREFLIGHT_CASES = {
+    "unknown device": (hetcache_main, lambda t: _run("--device", "banana"), "--device 'banana' is not a device name"),
+    "absent device": (hetcache_main, lambda t: _run("--device", "cuda:99"), "--device 'cuda:99' is not available"),
+    "profile: absent device": (profile_main, lambda t: [*SMALL, "--device", "cuda:99"], "is not available"),
+    "embeds in neither format": (
+        hetcache_main,
+        lambda t: _run("--prompt-embeds", str(_write_embeds(t, "junk"))),
+        "are neither a safetensors nor a torch file",
+    ),
+    "NaN embeds": (
+        hetcache_main,
+        lambda t: _run("--prompt-embeds", str(_write_embeds(t, "nan"))),
+        "prompt_embeds holds NaN or infinite values",
+    ),
+    "workload: absent device": (
+        hetcache_main,
+        lambda t: ["run", "--workload", str(_workload_file(t, device="cuda:99"))],
+        "--device 'cuda:99' is not available",
+    ),
+    "tune: NaN embeds": (
+        tune_main,
+        lambda t: ["--budget", "psnr=30", *SMALL, "--prompt-embeds", str(_write_embeds(t, "nan"))],
+        "prompt_embeds holds NaN or infinite values",
+    ),
+    "empty --clips": (hetcache_main, lambda t: _run("--clips", ""), "--clips '' names no clip"),
+    "profile: duplicate --clips": (profile_main, lambda t: [*SMALL[:4], "--clips", "box,box"], "'box' more than once"),
+    "duplicate --clips": (hetcache_main, lambda t: _run("--clips", "box,box"), "names clip 'box' more than once"),
+    "--video/--mask with --clips": (
+        hetcache_main,
+        lambda t: _run("--video", str(t / "v.mp4"), "--mask", str(t / "m.mp4")),
+        "--video/--mask and --clips 'box' both name the clips",
+    ),
+    "workload: NaN guidance_scale": (
+        hetcache_main,
+        lambda t: ["run", "--workload", str(_workload_file(t, guidance_scale=float("nan")))],
+        "guidance_scale must be a finite number",
+    ),
+    "workload: duplicate clips": (
+        hetcache_main,
+        lambda t: ["run", "--workload", str(_workload_file(t, clips=[{"name": "a", "kind": "box"}] * 2))],
+        "names clip 'a' more than once",
+    ),
+    "plan too long": (
+        hetcache_main,
+        lambda t: _run("--policy", str(_plan_policy(t, "FFRF"))),
+        "'FFRF' has 4 steps but the run takes 3",
+    ),
+    "plan too short": (
+        hetcache_main,
+        lambda t: _run("--policy", str(_plan_policy(t, "FF"))),
+        "'FF' has 2 steps but the run takes 3",
+    ),
+    "plan ending on R": (
+        hetcache_main,
+        lambda t: _run("--policy", str(_plan_policy(t, "FFR"))),
+        "'FFR' ends on R",
+    ),
+    "--compare without --policy": (hetcache_main, lambda t: _run("--compare"), "no --policy was given"),
+    "--reps without --compare": (
+        hetcache_main,
+        lambda t: _run("--policy", "reference-psnr35", "--reps", "2"),
+        "--reps 2 sets the timing rounds of --compare",
+    ),
+    "--budget twice": (
+        tune_main,
+        lambda t: ["--budget", "psnr=30", "--budget", "psnr=35", *SMALL],
+        "argument --budget: given twice",
+    ),
+    "empty --study-name": (
+        tune_main,
+        lambda t: ["--budget", "psnr=30", "--study-name", "", *SMALL],
+        "argument --study-name: must be a non-empty name",
+    ),
+    "export: empty --study-name": (
+        tune_main,
+        lambda t: ["export", "--storage", str(t / "study.db"), "--study-name", " ", "--export", str(t / "p.json")],
+        "argument --study-name: must be a non-empty name",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(PREFLIGHT_CASES))
+def test_preflight_refuses_bad_inputs_before_any_model_is_built(tmp_path, case):
+    main, build, message = PREFLIGHT_CASES[case]
+    args = build(tmp_path)
+    if "--out" not in args and args[:1] != ["export"]:
+        args = [*args, "--out", str(tmp_path / "out")]
+    before = tree(tmp_path)
+    code, out, err = call(main, *args)
+    errors = [line for line in err.splitlines() if "error:" in line]  # argparse shows its usage above its one
+    assert code == 2 and len(errors) == 1 and message in errors[0] and "Traceback" not in err and out == "", err
+    assert tree(tmp_path) == before and not (tmp_path / "out").exists()
+
+
 # -- tuning: resume, overwrite and the trial count mean one thing ---------------------------------------------------
 
 

@@ -93,7 +93,8 @@ def read_prompt_embeds(path: str | Path) -> tuple[torch.Tensor, torch.Tensor]:
 
             tensors = load_file(str(path))
         else:
-            tensors = torch.load(path, map_location="cpu", weights_only=True)
+            with path.open("rb") as handle:  # a handle, not the path: torch.load reads a .safetensors path as one
+                tensors = torch.load(handle, map_location="cpu", weights_only=True)
         positive, negative = tensors["prompt_embeds"], tensors.get("negative_prompt_embeds")
     except InputError:
         raise
