@@ -1,10 +1,11 @@
 """Checks a workload passes before any model is built: the device exists, every input file has its format and
-finite values. Every command runs them (through `cli_common.workload_from_args`) so that a bad input is one line
-naming it and the fix, exit 2, before anything is loaded or written.
+finite values, the run fits the device's memory. Every command runs them (through `cli_common.workload_from_args`)
+so that a bad input is one line naming it and the fix, exit 2, before anything is loaded or written.
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from .errors import InputError
@@ -13,6 +14,7 @@ from .workloads.spec import Workload
 DEVICES = ("cpu", "cuda", "mps")  # the device types a hetcache run can be placed on
 SAFETENSORS_MAX_HEADER = 100_000_000  # safetensors' own limit on the JSON header of a file
 TORCH_MAGICS = (b"PK\x03\x04", b"\x80")  # torch.save: a zip archive (current) or a bare pickle (legacy)
+PIXEL_COPIES = 3  # float32 RGB frames a run holds at once at the least: the source clip and two decoded outputs
 
 
 def _available(kind: str) -> int:
@@ -60,11 +62,96 @@ def prompt_embeds_format(path: Path) -> str:
     raise InputError(f"prompt embeddings '{path}' are neither a safetensors nor a torch file.", fix)
 
 
+def available_bytes(device: str) -> int:
+    """Memory a run on `device` can still take: free device memory on CUDA, the host's available memory else."""
+    import torch
+
+    place = torch.device(device)
+    if place.type == "cuda":
+        return torch.cuda.mem_get_info(place.index or 0)[0]
+    try:
+        meminfo = Path("/proc/meminfo").read_text().splitlines()
+        return next(int(line.split()[1]) * 1024 for line in meminfo if line.startswith("MemAvailable:"))
+    except (OSError, StopIteration, ValueError):
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+def least_bytes(workload: Workload, height: int, width: int, frames: int, have: int) -> int | None:
+    """At least the memory one run of `workload` at this size takes: the frames themselves and, unless they alone
+    exceed `have` (the model's plan is then not worth its token masks), the weights and one transformer call's
+    activations (`hetcache.memory`, no cache); None when the model is not known before it is loaded (a hub id)."""
+    from .architectures import load_architecture
+    from .memory import plan_memory
+
+    pixels = PIXEL_COPIES * frames * height * width * 3 * 4
+    if pixels > have:
+        return pixels
+    if workload.is_reference:
+        from .reference import MODEL_DIR
+
+        source = MODEL_DIR
+    elif Path(workload.pipeline).is_dir():
+        source = Path(workload.pipeline)
+    else:
+        return None
+    try:
+        arch = load_architecture(source)
+    except InputError:
+        return None  # not a transformer this estimate reads: the pipeline loader says what is wrong
+    plan = plan_memory(
+        arch,
+        height=height,
+        width=width,
+        num_frames=frames,
+        cfg=workload.guidance_scale > 1.0,
+        model_dtype=workload.dtype,
+    )
+    return plan.weights_bytes + plan.activation_bytes + pixels
+
+
+def check_memory(workload: Workload) -> None:
+    """Refuse a synthetic-clip run whose size cannot fit the device's memory, naming the largest size that fits at
+    the same aspect and frame count (a lower bound of the need: what passes may still be tight)."""
+    if not workload.uses_synthetic_clips():
+        return  # file clips: their size is known once read, and the fit flags reconcile it
+    frames, height, width = workload.synthetic_size()
+    have = available_bytes(workload.device)
+    need = least_bytes(workload, height, width, frames, have)
+    if need is None or need <= have:
+        return
+    from .cli_types import SPATIAL
+    from .memory import GIB
+
+    def size_at(scale: float) -> tuple[int, int]:
+        return max(SPATIAL, int(height * scale) // SPATIAL * SPATIAL), max(
+            SPATIAL, int(width * scale) // SPATIAL * SPATIAL
+        )
+
+    def need_at(scale: float) -> int:
+        return least_bytes(workload, *size_at(scale), frames, have) or 0
+
+    # the need is the weights plus a part that grows with the frame's area: solve for the scale, then step down
+    fixed = need_at(0.0)
+    probe = min(1.0, (have / need) ** 0.5)
+    scale = ((have - fixed) / max(1.0, (need_at(probe) - fixed) / probe**2)) ** 0.5 if have > fixed else 0.0
+    while scale > 0 and need_at(scale) > have:
+        scale *= 0.95
+    fit_h, fit_w = size_at(scale)
+    raise InputError(
+        f"--height {height} --width {width} --frames {frames} needs at least {need / GIB:.1f} GiB on "
+        f"{workload.device} (the frames, and the weights and one step's activations by hetcache.memory), but "
+        f"{have / GIB:.1f} GiB are available.",
+        f"use at most --height {fit_h} --width {fit_w} at --frames {frames}, or fewer --frames.",
+    )
+
+
 def check_workload(workload: Workload) -> Workload:
-    """Every check a workload passes before any model is built (device, input files); returns it unchanged."""
+    """Every check a workload passes before any model is built (device, input files, memory); returns it
+    unchanged."""
     check_device(workload.device)
     if workload.prompt_embeds:
         from .workloads.pipelines import read_prompt_embeds
 
         read_prompt_embeds(workload.prompt_embeds)  # format, keys and finite values (small: read twice is cheap)
+    check_memory(workload)
     return workload

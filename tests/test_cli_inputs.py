@@ -325,6 +325,16 @@ PREFLIGHT_CASES = {
         lambda t: ["--budget", "psnr=30", *SMALL, "--prompt-embeds", str(_write_embeds(t, "nan"))],
         "prompt_embeds holds NaN or infinite values",
     ),
+    "size no memory holds": (
+        hetcache_main,
+        lambda t: _run("--height", "100000", "--width", "100000"),
+        "--height 100000 --width 100000 --frames 9 needs at least",
+    ),
+    "tune: size no memory holds": (
+        tune_main,
+        lambda t: ["--budget", "psnr=30", *SMALL[:6], "--height", "100000", "--width", "100000"],
+        "available. Fix: use at most --height",
+    ),
     "empty --clips": (hetcache_main, lambda t: _run("--clips", ""), "--clips '' names no clip"),
     "profile: duplicate --clips": (profile_main, lambda t: [*SMALL[:4], "--clips", "box,box"], "'box' more than once"),
     "duplicate --clips": (hetcache_main, lambda t: _run("--clips", "box,box"), "names clip 'box' more than once"),
