@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 MARKER = ".hetcache-output"
+GROWING_KIND = "tune"  # the one kind of folder written into over time (its marker lists no files)
 
 
 def _umask() -> int:
@@ -81,7 +82,9 @@ def replace_refusal(folder: str | os.PathLike, kind: str) -> str | None:
     if recorded != kind:
         return f"is a hetcache {recorded if isinstance(recorded, str) else 'unknown'} folder, not a {kind} folder"
     if not isinstance(listed, list):
-        return None  # a folder hetcache writes into over time (a tuning folder): never replaced as a whole
+        if kind == GROWING_KIND:
+            return None  # a tuning folder is written into over time and never replaced as a whole
+        return "was written by an older hetcache that did not list its files, so yours cannot be told apart"
     extra = sorted(set(_files_under(folder)) - set(listed))
     if extra:
         more = f" and {len(extra) - 1} more" if len(extra) > 1 else ""

@@ -224,6 +224,14 @@ def _dangling_symlink_case(tmp: Path) -> tuple[list[str], str]:
     return args, "--out '{tmp}/link' is a symbolic link to '{tmp}/gone', which does not exist"
 
 
+def _older_run_folder_case(tmp: Path) -> tuple[list[str], str]:
+    (tmp / "out").mkdir()
+    write_marker(tmp / "out", "run")  # as hetcache wrote it before markers listed their files
+    (tmp / "out" / "notes.txt").write_text("my own work\n")
+    args = [*WRITERS["run"][1], "--out", str(tmp / "out"), "--overwrite"]
+    return args, "--out '{tmp}/out' was written by an older hetcache that did not list its files"
+
+
 def _symlink_export_case(tmp: Path) -> tuple[list[str], str]:
     (tmp / "mine.json").write_text("{}")
     (tmp / "link.json").symlink_to(tmp / "mine.json")
@@ -240,6 +248,7 @@ OVERWRITE_CASES = {
     "run through a symlink": (hetcache_main, _symlink_case),
     "profile into a dangling symlink": (profile_main, _dangling_symlink_case),
     "export through a symlink": (tune_main, _symlink_export_case),
+    "run over an older run folder": (hetcache_main, _older_run_folder_case),
 }
 
 
