@@ -1,7 +1,8 @@
 """Atomic file output: write to a temporary sibling, then rename, so no half-written file is ever left.
 
 Files get the permissions the umask gives (0644 under the usual 022), whatever the library that wrote them chose.
-Every output folder carries a marker file (`MARKER`); only a marked folder may ever be replaced.
+Every output folder carries a marker file (`MARKER`) naming its kind and the files hetcache wrote into it; only a
+marked folder of the same kind, holding nothing but those files, may ever be replaced.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 MARKER = ".hetcache-output"
+GROWING_KIND = "tune"  # the one kind of folder written into over time (its marker lists no files)
 
 
 def _umask() -> int:
@@ -30,16 +32,64 @@ def file_mode() -> int:
     return 0o666 & ~_umask()
 
 
-def write_marker(folder: str | os.PathLike, kind: str) -> Path:
-    """Mark `folder` as written by hetcache (the marker names the tool and what the folder holds)."""
+def _files_under(folder: Path) -> list[str]:
+    """Every file (and link) under `folder` but the marker, as sorted relative POSIX paths."""
+    return sorted(
+        p.relative_to(folder).as_posix()
+        for p in folder.rglob("*")
+        if (p.is_file() or p.is_symlink()) and p.name != MARKER
+    )
+
+
+def write_marker(folder: str | os.PathLike, kind: str, files: list[str] | None = None) -> Path:
+    """Mark `folder` as written by hetcache: the marker names the tool, the `kind` of command that wrote it and,
+    for a folder written at once, the `files` it holds (so that a file added later is never deleted with it)."""
     from . import __version__
 
-    return write_text(Path(folder) / MARKER, json.dumps({"tool": f"hetcache {__version__}", "kind": kind}) + "\n")
+    marker: dict[str, Any] = {"tool": f"hetcache {__version__}", "kind": kind}
+    if files is not None:
+        marker["files"] = files
+    return write_text(Path(folder) / MARKER, json.dumps(marker) + "\n")
 
 
 def is_marked(folder: str | os.PathLike) -> bool:
     """Whether hetcache wrote `folder` (it holds the marker file)."""
     return (Path(folder) / MARKER).is_file()
+
+
+def read_marker(folder: str | os.PathLike) -> dict[str, Any]:
+    """The marker of `folder` ({} when unmarked or unreadable)."""
+    try:
+        marker = json.loads((Path(folder) / MARKER).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return marker if isinstance(marker, dict) else {}
+
+
+def replace_refusal(folder: str | os.PathLike, kind: str) -> str | None:
+    """Why a `kind` output may not replace (or write into) the existing `folder`, or None when it may.
+
+    Only a folder hetcache marked as the same kind may be replaced, and only when it holds nothing but the files
+    its marker lists: a file someone added inside is never deleted with the folder.
+    """
+    folder = Path(folder)
+    if holds_only_marker(folder):
+        return None
+    if not is_marked(folder):
+        return f"is a non-empty folder hetcache did not write (no {MARKER} marker)"
+    marker = read_marker(folder)
+    recorded, listed = marker.get("kind"), marker.get("files")
+    if recorded != kind:
+        return f"is a hetcache {recorded if isinstance(recorded, str) else 'unknown'} folder, not a {kind} folder"
+    if not isinstance(listed, list):
+        if kind == GROWING_KIND:
+            return None  # a tuning folder is written into over time and never replaced as a whole
+        return "was written by an older hetcache that did not list its files, so yours cannot be told apart"
+    extra = sorted(set(_files_under(folder)) - set(listed))
+    if extra:
+        more = f" and {len(extra) - 1} more" if len(extra) > 1 else ""
+        return f"holds '{extra[0]}'{more}, which hetcache did not write there"
+    return None
 
 
 def _normalise_modes(root: Path) -> None:
@@ -102,27 +152,33 @@ def holds_only_marker(path: str | os.PathLike) -> bool:
 
 
 @contextlib.contextmanager
-def atomic_dir(path: str | os.PathLike, overwrite: bool = False, kind: str = "output") -> Iterator[Path]:
+def atomic_dir(path: str | os.PathLike, kind: str, overwrite: bool = False) -> Iterator[Path]:
     """Yield a temporary folder that becomes `path` (marked as a hetcache `kind` folder) on success.
 
-    Nothing is left behind on error. With `overwrite`, an existing marked (or empty) `path` is replaced only once
-    the new content is complete; a non-empty folder hetcache did not write is never replaced.
+    Nothing is left behind on error. With `overwrite`, an existing `path` is replaced only once the new content is
+    complete, and only when `replace_refusal` allows it (checked again just before the swap): a folder hetcache did
+    not write, one of another kind, or one holding a file hetcache did not put there is never replaced.
     """
     from .errors import InputError
 
     path = Path(path).absolute()
-    if path.exists() and not (is_marked(path) or holds_only_marker(path)):
-        raise InputError(
-            f"'{path}' exists and was not written by hetcache (no {MARKER} marker); it is never replaced.",
-            "choose another output folder, or move that folder away yourself.",
-        )
+
+    def check() -> None:
+        if path.is_symlink():
+            raise InputError(f"'{path}' is a symbolic link; it is never replaced.", "choose another output folder.")
+        refusal = replace_refusal(path, kind) if path.exists() else None
+        if refusal is not None:
+            raise InputError(f"'{path}' {refusal}; it is never replaced.", "choose another output folder.")
+
+    check()
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent))
     try:
         yield tmp
-        write_marker(tmp, kind)
+        write_marker(tmp, kind, _files_under(tmp))
         _normalise_modes(tmp)
-        if path.exists():
+        if path.exists() or path.is_symlink():
+            check()
             if not (overwrite or holds_only_marker(path)):
                 raise FileExistsError(path)
             old = path.with_name(f".{path.name}.old")

@@ -50,7 +50,6 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParse
     parser.add_argument(
         "--reps",
         type=cli_types.integer(1, 100),
-        default=timing.DEFAULT_REPS,
         help="interleaved uncached/cached timing rounds after the warm-up, for the wall-clock speedup's median and "
         f"min–max (default {timing.DEFAULT_REPS})",
     )
@@ -132,15 +131,35 @@ def _print_run(record: dict) -> None:
             print(f"note [{clip['clip']}]: {note}")
 
 
+def _check_run_flags(args: argparse.Namespace) -> None:
+    """Flags that mean something only together: --compare needs a --policy, --reps needs --compare."""
+    if args.compare and args.policy is None:
+        raise InputError(
+            "--compare compares a policy's run with the uncached run, but no --policy was given.",
+            "add --policy NAME_OR_FILE (see `hetcache policies list`), or drop --compare.",
+        )
+    if args.reps is not None and not args.compare:
+        raise InputError(
+            f"--reps {args.reps} sets the timing rounds of --compare, which was not given.",
+            "add --compare, or drop --reps.",
+        )
+
+
 def command_run(args: argparse.Namespace) -> int:
     from .lpips import load_lpips
+    from .policy import check_plan_steps, load_policy
     from .runner import run
 
+    _check_run_flags(args)
     workload = workload_from_args(args)
-    out = check_output_folder(args.out, args.overwrite)
+    policy = load_policy(args.policy) if args.policy is not None else None
+    if policy is not None and policy.step_plan.rule == "explicit" and policy.step_plan.plan is not None:
+        check_plan_steps(policy.step_plan.plan, workload.steps, f"policy '{args.policy}': step_plan.plan")
+    out = check_output_folder(args.out, args.overwrite, kind="run")
     lpips = load_lpips(args.lpips_weights) if args.lpips_weights else None
-    compare = args.compare or args.policy is None
-    runs = len(workload.clip_sources()) * ((1 + args.reps) * 2 if compare and args.policy else 1)
+    compare = args.compare or policy is None
+    reps = timing.DEFAULT_REPS if args.reps is None else args.reps
+    runs = len(workload.clip_sources()) * ((1 + reps) * 2 if compare and policy else 1)
     with tqdm(total=runs, desc="runs started", unit="run", disable=not progress_enabled(), file=sys.stderr) as bar:
 
         def before_run(clip: str, kind: str, round_: int) -> None:
@@ -149,13 +168,13 @@ def command_run(args: argparse.Namespace) -> int:
 
         record = run(
             workload,
-            policy=args.policy,
+            policy=policy,
             compare=compare,
             out=out,
             strict=not args.no_strict,
             overwrite=args.overwrite,
             lpips=lpips,
-            reps=args.reps,
+            reps=reps,
             before_run=before_run,
         )
     _print_run(record)

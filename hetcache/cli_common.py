@@ -12,9 +12,10 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__, cli_types
-from .atomic import MARKER, holds_only_marker, is_marked
+from .atomic import replace_refusal
 from .contracts import SYNTAX, contract_type
 from .errors import HetCacheError, InputError
+from .preflight import check_workload
 from .workloads.clips import CLIP_KINDS
 from .workloads.spec import ClipSource, Workload, load_workload, parse_clip_names
 
@@ -108,8 +109,13 @@ def workload_from_args(args: argparse.Namespace) -> Workload:
     if args.video or args.mask:
         if not (args.video and args.mask):
             raise InputError("--video and --mask must be given together.", "pass both files.")
+        if args.clips is not None:
+            raise InputError(
+                f"--video/--mask and --clips {args.clips!r} both name the clips to run.",
+                "pass either the video and mask files or synthetic --clips, not both.",
+            )
         changes["clips"] = (ClipSource(name=args.video.stem, video=str(args.video), mask=str(args.mask)),)
-    if args.clips:
+    if args.clips is not None:  # given but empty ('') is refused by parse_clip_names, not read as "the default"
         changes["clips"] = parse_clip_names(args.clips, workload)
     for flag, field in (
         ("weights", "weights"),
@@ -129,7 +135,7 @@ def workload_from_args(args: argparse.Namespace) -> Workload:
         value = getattr(args, flag, None)
         if value is not None:
             changes[field] = str(value) if isinstance(value, Path) else value
-    return workload.replace(**changes)
+    return check_workload(workload.replace(**changes))
 
 
 def _existing_ancestor(path: Path, flag: str, shown: Path) -> Path:
@@ -156,15 +162,36 @@ def _check_writable(folder: Path, flag: str, shown: Path) -> None:
         ) from None
 
 
-def check_output_folder(
-    path: Path, overwrite: bool = False, what: str = "output folder", flag: str = "--out", reuse: bool = False
-) -> Path:
-    """Check, before any compute, that `path` can become (or, with `reuse`, be written into as) an output folder.
+def _refuse_link(path: Path, flag: str) -> None:
+    """A symbolic link (dangling or not) is never written through or replaced: refused before any compute."""
+    link = path.expanduser().absolute()
+    if link.is_symlink():
+        target = os.readlink(link)
+        state = "" if link.exists() else ", which does not exist"
+        raise InputError(
+            f"{flag} '{path}' is a symbolic link to '{target}'{state}; hetcache never writes through or replaces a "
+            "link.",
+            f"pass the real location (or another {flag}).",
+        )
 
-    Refused whatever the flags: the working folder and its parents, a path under a file, a place that cannot be
-    written, and a non-empty folder hetcache did not write (no marker). A folder hetcache wrote is replaced only with
-    `overwrite` (or written into when `reuse`).
+
+def check_output_folder(
+    path: Path,
+    overwrite: bool = False,
+    what: str = "output folder",
+    flag: str = "--out",
+    reuse: bool = False,
+    *,
+    kind: str,
+) -> Path:
+    """Check, before any compute, that `path` can become (or, with `reuse`, be written into as) a `kind` folder.
+
+    Refused whatever the flags: the working folder and its parents, a symbolic link, a path under a file, a place
+    that cannot be written, a non-empty folder hetcache did not write (no marker), one another kind of command
+    wrote, and one holding a file hetcache did not put there (`atomic.replace_refusal`). A folder of the same kind
+    is replaced only with `overwrite` (or written into when `reuse`).
     """
+    _refuse_link(path, flag)
     resolved = path.expanduser().absolute().resolve()
     cwd = Path.cwd().resolve()
     if resolved == cwd or resolved in cwd.parents:
@@ -175,11 +202,11 @@ def check_output_folder(
     if resolved.exists():
         if not resolved.is_dir():
             raise InputError(f"{flag} '{path}' is a file, not a folder.", f"choose another {flag}.")
-        if not (holds_only_marker(resolved) or is_marked(resolved)):
+        refusal = replace_refusal(resolved, kind)
+        if refusal is not None:
             raise InputError(
-                f"{flag} '{path}' is a non-empty folder hetcache did not write (no {MARKER} marker); it is never "
-                "replaced or written into, even with --overwrite.",
-                f"choose a new or empty {flag}, or move that folder away yourself.",
+                f"{flag} '{path}' {refusal}; it is never replaced or written into, even with --overwrite.",
+                f"choose a new or empty {flag}, or move that folder (or file) away yourself.",
             )
         if not (overwrite or reuse):
             raise InputError(
@@ -191,8 +218,11 @@ def check_output_folder(
     return path
 
 
-def check_output_file(path: Path, flag: str) -> Path:
-    """Check, before any compute, that the file `path` can be written (atomically, next to where it goes)."""
+def check_output_file(path: Path, flag: str, replace: bool = True) -> Path:
+    """Check, before any compute, that the file `path` can be written (atomically, next to where it goes); a file
+    that is `replace`d by a rename must not be a symbolic link (the rename would replace the link, not its target)."""
+    if replace:
+        _refuse_link(path, flag)
     resolved = path.expanduser().absolute().resolve()
     if resolved.is_dir():
         raise InputError(f"{flag} '{path}' is a folder; it must name a file.", f"e.g. {flag} {path / 'policy.json'}.")

@@ -104,6 +104,26 @@ def fraction_open(raw: str) -> float:
     return number(0.0, 1.0, low_open=True, high_open=True)(raw)
 
 
+def name(raw: str) -> str:
+    """A name (of a study, a policy): not empty and not only blanks (an empty name is not "the default")."""
+    if not raw.strip():
+        raise argparse.ArgumentTypeError(f"must be a non-empty name, got {raw!r}: give a name, or drop the flag")
+    return raw
+
+
+class Once(argparse.Action):
+    """A flag that may be given once: a second value is refused, not silently taking the first one's place."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        given = getattr(namespace, self.dest, None)
+        if given is not None and given != self.default:
+            parser.error(
+                f"argument {option_string}: given twice ({given!r} and {values!r}): give it once, with every "
+                "value in it (a list is comma-separated, e.g. psnr=30,ssim=0.95)"
+            )
+        setattr(namespace, self.dest, values)
+
+
 def port(raw: str) -> int:
     """A TCP port."""
     return integer(1, 65535)(raw)

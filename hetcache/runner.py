@@ -167,7 +167,7 @@ def write_run(
         "summary": summarise(results, session.contract),
         "clips": [r.summary() for r in results],
     }
-    with atomic_dir(out, overwrite=overwrite, kind="run") as tmp:
+    with atomic_dir(out, "run", overwrite=overwrite) as tmp:
         for clip, result in zip(session.clips, results, strict=True):
             fps = clip.fps
             write_video(tmp / "inputs" / f"{clip.name}.mp4", clip.frames, fps)

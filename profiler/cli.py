@@ -107,7 +107,7 @@ def _options(args: argparse.Namespace) -> dict:
 def _main(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
     workload = workload_from_args(args)
-    out = check_output_folder(args.out, args.overwrite, "profile folder")
+    out = check_output_folder(args.out, args.overwrite, "profile folder", kind="profile")
     options = ProfileOptions.from_kwargs(_options(args))
     if is_generic(workload):
         pipe, runs = generic_runs(workload)

@@ -108,7 +108,7 @@ class Profile:
         if path.exists() and not overwrite:
             raise InputError(f"profile folder '{path}' already exists.", "pass --overwrite, or choose another --out.")
         tensors = self._tensors if self._tensors is not None else dict(self.tensors("pt"))
-        with atomic_dir(path, overwrite=overwrite) as tmp:
+        with atomic_dir(path, "profile", overwrite=overwrite) as tmp:
             save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp / TENSOR_FILE))
             text = json.dumps(json_safe(self.data), indent=2, allow_nan=False) + "\n"
             (tmp / JSON_FILE).write_text(text, encoding="utf-8")

@@ -166,15 +166,252 @@ def test_atomic_dir_refuses_an_unmarked_folder_and_marks_what_it_writes(tmp_path
     foreign = tmp_path / "foreign"
     foreign.mkdir()
     (foreign / "data.bin").write_bytes(b"\x00")
-    with pytest.raises(Exception, match="was not written by hetcache"), atomic_dir(foreign, overwrite=True):
+    with pytest.raises(Exception, match="hetcache did not write"), atomic_dir(foreign, "run", overwrite=True):
         pass
     assert tree(foreign) == {"data.bin": b"\x00"}
-    with atomic_dir(tmp_path / "mine", kind="run") as tmp:
+    with atomic_dir(tmp_path / "mine", "run") as tmp:
         (tmp / "a.txt").write_text("1")
-    assert json.loads((tmp_path / "mine" / MARKER).read_text())["kind"] == "run"
-    with atomic_dir(tmp_path / "mine", overwrite=True) as tmp:
+    assert json.loads((tmp_path / "mine" / MARKER).read_text()) | {"tool": ""} == {
+        "tool": "",
+        "kind": "run",
+        "files": ["a.txt"],
+    }
+    with atomic_dir(tmp_path / "mine", "run", overwrite=True) as tmp:
         (tmp / "b.txt").write_text("2")
     assert sorted(p.name for p in (tmp_path / "mine").iterdir()) == [MARKER, "b.txt"]
+    with pytest.raises(Exception, match="not a profile folder"), atomic_dir(tmp_path / "mine", "profile", True):
+        pass
+    assert sorted(p.name for p in (tmp_path / "mine").iterdir()) == [MARKER, "b.txt"]
+
+
+def _run_folder(folder: Path, *extra: str) -> Path:
+    """A run folder as `hetcache run` writes it (marked, its files listed), plus `extra` files a user added."""
+    with atomic_dir(folder, "run") as tmp:
+        (tmp / "run.json").write_text("{}")
+    for name in extra:
+        (folder / name).write_text("my own work\n")
+    return folder
+
+
+def _export_case(tmp: Path) -> tuple[list[str], str]:
+    (tmp / "notes.txt").write_text("my notes\n")
+    store = str(tmp / "study.db")
+    args = ["export", "--storage", store, "--study-name", "s", "--export", str(tmp / "notes.txt"), "--overwrite"]
+    return args, "--export '{tmp}/notes.txt' is not a policy file"
+
+
+def _user_file_in_run_case(tmp: Path) -> tuple[list[str], str]:
+    _run_folder(tmp / "out", "notes.txt")
+    args = [*WRITERS["run"][1], "--out", str(tmp / "out"), "--overwrite"]
+    return args, "--out '{tmp}/out' holds 'notes.txt', which hetcache did not write there"
+
+
+def _profile_over_run_case(tmp: Path) -> tuple[list[str], str]:
+    _run_folder(tmp / "out")
+    args = [*WRITERS["profile"][1], "--out", str(tmp / "out"), "--overwrite"]
+    return args, "--out '{tmp}/out' is a hetcache run folder, not a profile folder"
+
+
+def _symlink_case(tmp: Path) -> tuple[list[str], str]:
+    (tmp / "link").symlink_to(_run_folder(tmp / "out"))
+    args = [*WRITERS["run"][1], "--out", str(tmp / "link"), "--overwrite"]
+    return args, "--out '{tmp}/link' is a symbolic link to '{tmp}/out'; hetcache never writes through"
+
+
+def _dangling_symlink_case(tmp: Path) -> tuple[list[str], str]:
+    (tmp / "link").symlink_to(tmp / "gone")
+    args = [*WRITERS["profile"][1], "--out", str(tmp / "link")]
+    return args, "--out '{tmp}/link' is a symbolic link to '{tmp}/gone', which does not exist"
+
+
+def _older_run_folder_case(tmp: Path) -> tuple[list[str], str]:
+    (tmp / "out").mkdir()
+    write_marker(tmp / "out", "run")  # as hetcache wrote it before markers listed their files
+    (tmp / "out" / "notes.txt").write_text("my own work\n")
+    args = [*WRITERS["run"][1], "--out", str(tmp / "out"), "--overwrite"]
+    return args, "--out '{tmp}/out' was written by an older hetcache that did not list its files"
+
+
+def _symlink_export_case(tmp: Path) -> tuple[list[str], str]:
+    (tmp / "mine.json").write_text("{}")
+    (tmp / "link.json").symlink_to(tmp / "mine.json")
+    store = str(tmp / "study.db")
+    args = ["export", "--storage", store, "--study-name", "s", "--export", str(tmp / "link.json"), "--overwrite"]
+    return args, "--export '{tmp}/link.json' is a symbolic link"
+
+
+# what --overwrite must never replace: (entry point, case builder → (flags, message with {tmp}))
+OVERWRITE_CASES = {
+    "export over a user's text file": (tune_main, _export_case),
+    "run over a run folder holding a user's file": (hetcache_main, _user_file_in_run_case),
+    "profile over a run folder": (profile_main, _profile_over_run_case),
+    "run through a symlink": (hetcache_main, _symlink_case),
+    "profile into a dangling symlink": (profile_main, _dangling_symlink_case),
+    "export through a symlink": (tune_main, _symlink_export_case),
+    "run over an older run folder": (hetcache_main, _older_run_folder_case),
+}
+
+
+@pytest.mark.parametrize("case", list(OVERWRITE_CASES))
+def test_overwrite_replaces_only_what_the_same_command_wrote(tmp_path, case):
+    main, build = OVERWRITE_CASES[case]
+    args, message = build(tmp_path)
+    links = {p.name: os.readlink(p) for p in tmp_path.iterdir() if p.is_symlink()}
+    before = tree(tmp_path)
+    code, out, err = call(main, *args)
+    assert code == 2 and message.format(tmp=tmp_path) in err, err
+    assert len(err.strip().splitlines()) == 1 and "Fix:" in err and out == ""
+    assert tree(tmp_path) == before
+    assert {p.name: os.readlink(p) for p in tmp_path.iterdir() if p.is_symlink()} == links
+
+
+# -- pre-flight: devices, input files, clip lists, plans and flag pairs, refused before any model is built ---------
+
+
+def _write_embeds(tmp: Path, kind: str) -> Path:
+    """A prompt-embeddings file that must be refused: 'nan' (a torch file holding NaN), 'junk' (neither format)."""
+    import torch
+
+    path = tmp / f"{kind}.safetensors"
+    if kind == "nan":
+        torch.save({"prompt_embeds": torch.full((1, 4, 8), float("nan"))}, path)
+    else:
+        path.write_text("not a tensor file\n")
+    return path
+
+
+def _plan_policy(tmp: Path, plan: str) -> Path:
+    """A policy file whose explicit step plan is `plan`, tuned for no particular step count (no workload section),
+    for a run of SMALL's 3 steps."""
+    data = json.loads(policies.policy_path("reference-psnr35").read_text())
+    data["step_plan"] = {**data["step_plan"], "rule": "explicit", "plan": plan}
+    data["workload"]["steps"] = len(plan)  # the policy's own workload agrees: the run's --steps is what differs
+    data.pop("workload")
+    path = tmp / "plan.json"
+    path.write_text(json.dumps(data))
+    return path
+
+
+def _workload_file(tmp: Path, **changes) -> Path:
+    """The reference workload file with `changes` (raw JSON values, NaN included)."""
+    from hetcache.workloads.spec import reference_workload
+
+    data = {**reference_workload().to_dict(), **changes}
+    path = tmp / "workload.json"
+    path.write_text(json.dumps(data))
+    return path
+
+
+def _run(*flags: str) -> list[str]:
+    """`hetcache run` on SMALL with `flags` replacing SMALL's own where they name the same flag."""
+    small = dict(zip(SMALL[::2], SMALL[1::2], strict=True))
+    given = dict(zip(flags[::2], flags[1::2], strict=False)) if len(flags) % 2 == 0 else {}
+    return ["run", *(x for k, v in small.items() if k not in given for x in (k, v)), *flags]
+
+
+# (entry point, flags built from tmp, message) — every one refused with exit 2 and one line before compute
+PREFLIGHT_CASES = {
+    "unknown device": (hetcache_main, lambda t: _run("--device", "banana"), "--device 'banana' is not a device name"),
+    "absent device": (hetcache_main, lambda t: _run("--device", "cuda:99"), "--device 'cuda:99' is not available"),
+    "profile: absent device": (profile_main, lambda t: [*SMALL, "--device", "cuda:99"], "is not available"),
+    "embeds in neither format": (
+        hetcache_main,
+        lambda t: _run("--prompt-embeds", str(_write_embeds(t, "junk"))),
+        "are neither a safetensors nor a torch file",
+    ),
+    "NaN embeds": (
+        hetcache_main,
+        lambda t: _run("--prompt-embeds", str(_write_embeds(t, "nan"))),
+        "prompt_embeds holds NaN or infinite values",
+    ),
+    "workload: absent device": (
+        hetcache_main,
+        lambda t: ["run", "--workload", str(_workload_file(t, device="cuda:99"))],
+        "--device 'cuda:99' is not available",
+    ),
+    "tune: NaN embeds": (
+        tune_main,
+        lambda t: ["--budget", "psnr=30", *SMALL, "--prompt-embeds", str(_write_embeds(t, "nan"))],
+        "prompt_embeds holds NaN or infinite values",
+    ),
+    "size no memory holds": (
+        hetcache_main,
+        lambda t: _run("--height", "100000", "--width", "100000"),
+        "--height 100000 --width 100000 --frames 9 needs at least",
+    ),
+    "tune: size no memory holds": (
+        tune_main,
+        lambda t: ["--budget", "psnr=30", *SMALL[:6], "--height", "100000", "--width", "100000"],
+        "available. Fix: use at most --height",
+    ),
+    "empty --clips": (hetcache_main, lambda t: _run("--clips", ""), "--clips '' names no clip"),
+    "profile: duplicate --clips": (profile_main, lambda t: [*SMALL[:4], "--clips", "box,box"], "'box' more than once"),
+    "duplicate --clips": (hetcache_main, lambda t: _run("--clips", "box,box"), "names clip 'box' more than once"),
+    "--video/--mask with --clips": (
+        hetcache_main,
+        lambda t: _run("--video", str(t / "v.mp4"), "--mask", str(t / "m.mp4")),
+        "--video/--mask and --clips 'box' both name the clips",
+    ),
+    "workload: NaN guidance_scale": (
+        hetcache_main,
+        lambda t: ["run", "--workload", str(_workload_file(t, guidance_scale=float("nan")))],
+        "guidance_scale must be a finite number",
+    ),
+    "workload: duplicate clips": (
+        hetcache_main,
+        lambda t: ["run", "--workload", str(_workload_file(t, clips=[{"name": "a", "kind": "box"}] * 2))],
+        "names clip 'a' more than once",
+    ),
+    "plan too long": (
+        hetcache_main,
+        lambda t: _run("--policy", str(_plan_policy(t, "FFRF"))),
+        "'FFRF' has 4 steps but the run takes 3",
+    ),
+    "plan too short": (
+        hetcache_main,
+        lambda t: _run("--policy", str(_plan_policy(t, "FF"))),
+        "'FF' has 2 steps but the run takes 3",
+    ),
+    "plan ending on R": (
+        hetcache_main,
+        lambda t: _run("--policy", str(_plan_policy(t, "FFR"))),
+        "'FFR' ends on R",
+    ),
+    "--compare without --policy": (hetcache_main, lambda t: _run("--compare"), "no --policy was given"),
+    "--reps without --compare": (
+        hetcache_main,
+        lambda t: _run("--policy", "reference-psnr35", "--reps", "2"),
+        "--reps 2 sets the timing rounds of --compare",
+    ),
+    "--budget twice": (
+        tune_main,
+        lambda t: ["--budget", "psnr=30", "--budget", "psnr=35", *SMALL],
+        "argument --budget: given twice",
+    ),
+    "empty --study-name": (
+        tune_main,
+        lambda t: ["--budget", "psnr=30", "--study-name", "", *SMALL],
+        "argument --study-name: must be a non-empty name",
+    ),
+    "export: empty --study-name": (
+        tune_main,
+        lambda t: ["export", "--storage", str(t / "study.db"), "--study-name", " ", "--export", str(t / "p.json")],
+        "argument --study-name: must be a non-empty name",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(PREFLIGHT_CASES))
+def test_preflight_refuses_bad_inputs_before_any_model_is_built(tmp_path, case):
+    main, build, message = PREFLIGHT_CASES[case]
+    args = build(tmp_path)
+    if "--out" not in args and args[:1] != ["export"]:
+        args = [*args, "--out", str(tmp_path / "out")]
+    before = tree(tmp_path)
+    code, out, err = call(main, *args)
+    errors = [line for line in err.splitlines() if "error:" in line]  # argparse shows its usage above its one
+    assert code == 2 and len(errors) == 1 and message in errors[0] and "Traceback" not in err and out == "", err
+    assert tree(tmp_path) == before and not (tmp_path / "out").exists()
 
 
 # -- tuning: resume, overwrite and the trial count mean one thing ---------------------------------------------------

@@ -63,7 +63,7 @@ def _budget_arguments(
     group.add_argument(
         "--budget",
         required=required,
-        action="append" if repeat else "store",
+        action="append" if repeat else cli_types.Once,
         help="bounds over hetcache.metrics names, e.g. psnr=30 or psnr_mask=28,ssim=0.95; a bare value (30) bounds "
         "the contract's budget metric: psnr under --contract none, psnr_mask under paste, feather and blend"
         + (" (repeat for several policies)" if repeat else ""),
@@ -125,7 +125,7 @@ def _search_arguments(parser: argparse.ArgumentParser, default_out: str) -> None
     group.add_argument("--lpips-weights", type=Path, help="LPIPS weights folder (needed to bound lpips)")
     group.add_argument("--out", type=Path, default=Path(default_out), help=f"run folder (default {default_out})")
     store = parser.add_argument_group("study storage (several workers: one per GPU, same --storage and --study-name)")
-    store.add_argument("--study-name", help="default: <workload>-<budget>, e.g. reference-psnr30")
+    store.add_argument("--study-name", type=cli_types.name, help="default: <workload>-<budget>, e.g. reference-psnr30")
     store.add_argument("--storage", help="database URL or .db / .log file (default OUT/study.db)")
     mode = store.add_mutually_exclusive_group()
     mode.add_argument("--resume", action="store_true", help="continue an existing study (refused if there is none)")
@@ -176,7 +176,7 @@ def build_export_parser() -> argparse.ArgumentParser:
         CODES,
     )
     parser.add_argument("--storage", required=True, help="database URL or .db / .log file holding the study")
-    parser.add_argument("--study-name", required=True)
+    parser.add_argument("--study-name", type=cli_types.name, required=True)
     _budget_arguments(parser, required=False, tuning=False)
     _export_arguments(parser, "default policy.json")
     _validation_arguments(parser)
@@ -400,16 +400,19 @@ def _export(
 
 
 def _exported_from(path: Path) -> str | None:
-    """The study a policy file or Pareto folder was exported from ('' when hetcache-tune did not export it)."""
+    """The study a policy file or Pareto folder was exported from ('' when hetcache-tune did not export it; None
+    when the file is no policy at all, by its schema, so that it is never replaced)."""
     from hetcache.errors import PolicyError
-    from hetcache.policy import read_policy_json
+    from hetcache.policy import SCHEMA_PREFIX, read_policy_json
 
     try:
         data = read_policy_json(path / "index.json" if path.is_dir() else path)
     except PolicyError:
-        return ""
+        return "" if path.is_dir() else None
     if not isinstance(data, dict):
-        return ""
+        return "" if path.is_dir() else None
+    if not path.is_dir() and not str(data.get("schema", "")).startswith(SCHEMA_PREFIX):
+        return None
     study = data.get("study") if path.is_dir() else (data.get("provenance") or {}).get("study")
     return study if isinstance(study, str) else ""
 
@@ -427,12 +430,18 @@ def check_export_targets(export: Path | None, pareto: Path | None, study: str, o
         if flag == "--export":
             check_output_file(path, flag)
         else:
-            check_output_folder(path, overwrite=True, what="Pareto folder", flag=flag)
+            check_output_folder(path, overwrite=True, what="Pareto folder", flag=flag, kind="pareto")
         if not path.exists() or _exported_from(path) == study:
             continue
         owner = _exported_from(path)
+        if owner is None:
+            raise InputError(
+                f"{flag} '{path}' is not a policy file (no hetcache.policy schema); it is never replaced, even with "
+                "--overwrite.",
+                f"choose another {flag}, or move that file away yourself.",
+            )
         if not overwrite:
-            holds = f"the export of study '{owner}'" if owner else "a file hetcache-tune did not export"
+            holds = f"the export of study '{owner}'" if owner else "a policy hetcache-tune did not export"
             raise InputError(
                 f"{flag} '{path}' holds {holds}, not of study '{study}'.",
                 f"choose another {flag} (or --out), or pass --overwrite to replace it (it is removed if no trial "
@@ -511,10 +520,10 @@ def command_tune(argv: Sequence[str]) -> int:
     check_budget_bounds(budget)
     note_whole_frame_budget(budget, contract)
     config = _config(args, budget, workload)
-    check_output_folder(args.out, reuse=True, what="tuning folder")
+    check_output_folder(args.out, reuse=True, what="tuning folder", kind="tune")
     url = resolve_url(config.storage, config.out)
     if config.storage is not None and file_of(url) is not None:
-        check_output_file(file_of(url), "--storage")
+        check_output_file(file_of(url), "--storage", replace=False)
     export = args.export or args.out / "policy.json"
     foreign = check_export_targets(export, args.export_pareto, config.name(), args.overwrite)
     check_study_mode(args, config.name(), url, config.heartbeat)
@@ -578,7 +587,7 @@ def command_reference(argv: Sequence[str]) -> int:
     for budget in budgets:
         check_budget_bounds(budget)
         note_whole_frame_budget(budget, workload.editing_contract)
-    check_output_folder(args.out, reuse=True, what="tuning folder")
+    check_output_folder(args.out, reuse=True, what="tuning folder", kind="tune")
     for budget in budgets:
         name = reference_policy_name(budget, workload.editing_contract)
         check_output_file(args.policies_dir / f"{name}.json", "--policies-dir")

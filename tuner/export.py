@@ -153,7 +153,7 @@ def export_pareto(
             "run more --trials (trials stopped early are not on the front).",
         )
     rows = []
-    with atomic_dir(folder, overwrite=True) as tmp:
+    with atomic_dir(folder, "pareto", overwrite=True) as tmp:
         for rung, result in enumerate(front, start=1):
             file = f"{rung:02d}-{result.value:.2f}x.json"
             more = extra(result) if extra else None

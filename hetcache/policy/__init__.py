@@ -19,7 +19,7 @@ from .doc import schema_markdown
 from .edits import field_value, policy_with
 from .files import is_policy_file, load_policy, load_policy_file, read_policy_json
 from .model_match import check_blocks, check_model, model_spec_from_fingerprint
-from .reader import check_plan_string, policy_from_dict
+from .reader import check_plan_steps, check_plan_string, policy_from_dict
 from .rules import Rule, json_key, rule_of, section_to_dict, spec
 from .sections import (
     CACHE_DTYPE_CHOICES,
@@ -71,6 +71,7 @@ __all__ = [
     "WorkloadSpec",
     "check_blocks",
     "check_model",
+    "check_plan_steps",
     "check_plan_string",
     "field_value",
     "is_policy_file",

@@ -8,7 +8,7 @@ from typing import Any
 
 from ..contracts import parse_contract
 from ..errors import HetCacheError, PolicyError
-from ..steps import FULL, PLAN_LETTERS
+from ..steps import FULL, PLAN_LETTERS, REUSE
 from .core import Policy
 from .model_match import check_blocks
 from .rules import Rule, json_key, rule_of
@@ -165,6 +165,23 @@ def check_plan_string(plan: str, what: str = "plan") -> str:
         raise PolicyError(
             f"{what} {plan!r} starts with {plan[0]!r}; the first step must be F (nothing is cached before it).",
             "start the plan with F.",
+        )
+    return plan
+
+
+def check_plan_steps(plan: str, steps: int, what: str = "plan") -> str:
+    """An explicit plan for a run of `steps` steps: one letter per step (never cut or padded) and not ending on R
+    (the run's output would be a reused, stale step)."""
+    check_plan_string(plan, what)
+    if len(plan) != steps:
+        raise PolicyError(
+            f"{what} {plan!r} has {len(plan)} steps but the run takes {steps}.",
+            f"give one letter per denoising step (a plan of {steps} letters), or run with --steps {len(plan)}.",
+        )
+    if plan.endswith(REUSE):
+        raise PolicyError(
+            f"{what} {plan!r} ends on R: the run's output would be a reused step, never computed.",
+            "end the plan with F or P.",
         )
     return plan
 

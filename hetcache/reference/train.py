@@ -326,7 +326,7 @@ def save(pipe, out: Path, prompt, negative, log, steps, batch, recipe, lr, seed,
 
     pipe.transformer.to("cpu")
     reference.cast_like_from_pretrained(pipe.transformer, torch.float16)
-    with atomic_dir(out, overwrite=True) as tmp:
+    with atomic_dir(out, "reference-model", overwrite=True) as tmp:
         pipe.save_pretrained(tmp, safe_serialization=True)
         save_file(
             {"prompt_embeds": prompt.contiguous(), "negative_prompt_embeds": negative.contiguous()},

@@ -76,24 +76,37 @@ def load_pipeline(workload: Workload):
 
 
 def read_prompt_embeds(path: str | Path) -> tuple[torch.Tensor, torch.Tensor]:
-    """prompt_embeds and negative_prompt_embeds from a safetensors or torch file (zeros when no negative)."""
+    """prompt_embeds and negative_prompt_embeds from a safetensors or torch file (zeros when no negative).
+
+    The format is told by the file's first bytes (`preflight.prompt_embeds_format`), whatever its suffix; a file that
+    cannot be read, lacks 'prompt_embeds' or holds a non-finite value is refused naming the file.
+    """
+    from ..preflight import prompt_embeds_format
+
     path = Path(path)
     if not path.is_file():
         raise InputError(f"prompt embeddings '{path}' do not exist.", "check the --prompt-embeds path.")
+    fix = "save a dict with 'prompt_embeds' [1, L, D] (and 'negative_prompt_embeds') with safetensors or torch.save."
     try:
-        if path.suffix == ".safetensors":
+        if prompt_embeds_format(path) == "safetensors":
             from safetensors.torch import load_file
 
             tensors = load_file(str(path))
         else:
-            tensors = torch.load(path, map_location="cpu", weights_only=True)
+            with path.open("rb") as handle:  # a handle, not the path: torch.load reads a .safetensors path as one
+                tensors = torch.load(handle, map_location="cpu", weights_only=True)
         positive, negative = tensors["prompt_embeds"], tensors.get("negative_prompt_embeds")
-    except (KeyError, RuntimeError, OSError) as exc:
-        raise InputError(
-            f"prompt embeddings '{path}' cannot be read ({exc}).",
-            "save a dict with 'prompt_embeds' [1, L, D] (and 'negative_prompt_embeds') with safetensors or torch.save.",
-        ) from exc
-    return positive, torch.zeros_like(positive) if negative is None else negative
+    except InputError:
+        raise
+    except Exception as exc:  # safetensors, pickle and zip readers each raise their own kind
+        raise InputError(f"prompt embeddings '{path}' cannot be read ({type(exc).__name__}: {exc}).", fix) from exc
+    negative = torch.zeros_like(positive) if negative is None else negative
+    for key, tensor in (("prompt_embeds", positive), ("negative_prompt_embeds", negative)):
+        if not isinstance(tensor, torch.Tensor) or not tensor.is_floating_point():
+            raise InputError(f"prompt embeddings '{path}': {key} is not a floating-point tensor.", fix)
+        if not torch.isfinite(tensor).all():
+            raise InputError(f"prompt embeddings '{path}': {key} holds NaN or infinite values.", fix)
+    return positive, negative
 
 
 def load_prompt_embeds(workload: Workload, pipe) -> tuple[torch.Tensor, torch.Tensor]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -126,10 +127,22 @@ def parse_clip_names(text: str, workload: Workload | None = None, flag: str = "-
             sources.append(defaults.get(kind, ClipSource(name=kind, kind=kind)))
     if unknown or not sources:
         raise InputError(
-            f"{flag} names unknown clips {', '.join(unknown)}." if unknown else f"{flag} names no clip.",
+            f"{flag} names unknown clips {', '.join(unknown)}." if unknown else f"{flag} {text!r} names no clip.",
             f"use kinds from {', '.join(CLIP_KINDS)}, optionally with a seed (box-7001).",
         )
+    check_unique_clips(sources, flag)
     return tuple(sources)
+
+
+def check_unique_clips(sources: list[ClipSource] | tuple[ClipSource, ...], origin: str) -> None:
+    """Refuse a clip list that names one clip twice (it would run twice into the same output files)."""
+    names = [source.name for source in sources]
+    twice = sorted({name for name in names if names.count(name) > 1})
+    if twice:
+        raise InputError(
+            f"{origin} names clip {', '.join(repr(n) for n in twice)} more than once.",
+            "name each clip once (another clip of the same kind: kind-seed, e.g. box-7001).",
+        )
 
 
 def reference_workload(**changes: Any) -> Workload:
@@ -165,6 +178,12 @@ def workload_from_dict(data: dict[str, Any], origin: str = "workload") -> Worklo
                 raise _fail(origin, key, str(exc)) from None
     if kwargs.get("steps", 2) < 2:
         raise _fail(origin, "steps", f"must be at least 2, got {kwargs['steps']}")
+    for key, low in (("guidance_scale", 0.0), ("shift", 0.0)):
+        value = kwargs.get(key)
+        if key not in kwargs or (value is None and key == "shift"):  # absent / null shift: the defaults
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < low:
+            raise _fail(origin, key, f"must be a finite number ≥ {low:g}, got {value!r}")
     threshold = kwargs.get("mask_threshold")
     if threshold is not None and not (isinstance(threshold, (int, float)) and 0 < threshold < 1):
         raise _fail(origin, "mask_threshold", f"must be a number in (0, 1), got {threshold!r}")
@@ -186,6 +205,7 @@ def workload_from_dict(data: dict[str, Any], origin: str = "workload") -> Worklo
             clips.append(ClipSource(**raw))
         except TypeError as exc:
             raise _fail(origin, f"clips[{i}]", f"has an unknown field ({exc})") from exc
+    check_unique_clips(clips, f"{origin}: clips")
     return Workload(**kwargs, clips=tuple(clips))
 
 
