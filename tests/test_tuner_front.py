@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import re
 from pathlib import Path
 
 import optuna
@@ -122,10 +123,13 @@ def test_export_validation_drops_a_point_dominated_on_held_out_clips(tmp_path):
         "--export-pareto", str(tmp_path / "ladder"),
     )  # fmt: skip
     assert code == 0, stderr
-    assert "editing contract none" in stdout and f"dropped: dominated by trial {forecast.number}" in stdout, stdout
+    assert "editing contract none" in stdout, stdout
+    dropped = re.search(rf"^\s*{fixed_number}\s.*dropped: dominated by trial (\d+)", stdout, re.MULTILINE)
+    assert dropped is not None, stdout  # by its forecast twin, or by another point as cheap and better held out
+    dominator = int(dropped.group(1))
     ladder = json.loads((tmp_path / "ladder" / "index.json").read_text())["ladder"]
     assert fixed_number not in {rung["trial"] for rung in ladder}
-    assert forecast.number in {rung["trial"] for rung in ladder}
+    assert dominator in {rung["trial"] for rung in ladder}
     provenance = load_policy(tmp_path / "p.json").provenance
     held, calibration = provenance["held_out_quality"], provenance["calibration_quality"]
     assert held["clips"] == ["box-7", "small_box-7"] and held["contract"] == "none" and held["metric"] == "psnr"
@@ -138,4 +142,6 @@ def test_export_validation_drops_a_point_dominated_on_held_out_clips(tmp_path):
     assert code == 0 and "flagged: dominated by trial" in stdout
     kept = json.loads((tmp_path / "all" / "index.json").read_text())["ladder"]
     flagged = next(rung for rung in kept if rung["trial"] == fixed_number)
-    assert flagged["held_out"]["dominated_by_trial"] == forecast.number
+    assert flagged["held_out"]["dominated_by_trial"] == dominator
+    by_trial = {rung["trial"]: rung["held_out"] for rung in kept}
+    assert by_trial[dominator]["flops_fraction"] <= flagged["held_out"]["flops_fraction"]
