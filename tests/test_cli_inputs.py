@@ -357,6 +357,11 @@ PREFLIGHT_CASES = {
         lambda t: ["run", "--workload", str(_workload_file(t, guidance_scale=float("nan")))],
         "guidance_scale must be a finite number",
     ),
+    "workload: empty clips": (
+        hetcache_main,
+        lambda t: ["run", "--workload", str(_workload_file(t, clips=[]))],
+        "clips must be a non-empty list of clips, got []. Fix: leave 'clips' out for the reference calibration",
+    ),
     "workload: duplicate clips": (
         hetcache_main,
         lambda t: ["run", "--workload", str(_workload_file(t, clips=[{"name": "a", "kind": "box"}] * 2))],
@@ -421,6 +426,15 @@ def test_resume_of_a_missing_study_is_refused_and_creates_nothing(tmp_path):
     code, _, err = call(tune_main, "--budget", "psnr=30", "--resume", *SMALL, "--out", str(tmp_path / "tune"))
     assert code == 2 and "--resume: study 'reference-psnr30' does not exist" in err and "drop --resume" in err
     assert not (tmp_path / "tune").exists()
+
+
+def test_a_resume_with_other_workload_settings_names_them(tmp_path):
+    base = ["--budget", "psnr=20", "--trials", "1", "--no-warm-start", "--out", str(tmp_path / "tune")]
+    assert call(tune_main, *base, *SMALL)[0] in (0, 3)
+    other = [*SMALL[:2], "--steps", "2", *SMALL[4:6], "--seed", "4", *SMALL[6:]]
+    code, _, err = call(tune_main, *base, *other, "--resume")
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert "tuned on another workload (seed: study 0, this run 4; steps: study 3, this run 2)" in err
 
 
 def test_another_studys_policy_is_kept_unless_overwrite_and_never_left_beside_a_failed_study(tmp_path):

@@ -26,7 +26,7 @@ from hetcache.errors import InputError
 from hetcache.fingerprint import model_fingerprint
 from hetcache.metrics import regions
 from hetcache.policy import WorkloadSpec, model_spec_from_fingerprint
-from hetcache.workloads.spec import Workload
+from hetcache.workloads.spec import Workload, current_workload_dict
 
 from .budget import MAX_CACHE_KEY, MEMORY_AT_KEY, Budget
 from .export import StudyInfo
@@ -89,12 +89,20 @@ class TuneResult:
 
 
 def _comparable_workload(data: dict[str, Any]) -> dict[str, Any]:
-    """A workload dict without the fields that may differ between workers (the device)."""
-    return {k: v for k, v in data.items() if k != "device"}
+    """A workload dict in today's form without the fields that may differ between workers (the device)."""
+    return {k: v for k, v in current_workload_dict(data).items() if k != "device"}
 
 
 def _shown(value: Any) -> str:
     return "none" if value is None else repr(value)
+
+
+def _workload_value(key: str, data: dict[str, Any]) -> str:
+    """One field of a workload dict as a refusal shows it (clips by name; absent clips: the default ones)."""
+    if key == "clips":
+        clips = data.get("clips")
+        return ",".join(str(c.get("name")) for c in clips if isinstance(c, dict)) if clips else "the default clips"
+    return _shown(data.get(key))
 
 
 def _check_same_study(attrs: dict[str, Any], expected: dict[str, Any], name: str) -> None:
@@ -121,10 +129,14 @@ def _check_same_study(attrs: dict[str, Any], expected: dict[str, Any], name: str
             f"study '{name}' was tuned under editing contract {theirs}; this run asks for {mine}.",
             f"pass --contract {theirs} to resume it, or choose another --study-name.",
         )
-    if _comparable_workload(attrs.get("workload") or {}) != _comparable_workload(expected["workload"]):
+    theirs, mine = _comparable_workload(attrs.get("workload") or {}), _comparable_workload(expected["workload"])
+    differ = sorted(key for key in set(theirs) | set(mine) if theirs.get(key) != mine.get(key))
+    if differ:
+        shown = "; ".join(
+            f"{key}: study {_workload_value(key, theirs)}, this run {_workload_value(key, mine)}" for key in differ
+        )
         raise InputError(
-            f"study '{name}' was tuned on another workload ({(attrs.get('workload') or {}).get('name')!r} with "
-            "different settings).",
+            f"study '{name}' was tuned on another workload ({shown}).",
             "pass the same workload flags as the study's first worker, or choose another --study-name.",
         )
     if (attrs.get("model") or {}).get("fingerprint") != expected["model"]["fingerprint"]:

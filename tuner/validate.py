@@ -24,7 +24,7 @@ from hetcache.cli_common import format_table
 from hetcache.errors import InputError
 from hetcache.fingerprint import model_fingerprint
 from hetcache.metrics import METRICS
-from hetcache.workloads.spec import ClipSource, Workload, parse_clip_names, workload_from_dict
+from hetcache.workloads.spec import ClipSource, Workload, current_workload_dict, parse_clip_names, workload_from_dict
 
 from .budget import Budget
 from .export import StudyInfo, policy_of
@@ -93,7 +93,7 @@ def study_workload(info: StudyInfo) -> Workload:
         raise InputError(
             f"study '{info.name}' records no workload, so it cannot be validated.", "drop --validate-clips."
         )
-    return workload_from_dict(data, f"study '{info.name}' workload")
+    return workload_from_dict(current_workload_dict(data), f"study '{info.name}' workload")
 
 
 def _identity(source: ClipSource) -> tuple[Any, ...]:

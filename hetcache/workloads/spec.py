@@ -88,8 +88,11 @@ class Workload:
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict[str, Any]:
+        """The JSON form `workload_from_dict` reads back; no `clips` key for the reference calibration clips."""
         data = dataclasses.asdict(self)
         data["clips"] = [{k: v for k, v in dataclasses.asdict(c).items() if v is not None} for c in self.clips]
+        if not self.clips:
+            del data["clips"]  # absent: the default clips (an explicit empty list is refused on reading)
         return {"schema": SCHEMA, **data}
 
     def summary(self) -> dict[str, Any]:
@@ -193,8 +196,15 @@ def workload_from_dict(data: dict[str, Any], origin: str = "workload") -> Worklo
         raise _fail(origin, "weights", f"must be 'trained' or 'random', got {kwargs['weights']!r}")
     if "contract" in kwargs:
         kwargs["contract"] = parse_contract(kwargs["contract"], f"{origin}: contract").name
+    if "clips" in data and not (isinstance(data["clips"], list) and data["clips"]):
+        raise _fail(
+            origin,
+            "clips",
+            f"must be a non-empty list of clips, got {data['clips']!r}",
+            "leave 'clips' out for the reference calibration clips, or list at least one clip.",
+        )
     clips = []
-    for i, raw in enumerate(data.get("clips") or []):
+    for i, raw in enumerate(data.get("clips", [])):
         if not isinstance(raw, dict) or "name" not in raw:
             raise _fail(origin, f"clips[{i}]", "must be an object with a name")
         if raw.get("kind") is not None and raw["kind"] not in CLIP_KINDS:
@@ -207,6 +217,12 @@ def workload_from_dict(data: dict[str, Any], origin: str = "workload") -> Worklo
             raise _fail(origin, f"clips[{i}]", f"has an unknown field ({exc})") from exc
     check_unique_clips(clips, f"{origin}: clips")
     return Workload(**kwargs, clips=tuple(clips))
+
+
+def current_workload_dict(data: dict[str, Any]) -> dict[str, Any]:
+    """A stored workload dict (a study's attrs) in today's form: an older hetcache wrote `"clips": []` for the
+    default clips, which is now the absent key (an explicit empty list is refused by `workload_from_dict`)."""
+    return {k: v for k, v in data.items() if not (k == "clips" and v == [])}
 
 
 def load_workload(path: str | os.PathLike) -> Workload:
