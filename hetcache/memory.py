@@ -37,6 +37,9 @@ DEVICE, HOST = "device", "host"
 # Dtypes the plan can size: the model dtypes and the cache-only ones (1-byte float8).
 PLAN_DTYPES: dict[str, torch.dtype] = {**TORCH_DTYPES, **CACHE_ONLY_DTYPES}
 STORAGE_KINDS = ("key", "value", "skip", "skip_prev")  # per-layer caches (cache dtype, host when offloaded)
+# host bytes the plan itself takes per token of the batch: classify_tokens' margin convolution unfolds its input
+# on large grids (64 bytes a token, measured on 820 M tokens), beside the token mask's float copies and class masks
+PLAN_BYTES_PER_TOKEN = 80
 
 
 @dataclass(frozen=True)
@@ -425,15 +428,39 @@ def _buffers(plan: MemoryPlan, arch: Architecture, policy: Policy, letters: set[
 def _activation_estimate(plan: MemoryPlan, arch: Architecture) -> int:
     """Rough peak of one transformer call's temporaries (not hetcache's): stream tensors, fresh VACE hints and one
     block's intermediates (fp32 upcasts, Q/K/V, FFN hidden; dequantised K/V when the cache dtype is narrower)."""
+    dequantised = plan.cache_dtype != plan.model_dtype and bool(plan.partial_blocks or plan.partial_vace_blocks)
+    fresh_hints = arch.shape.num_vace_layers - len(plan.partial_vace_blocks)
+    return _call_bytes(arch, plan.batch, plan.tokens.total, plan.model_dtype, fresh_hints, dequantised)
+
+
+def _call_bytes(arch: Architecture, b: int, n: int, model_dtype: torch.dtype, fresh_hints: int, dequant: bool) -> int:
+    """One transformer call's temporaries for a batch of `b` clips of `n` tokens (see `_activation_estimate`)."""
     shape = arch.shape
-    b, n, d = plan.batch, plan.tokens.total, shape.dim
-    m = plan.model_dtype.itemsize
+    d, m = shape.dim, model_dtype.itemsize
     stream = b * n * d * m * (2 if arch.is_vace else 1) + 2 * n * shape.head_dim * 4
-    hints = (shape.num_vace_layers - len(plan.partial_vace_blocks)) * b * n * d * m
+    hints = fresh_hints * b * n * d * m
     block = b * n * (3 * d * 4 + 4 * d * m + shape.ffn_dim * m)
-    if plan.cache_dtype != plan.model_dtype and (plan.partial_blocks or plan.partial_vace_blocks):
+    if dequant:
         block += 2 * b * n * d * m
     return stream + hints + block
+
+
+def batch_tokens(arch: Architecture, *, height: int, width: int, num_frames: int, cfg: bool, batch: int) -> int:
+    """Tokens of one transformer call's batch at this size (CFG doubles the batch where it runs in one call)."""
+    frames, h, w = token_grid(arch, height, width, num_frames)
+    return batch * (2 if cfg and arch.family.cfg_in_batch else 1) * frames * h * w
+
+
+def least_device_bytes(
+    arch: Architecture, *, height: int, width: int, num_frames: int, cfg: bool = True, batch: int = 1,
+    model_dtype: str | torch.dtype = "bfloat16",
+) -> int:  # fmt: skip
+    """A lower bound of every plan's device total at this size, computed without building a token mask (so an
+    absurd size is judged before anything is allocated): the weights and one call's activations, no cache."""
+    dtype = _dtype(model_dtype, "model dtype")
+    b = batch * (2 if cfg and arch.family.cfg_in_batch else 1)
+    n = batch_tokens(arch, height=height, width=width, num_frames=num_frames, cfg=cfg, batch=batch) // b
+    return _weights_bytes(arch, dtype) * arch.experts + _call_bytes(arch, b, n, dtype, 0, False)
 
 
 def session_plans(

@@ -146,6 +146,43 @@ def markdown(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def check_size(args: argparse.Namespace) -> None:
+    """Refuse, before any token mask is built, a size no plan of which fits --gpu-gib (the weights and one step's
+    activations alone exceed it) or whose plan this host cannot compute, naming the largest size that fits."""
+    from .architectures import load_architecture
+    from .memory import GIB, PLAN_BYTES_PER_TOKEN, batch_tokens, least_device_bytes
+    from .preflight import available_bytes, fit_size
+
+    arch = load_architecture(args.model)
+    size = dict(num_frames=args.frames, cfg=not args.no_cfg, batch=args.batch)
+    gpu, host = int(args.gpu_gib * GIB), available_bytes("cpu")
+
+    def gpu_need(h: int, w: int) -> int:
+        return least_device_bytes(arch, height=h, width=w, model_dtype=args.model_dtype, **size)
+
+    def host_need(h: int, w: int) -> int:
+        return PLAN_BYTES_PER_TOKEN * batch_tokens(arch, height=h, width=w, **size)
+
+    limits = (
+        (gpu_need, gpu, f"on the GPU before any cache (the weights and one step's activations), over --gpu-gib "
+         f"{args.gpu_gib:g}"),
+        (host_need, host, f"of host memory to compute its plan (its token masks), but {host / GIB:.1f} GiB are free"),
+    )  # fmt: skip
+    for need_at, have, what in limits:
+        need = need_at(args.height, args.width)
+        if need <= have:
+            continue
+        fits = [fit_size(args.height, args.width, limit, rule) for rule, limit, _ in limits]
+        fit = None if None in fits else min(fits)
+        raise InputError(
+            f"--height {args.height} --width {args.width} --frames {args.frames} needs at least {need / GIB:.1f} GiB "
+            f"{what}.",
+            f"use at most --height {fit[0]} --width {fit[1]} at --frames {args.frames}, or fewer --frames."
+            if fit
+            else "use fewer --frames (not even the smallest frame size fits at this many).",
+        )
+
+
 def command(args: argparse.Namespace) -> int:
     from .cli_common import format_table
     from .memory import GIB
@@ -154,6 +191,7 @@ def command(args: argparse.Namespace) -> int:
         rows = grid_rows(args)
         print(json.dumps(rows, indent=2) if args.json else markdown(pivot(rows, args.gpu_gib)))
         return 0
+    check_size(args)
     plan = _plan(args)
     if args.json:
         print(json.dumps(plan.summary(), indent=2))

@@ -22,14 +22,76 @@ FIT_MODES = ("strict", "crop", "resize")
 NON_BINARY_TOLERANCE = 0.02  # share of mid-grey pixels a compressed binary mask may carry
 
 
-def _frames_from_folder(folder: Path) -> np.ndarray:
-    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg"))
+FRAME_SUFFIXES = (".png", ".jpg", ".jpeg")  # the frame files a folder clip is made of
+
+
+def _frame_files(folder: Path) -> list[Path]:
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in FRAME_SUFFIXES)
     if not files:
         raise InputError(f"folder '{folder}' holds no PNG/JPEG frames.", "pass an mp4 file or a folder of frames.")
-    frames = [np.asarray(Image.open(p).convert("RGB")) for p in files]
+    return files
+
+
+def _bad_frame(path: Path, exc: Exception) -> InputError:
+    return InputError(
+        f"frame '{path}' cannot be read as an image ({exc}).",
+        "re-export or remove that frame (every image file of the folder is a frame), or pass an mp4.",
+    )
+
+
+def _open_frame(path: Path, verify: bool = False) -> Image.Image:
+    """A frame file opened (its header read; with `verify`, every chunk's checksum checked, nothing decoded); an
+    unreadable or corrupt file is an InputError naming it."""
+    try:
+        image = Image.open(path)
+        if verify:
+            image.verify()  # reads the file through (PNG: chunk CRCs) without decoding; the image is unusable after
+            image = Image.open(path)
+        return image
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        raise _bad_frame(path, exc) from None
+
+
+def _frames_from_folder(folder: Path) -> np.ndarray:
+    frames = []
+    for path in _frame_files(folder):
+        image = _open_frame(path)
+        try:
+            frames.append(np.asarray(image.convert("RGB")))
+        except (OSError, SyntaxError, ValueError) as exc:
+            raise _bad_frame(path, exc) from None
     if len({f.shape for f in frames}) != 1:
         raise InputError(f"frames in '{folder}' do not all have the same size.", "resize them to one size.")
     return np.stack(frames)
+
+
+def _not_a_video(what: str, path: Path, exc: Exception) -> InputError:
+    return InputError(f"{what} '{path}' cannot be read as a video ({exc}).", "pass an mp4 file or a PNG folder.")
+
+
+def probe_video(path: str | os.PathLike, what: str = "video") -> tuple[int, int, int]:
+    """(frames, height, width) of an mp4 or a folder of frames from headers alone, before any frame is decoded: a
+    folder's every frame is opened and verified (a corrupt file is refused by name), an mp4's packets counted."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{what} '{path}' does not exist.", "check the path.")
+    if path.is_dir():
+        files = _frame_files(path)
+        sizes = {_open_frame(p, verify=True).size for p in files}
+        if len(sizes) != 1:
+            raise InputError(f"frames in '{path}' do not all have the same size.", "resize them to one size.")
+        width, height = sizes.pop()
+        return len(files), height, width
+    try:
+        with av.open(str(path)) as container:
+            stream = container.streams.video[0]
+            count = stream.frames or sum(1 for packet in container.demux(stream) if packet.size)
+            height, width = stream.codec_context.height, stream.codec_context.width
+    except (av.error.FFmpegError, IndexError, UnicodeDecodeError) as exc:
+        raise _not_a_video(what, path, exc) from exc
+    if not count:
+        raise InputError(f"{what} '{path}' has no frames.", "pass a non-empty video.")
+    return count, height, width
 
 
 def read_video(path: str | os.PathLike, what: str = "video") -> tuple[np.ndarray, float]:
@@ -45,9 +107,7 @@ def read_video(path: str | os.PathLike, what: str = "video") -> tuple[np.ndarray
             fps = float(stream.average_rate or 16)
             frames = [frame.to_ndarray(format="rgb24") for frame in container.decode(stream)]
     except (av.error.FFmpegError, IndexError, UnicodeDecodeError) as exc:
-        raise InputError(
-            f"{what} '{path}' cannot be read as a video ({exc}).", "pass an mp4 file or a PNG folder."
-        ) from exc
+        raise _not_a_video(what, path, exc) from exc
     if not frames:
         raise InputError(f"{what} '{path}' has no frames.", "pass a non-empty video.")
     return np.stack(frames), fps
@@ -133,7 +193,7 @@ def _resize_mask(mask: np.ndarray, height: int, width: int) -> np.ndarray:
     )
 
 
-def _target_size(height: int, width: int, constraints: Constraints) -> tuple[int, int]:
+def target_size(height: int, width: int, constraints: Constraints) -> tuple[int, int]:
     """The (height, width) asked for; one side alone scales the other by the clip's aspect ratio (multiple of 16)."""
     if constraints.height and constraints.width:
         return constraints.height, constraints.width
@@ -143,6 +203,24 @@ def _target_size(height: int, width: int, constraints: Constraints) -> tuple[int
     if constraints.width:
         return max(s, round(height * constraints.width / width / s) * s), constraints.width
     return height, width
+
+
+def usable_frames(count: int, constraints: Constraints, name: str) -> int:
+    """How many of a clip's `count` frames a run uses: `constraints.num_frames` if given, else the largest 4k+1
+    count; a clip shorter than the pipeline's least (4+1) or than the frames asked for is refused."""
+    least = 1 + constraints.temporal
+    if count < least:
+        raise InputError(
+            f"clip '{name}' has {count} frames; the pipeline needs at least {least} (4k+1).",
+            f"pass a clip of at least {least} frames (a longer video, or more frame files).",
+        )
+    if constraints.num_frames and constraints.num_frames > count:
+        most = (count - 1) // constraints.temporal * constraints.temporal + 1
+        raise InputError(
+            f"clip '{name}' has {count} frames but {constraints.num_frames} were asked for.",
+            f"ask for at most {most} frames (4k+1), or drop --frames to use all the clip's frames.",
+        )
+    return (min(count, constraints.num_frames or count) - 1) // constraints.temporal * constraints.temporal + 1
 
 
 def reconcile(clip: Clip, constraints: Constraints, fit: str = "strict") -> Clip:
@@ -181,28 +259,14 @@ def reconcile(clip: Clip, constraints: Constraints, fit: str = "strict") -> Clip
         notes.append(f"{'video' if vf > mf else 'mask'} trimmed from {max(vf, mf)} to {shorter} frames to match")
         frames, mask = frames[:shorter], mask[:shorter]
     height, width = frames.shape[1:3]
-    target = _target_size(height, width, constraints)
+    target = target_size(height, width, constraints)
     if target != (height, width):
         frames = _resize_frames(frames, *target)
         mask = _resize_mask(mask, *target)
         kept = "" if constraints.height and constraints.width else " (the other side keeps the aspect ratio)"
         notes.append(f"resized from {width}x{height} to {target[1]}x{target[0]}{kept}")
         height, width = target
-    count = frames.shape[0]
-    least = 1 + constraints.temporal
-    if constraints.num_frames:
-        if constraints.num_frames > count:
-            raise InputError(
-                f"clip '{clip.name}' has {count} frames but {constraints.num_frames} were asked for.",
-                f"ask for at most {(count - 1) // constraints.temporal * constraints.temporal + 1} frames (4k+1).",
-            )
-        count = constraints.num_frames
-    usable = (count - 1) // constraints.temporal * constraints.temporal + 1
-    if usable < least:
-        raise InputError(
-            f"clip '{clip.name}' has {frames.shape[0]} frames; the pipeline needs at least {least} (4k+1).",
-            f"pass a clip of at least {least} frames.",
-        )
+    usable = usable_frames(frames.shape[0], constraints, clip.name)
     if usable != frames.shape[0]:
         asked = f"{constraints.num_frames} asked for; " if constraints.num_frames else ""
         if usable == constraints.num_frames:

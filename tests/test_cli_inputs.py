@@ -8,6 +8,8 @@ import io
 import json
 import os
 import stat
+import struct
+import zlib
 from pathlib import Path
 
 import pytest
@@ -302,6 +304,38 @@ def _workload_file(tmp: Path, **changes) -> Path:
     return path
 
 
+def _png(width: int, height: int) -> bytes:
+    """A valid black RGB PNG of this size, written without an image library (one deflate of the zero rows)."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    rows = zlib.compress(bytes((1 + 3 * width) * height), 9)
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", rows) + chunk(b"IEND", b"")
+
+
+def _frames(tmp: Path, name: str, count: int, size: int = 32, corrupt: int | None = None) -> Path:
+    """A folder of `count` black PNG frames of `size` x `size` (hard links of one file); frame `corrupt` cut short."""
+    folder = tmp / name
+    folder.mkdir(exist_ok=True)
+    first = folder / "f000.png"
+    first.write_bytes(_png(size, size))
+    for i in range(1, count):
+        os.link(first, folder / f"f{i:03d}.png")
+    if corrupt is not None:
+        broken = folder / f"f{corrupt:03d}.png"
+        broken.unlink()
+        broken.write_bytes(first.read_bytes()[:-20])  # IEND and the IDAT checksum lost
+    return folder
+
+
+def _clip_files(tmp: Path, count: int, size: int = 32, corrupt: int | None = None) -> list[str]:
+    """--video/--mask flags for a clip of frame folders (black video, empty mask)."""
+    video = _frames(tmp, "video", count, size, corrupt)
+    return ["--video", str(video), "--mask", str(_frames(tmp, "mask", count, size))]
+
+
 def _run(*flags: str) -> list[str]:
     """`hetcache run` on SMALL with `flags` replacing SMALL's own where they name the same flag."""
     small = dict(zip(SMALL[::2], SMALL[1::2], strict=True))
@@ -343,6 +377,46 @@ PREFLIGHT_CASES = {
         tune_main,
         lambda t: ["--budget", "psnr=30", *SMALL[:6], "--height", "100000", "--width", "100000"],
         "available. Fix: use at most --height",
+    ),
+    "plan-memory: 100001 frames": (
+        hetcache_main,
+        lambda t: ["plan-memory", "--frames", "100001"],
+        "--height 480 --width 832 --frames 100001 needs at least",
+    ),
+    "plan-memory: 100000x100000": (
+        hetcache_main,
+        lambda t: ["plan-memory", "--height", "100000", "--width", "100000"],
+        "on the GPU before any cache (the weights and one step's activations), over --gpu-gib 80. Fix: use at most",
+    ),
+    "plan-memory: a plan the host cannot compute": (
+        hetcache_main,
+        lambda t: ["plan-memory", "--height", "400000", "--width", "400000", "--gpu-gib", "1e12"],
+        "of host memory to compute its plan (its token masks), but",
+    ),
+    "file clip: frames no memory decodes": (
+        hetcache_main,
+        lambda t: ["run", *SMALL[:4], *_clip_files(t, 200, 8192)],
+        "(200 frames of 8192x8192) takes at least 225.0 GiB to decode with its mask",
+    ),
+    "file clip: a size no memory holds": (
+        hetcache_main,
+        lambda t: ["run", *SMALL[:4], *_clip_files(t, 9), "--height", "100000", "--width", "100000"],
+        "clip 'video' at 100000x100000, 9 frames, needs at least",
+    ),
+    "file clip: a corrupt PNG": (
+        hetcache_main,
+        lambda t: ["run", *SMALL[:4], *_clip_files(t, 9, corrupt=3)],
+        "f003.png' cannot be read as an image",
+    ),
+    "file clip: fewer frames than the least": (
+        hetcache_main,
+        lambda t: ["run", *SMALL[:4], *_clip_files(t, 3), "--frames", "5"],
+        "has 3 frames; the pipeline needs at least 5 (4k+1). Fix: pass a clip of at least 5 frames",
+    ),
+    "file clip: more --frames than it has": (
+        hetcache_main,
+        lambda t: ["run", *SMALL[:4], *_clip_files(t, 7), "--frames", "9"],
+        "has 7 frames but 9 were asked for. Fix: ask for at most 5 frames (4k+1), or drop --frames",
     ),
     "empty --clips": (hetcache_main, lambda t: _run("--clips", ""), "--clips '' names no clip"),
     "profile: duplicate --clips": (profile_main, lambda t: [*SMALL[:4], "--clips", "box,box"], "'box' more than once"),
@@ -410,13 +484,24 @@ PREFLIGHT_CASES = {
 def test_preflight_refuses_bad_inputs_before_any_model_is_built(tmp_path, case):
     main, build, message = PREFLIGHT_CASES[case]
     args = build(tmp_path)
-    if "--out" not in args and args[:1] != ["export"]:
+    if "--out" not in args and args[:1] not in (["export"], ["plan-memory"]):
         args = [*args, "--out", str(tmp_path / "out")]
     before = tree(tmp_path)
     code, out, err = call(main, *args)
     errors = [line for line in err.splitlines() if "error:" in line]  # argparse shows its usage above its one
     assert code == 2 and len(errors) == 1 and message in errors[0] and "Traceback" not in err and out == "", err
     assert tree(tmp_path) == before and not (tmp_path / "out").exists()
+
+
+def test_the_size_a_plan_memory_refusal_names_is_planned():
+    for flags in (["--frames", "100001"], ["--height", "100000", "--width", "100000", "--model", "wan2.1-vace-14b"]):
+        code, _, err = call(hetcache_main, "plan-memory", *flags)
+        assert code == 2 and "Fix: use at most --height" in err
+        height, width = err.split("use at most --height ")[1].split(" at ")[0].split(" --width ")
+        kept = flags[flags.index("--model") :] if "--model" in flags else []
+        frames = ["--frames", flags[1]] if flags[0] == "--frames" else []
+        code, out, err = call(hetcache_main, "plan-memory", "--height", height, "--width", width, *frames, *kept)
+        assert code == 0 and f"{height}x{width}x" in out, err
 
 
 # -- tuning: resume, overwrite and the trial count mean one thing ---------------------------------------------------
