@@ -92,6 +92,10 @@ def prepare(argv: Sequence[str] | None) -> tuple[argparse.Namespace, list[str], 
         env[RUNS_ENV] = str(runs.resolve())
     else:
         env[RUNS_ENV] = str(Path(DEFAULT_RUNS).resolve())
+    if args.storage:
+        from hetcache.tuner.study_storage import check_storage, resolve_url
+
+        check_storage(resolve_url(args.storage, Path.cwd()), read_only=True)  # the tuner's refusals, before serving
     env[STORAGE_ENV] = args.storage
     _check_port(args.address, args.port)
     return args, streamlit_command(args), env

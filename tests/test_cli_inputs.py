@@ -504,6 +504,83 @@ def test_the_size_a_plan_memory_refusal_names_is_planned():
         assert code == 0 and f"{height}x{width}x" in out, err
 
 
+# -- study storages: each kind of bad storage its own line, the same for tune, export and the dashboard ----------
+
+
+def _text_file(tmp: Path) -> str:
+    (tmp / "notes.db").write_text("my notes, not a database\n")
+    return str(tmp / "notes.db")
+
+
+def _damaged_sqlite(tmp: Path) -> str:
+    """An SQLite file whose header and schema read but whose third page is overwritten."""
+    import sqlite3
+
+    path = tmp / "damaged.db"
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        conn.execute("CREATE TABLE studies (study_id INTEGER PRIMARY KEY, study_name TEXT)")
+        conn.executemany("INSERT INTO studies (study_name) VALUES (?)", [("x" * 500,)] * 50)
+        conn.commit()
+    data = bytearray(path.read_bytes())
+    data[8192:8392] = b"\xff" * 200
+    path.write_bytes(bytes(data))
+    return str(path)
+
+
+def _other_database(tmp: Path) -> str:
+    import sqlite3
+
+    path = tmp / "app.db"
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        conn.execute("CREATE TABLE users (name TEXT)")
+        conn.commit()
+    return str(path)
+
+
+# storage → (builder from tmp, message naming it with {tmp}, commands that refuse it)
+STORAGE_CASES = {
+    "a text file": (_text_file, "'{tmp}/notes.db' is not an SQLite database", ("tune", "export", "dashboard")),
+    "a damaged SQLite file": (
+        _damaged_sqlite,
+        "SQLite database '{tmp}/damaged.db' is damaged (database disk image is malformed). Fix: restore it",
+        ("tune", "export", "dashboard"),
+    ),
+    "another application's database": (
+        _other_database,
+        "SQLite database '{tmp}/app.db' holds tables of another application (users), not Optuna studies",
+        ("tune", "export", "dashboard"),
+    ),
+    "an unknown dialect": (
+        lambda t: "foo://host/db",
+        "storage 'foo://host/db': SQLAlchemy knows no database dialect 'foo'. Fix: use postgresql+psycopg",
+        ("tune", "export", "dashboard"),
+    ),
+    "an unreachable server": (
+        lambda t: "postgresql+psycopg://user:secret@127.0.0.1:9/db",
+        "cannot connect to the study storage 'postgresql+psycopg://user:***@127.0.0.1:9/db' (connection",
+        ("tune", "export", "dashboard"),
+    ),
+}
+STORAGE_COMMANDS = {
+    "tune": lambda url, t: (tune_main, ["--budget", "psnr=30", *SMALL, "--storage", url, "--out", str(t / "o")]),
+    "export": lambda url, t: (tune_main, ["export", "--storage", url, "--study-name", "s", "--export", str(t / "p")]),
+    "dashboard": lambda url, t: (dashboard_main, ["--storage", url, "--port", "8599"]),
+}
+
+
+@pytest.mark.parametrize(
+    ("case", "command"), [(case, cmd) for case, (_, _, cmds) in STORAGE_CASES.items() for cmd in cmds]
+)
+def test_bad_storages_are_refused_in_one_line_and_nothing_is_written(tmp_path, case, command):
+    build, message, _ = STORAGE_CASES[case]
+    main, args = STORAGE_COMMANDS[command](build(tmp_path), tmp_path)
+    before = tree(tmp_path)
+    code, out, err = call(main, *args)
+    assert code == 2 and message.format(tmp=tmp_path) in err and "Fix:" in err, err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err and out == ""
+    assert tree(tmp_path) == before and sorted(p.name for p in tmp_path.iterdir()) == sorted(before)
+
+
 # -- tuning: resume, overwrite and the trial count mean one thing ---------------------------------------------------
 
 

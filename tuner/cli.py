@@ -527,8 +527,6 @@ def command_tune(argv: Sequence[str]) -> int:
     export = args.export or args.out / "policy.json"
     foreign = check_export_targets(export, args.export_pareto, config.name(), args.overwrite)
     check_study_mode(args, config.name(), url, config.heartbeat)
-    args.out.mkdir(parents=True, exist_ok=True)
-    write_marker(args.out, "tune")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
         with quiet_interrupts():

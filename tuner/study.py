@@ -22,6 +22,7 @@ import optuna
 from tqdm import tqdm
 
 from hetcache import __version__
+from hetcache.atomic import write_marker
 from hetcache.errors import InputError
 from hetcache.fingerprint import model_fingerprint
 from hetcache.metrics import regions
@@ -38,7 +39,7 @@ from .references import ReferenceStore, weights_signature
 from .results import TrialResult, best_feasible, over_memory, trial_results
 from .schedule import capture_tables, enqueue
 from .space import SearchSpace
-from .study_storage import Heartbeat, display_url, open_storage, reap_lock, resolve_url
+from .study_storage import Heartbeat, check_storage, display_url, open_storage, reap_lock, resolve_url
 
 FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
 JOIN_WAIT_S = 60.0
@@ -359,16 +360,19 @@ def tune(config: TuneConfig, session: Any = None) -> TuneResult:
         lpips = load_lpips(config.lpips_weights)
     started = time.monotonic()
     url = resolve_url(config.storage, config.out)
-    storage = open_storage(url, config.heartbeat)  # fail fast, before loading the model
+    check_storage(url)  # fail fast, before loading the model, and create nothing yet
+    hints = read_profile(config.profile) if config.profile else None
     session = session if session is not None else LoadedWorkload(config.workload)
     _check_budget_regions(config.budget, session)
-    hints = read_profile(config.profile) if config.profile else None
     fp = model_fingerprint(session.transformer)
     if hints is not None and hints.model_fingerprint not in (None, fp["fingerprint"]):
         raise InputError(
             f"profile '{config.profile}' was recorded on another model architecture than this workload's.",
             "profile this workload's model with hetcache-profile, or drop --profile.",
         )
+    config.out.mkdir(parents=True, exist_ok=True)  # every check passed: the first writes
+    write_marker(config.out, "tune")
+    storage = open_storage(url, config.heartbeat)
     study, space, created = open_study(config, session, hints, storage, url)
     references = ReferenceStore(config.reference_dir or config.out / REFERENCE_FOLDER, session)
     if config.search == "schedule":  # before the references: their runs record the step tables

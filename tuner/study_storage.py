@@ -3,12 +3,15 @@
 A study lives in a SQLite or journal file in the run folder, or in a shared database (`postgresql+psycopg://…`)
 through which several machines tune one study. RDB storages opened for tuning get a heartbeat, so that a trial
 whose worker died is marked failed and re-queued (`recovery.Requeue`; journals have the process check only).
-Opened read-only, a storage is never created: a missing file, a file that is not SQLite or holds no Optuna tables
-is an InputError.
+Every storage passes `check_storage` first, before anything is created in it (and the dashboard runs it before it
+serves): opened read-only, a storage is never created, and a missing file or one that holds no Optuna tables is an
+InputError.
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
 import sqlite3
 import warnings
 from collections.abc import Iterator
@@ -101,27 +104,123 @@ def file_of(url: str) -> Path | None:
     return None
 
 
-def _check_readable(url: str) -> None:
-    """Refuse a missing, non-SQLite or non-Optuna file before Optuna would create anything in it."""
+NEW_FILE_FIX = "pass a study file hetcache-tune wrote, or the name of a file that does not exist yet to start a study."
+SERVER_FIX = (
+    "check that the database server is running and reachable, and the URL, user and database name "
+    "(e.g. postgresql+psycopg://user:pass@host:5432/db)."
+)
+
+
+def check_storage(url: str, read_only: bool = False) -> None:
+    """Refuse a storage before anything is created in it or served from it, in one line naming the URL and the fix:
+    a file that is not a study database / journal, a damaged SQLite file, a database of another application (tuning
+    would add Optuna's tables to it), an unknown URL dialect or missing driver, an unreachable server; read-only
+    (dashboard, export), also a missing file or one that holds no Optuna tables."""
     path = file_of(url)
     if path is None:
+        _check_server(url, read_only)
+    elif url.startswith(JOURNAL_PREFIX):
+        _check_journal(path, read_only)
+    else:
+        _check_sqlite(path, read_only)
+
+
+def _check_sqlite(path: Path, read_only: bool) -> None:
+    fix = READ_FIX if read_only else NEW_FILE_FIX
+    if not path.exists():
+        if read_only:
+            raise InputError(f"study database '{path}' does not exist.", READ_FIX)
         return
-    kind = "study database" if url.startswith(SQLITE_PREFIX) else "journal file"
     if not path.is_file():
-        raise InputError(f"{kind} '{path}' does not exist.", READ_FIX)
-    if url.startswith(JOURNAL_PREFIX):
-        return
+        raise InputError(f"study database '{path}' is not a file.", fix)
     with path.open("rb") as handle:
         header = handle.read(len(SQLITE_HEADER))
+    if not header and not read_only:
+        return  # an empty file is an empty database: tuning creates the tables
     if header != SQLITE_HEADER:
-        raise InputError(f"'{path}' is not an SQLite database (it may be corrupt or another kind of file).", READ_FIX)
+        raise InputError(f"'{path}' is not an SQLite database (its first bytes are not SQLite's header).", fix)
     try:
-        with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as conn:
+        with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as conn:
             tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+            verdict = [row[0] for row in conn.execute("PRAGMA quick_check")]
     except sqlite3.DatabaseError as exc:
-        raise InputError(f"SQLite database '{path}' cannot be read ({exc}).", READ_FIX) from None
-    if "studies" not in tables:
-        raise InputError(f"SQLite database '{path}' holds no Optuna studies.", READ_FIX)
+        verdict = [str(exc)]
+    if verdict != ["ok"]:
+        raise InputError(
+            f"SQLite database '{path}' is damaged ({verdict[0]}).",
+            "restore it from a copy, or start the study in a new file (--storage, or another --out).",
+        )
+    if "studies" not in tables and (read_only or tables):
+        holds = f"tables of another application ({', '.join(sorted(tables)[:3])})" if tables else "no tables"
+        raise InputError(
+            f"SQLite database '{path}' holds {holds}, not Optuna studies.",
+            READ_FIX if read_only else "pass a new file name: hetcache-tune never adds its tables to another database.",
+        )
+
+
+def _check_journal(path: Path, read_only: bool) -> None:
+    fix = READ_FIX if read_only else NEW_FILE_FIX
+    if not path.exists():
+        if read_only:
+            raise InputError(f"journal file '{path}' does not exist.", READ_FIX)
+        return
+    if not path.is_file():
+        raise InputError(f"journal file '{path}' is not a file.", fix)
+    with path.open("rb") as handle:
+        first = handle.readline(1 << 20).strip()
+    try:
+        ok = not first or isinstance(json.loads(first), dict)
+    except ValueError:
+        ok = False
+    if not ok:
+        raise InputError(f"'{path}' is not an Optuna journal (its first line is not a JSON record).", fix)
+
+
+def _check_server(url: str, read_only: bool) -> None:
+    from sqlalchemy import create_engine, inspect
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+
+    shown = display_url(url)
+    try:
+        dialect = make_url(url).get_dialect()
+    except NoSuchModuleError:  # a subclass of ArgumentError: first
+        scheme = url.split("://", 1)[0]
+        raise InputError(
+            f"storage '{shown}': SQLAlchemy knows no database dialect '{scheme}'.",
+            "use postgresql+psycopg://user:pass@host:5432/db (or mysql, …), or a .db / .log file path.",
+        ) from None
+    except ArgumentError:
+        raise InputError(
+            f"--storage '{shown}' is not a database URL.",
+            "pass e.g. postgresql+psycopg://user:pass@host:5432/db, runs/tune/study.db or runs/tune/study.log.",
+        ) from None
+    kwargs = {"connect_args": {"connect_timeout": 10}} if dialect.name == "postgresql" else {}
+    try:
+        engine = create_engine(url, **kwargs)
+    except ImportError as exc:
+        raise _missing_driver(shown, exc) from exc
+    try:
+        with engine.connect() as conn:
+            has_studies = inspect(conn).has_table("studies")
+    except Exception as exc:
+        reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()
+        raise InputError(
+            f"cannot connect to the study storage '{shown}' ({reason[0] if reason else type(exc).__name__}).",
+            SERVER_FIX,
+        ) from None
+    finally:
+        engine.dispose()
+    if read_only and not has_studies:
+        raise InputError(f"storage '{shown}' holds no Optuna studies.", READ_FIX)
+
+
+def _missing_driver(shown: str, exc: ImportError) -> InputError:
+    driver = getattr(exc, "name", None) or getattr(exc.__cause__, "name", None) or "for this URL"
+    return InputError(
+        f"storage '{shown}' needs the Python driver '{driver}', which is not installed.",
+        "install it (pip install 'hetcache[postgres]' for psycopg), or use a postgresql+psycopg:// URL.",
+    )
 
 
 def _serialise_sqlite(engine) -> None:
@@ -178,8 +277,7 @@ def open_storage(url: str, heartbeat: Heartbeat | None = None, read_only: bool =
     (the dashboard, exports) nothing is created and a storage that holds no studies is refused.
     """
     shown = display_url(url)
-    if read_only:
-        _check_readable(url)
+    check_storage(url, read_only)
     if url.startswith(JOURNAL_PREFIX):
         path = file_of(url)
         if not read_only:
@@ -214,15 +312,10 @@ def open_storage(url: str, heartbeat: Heartbeat | None = None, read_only: bool =
             _serialise_sqlite(storage.engine)
         return storage
     except ImportError as exc:
-        driver = getattr(exc, "name", None) or getattr(exc.__cause__, "name", None) or "for this URL"
-        raise InputError(
-            f"storage '{shown}' needs the Python driver '{driver}', which is not installed.",
-            "install it (pip install 'hetcache[postgres]' for psycopg), or use a postgresql+psycopg:// URL.",
-        ) from exc
+        raise _missing_driver(shown, exc) from exc
     except Exception as exc:
         reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()
         raise InputError(
             f"cannot open the study storage '{shown}' ({reason[0] if reason else type(exc).__name__}).",
-            "check that the database server is running and reachable, and the URL, user and database name "
-            "(e.g. postgresql+psycopg://user:pass@host:5432/db).",
+            SERVER_FIX if file_of(url) is None else READ_FIX,
         ) from exc
