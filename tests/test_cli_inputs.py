@@ -294,6 +294,15 @@ def _plan_policy(tmp: Path, plan: str) -> Path:
     return path
 
 
+def _policy_file(tmp: Path, change) -> str:
+    """The shipped reference-psnr35 policy (20 steps) after `change(data)` edits its JSON form."""
+    data = json.loads(policies.policy_path("reference-psnr35").read_text())
+    change(data)
+    path = tmp / "edited.json"
+    path.write_text(json.dumps(data))
+    return str(path)
+
+
 def _workload_file(tmp: Path, **changes) -> Path:
     """The reference workload file with `changes` (raw JSON values, NaN included)."""
     from hetcache.workloads.spec import reference_workload
@@ -418,6 +427,44 @@ PREFLIGHT_CASES = {
         lambda t: ["run", *SMALL[:4], *_clip_files(t, 7), "--frames", "9"],
         "has 7 frames but 9 were asked for. Fix: ask for at most 5 frames (4k+1), or drop --frames",
     ),
+    "policy: warmup beyond its workload's steps": (
+        hetcache_main,
+        lambda t: ["policies", "validate", _policy_file(t, lambda d: d["step_plan"].update(warmup_steps=1000))],
+        "step_plan has warmup_steps 1000 but workload.steps is 20",
+    ),
+    "policy: warmup beyond any step count": (
+        hetcache_main,
+        lambda t: [
+            "policies",
+            "validate",
+            _policy_file(t, lambda d: (d.pop("workload"), d["step_plan"].update(warmup_steps=5000, plan=None))),
+        ],
+        "step_plan.warmup_steps must be ≤ 1000, got 5000",
+    ),
+    "policy: empty name": (
+        hetcache_main,
+        lambda t: ["policies", "validate", _policy_file(t, lambda d: d.update(name=" "))],
+        "name must be a non-empty string, got ' '",
+    ),
+    "policy: absurd polynomial": (
+        hetcache_main,
+        lambda t: [
+            "policies",
+            "validate",
+            _policy_file(t, lambda d: d["step_plan"]["polynomial"].__setitem__(0, 1e308)),
+        ],
+        "step_plan.polynomial must hold numbers from -1e+09 to 1e+09, got 1e+308",
+    ),
+    "policy: an edited architecture": (
+        hetcache_main,
+        lambda t: ["policies", "validate", _policy_file(t, lambda d: d["model"]["architecture"].update(num_layers=8))],
+        "model.architecture does not match model.fingerprint sha256:",
+    ),
+    "run: a policy with an edited architecture": (
+        hetcache_main,
+        lambda t: _run("--policy", _policy_file(t, lambda d: d["model"]["architecture"].update(num_layers=8))),
+        "model.architecture does not match model.fingerprint sha256:",
+    ),
     "empty --clips": (hetcache_main, lambda t: _run("--clips", ""), "--clips '' names no clip"),
     "profile: duplicate --clips": (profile_main, lambda t: [*SMALL[:4], "--clips", "box,box"], "'box' more than once"),
     "duplicate --clips": (hetcache_main, lambda t: _run("--clips", "box,box"), "names clip 'box' more than once"),
@@ -484,7 +531,7 @@ PREFLIGHT_CASES = {
 def test_preflight_refuses_bad_inputs_before_any_model_is_built(tmp_path, case):
     main, build, message = PREFLIGHT_CASES[case]
     args = build(tmp_path)
-    if "--out" not in args and args[:1] not in (["export"], ["plan-memory"]):
+    if "--out" not in args and args[:1] not in (["export"], ["plan-memory"], ["policies"]):
         args = [*args, "--out", str(tmp_path / "out")]
     before = tree(tmp_path)
     code, out, err = call(main, *args)

@@ -15,13 +15,15 @@ def _allowed(rule: Rule) -> str:
     elif rule.kind == "ints":
         text = "block indices ≥ 0"
     elif rule.kind == "floats":
-        text = "finite numbers"
+        text = "finite numbers" + (
+            f" from {rule.ge:g} to {rule.le:g}" if rule.ge is not None and rule.le is not None else ""
+        )
     elif rule.ge is not None and rule.le is not None:
         text = f"{rule.ge:g} to {rule.le:g}"
     elif rule.ge is not None:
         text = f"≥ {rule.ge:g}"
     else:
-        text = "any"
+        text = "non-empty" if rule.nonempty else "any"
     return text + (", or null" if rule.nullable else "")
 
 

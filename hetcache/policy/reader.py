@@ -20,6 +20,7 @@ from .sections import (
     SCHEMA_VERSION,
     SECTIONS,
     TOP_LEVEL,
+    ModelSpec,
     Section,
     StepPlanSpec,
     WorkloadSpec,
@@ -129,6 +130,8 @@ def _checked(sub: _Reader, value: Any, rule: Rule) -> Any:
     elif kind == "str":
         if not isinstance(value, str):
             sub.fail(f"must be a string, got {value!r}")
+        if rule.nonempty and not value.strip():
+            sub.fail(f"must be a non-empty string, got {value!r}", f"give it a value ({rule.doc}).")
     elif kind == "choice":
         if value not in (rule.choices or ()):
             sub.fail(f"must be one of {', '.join(map(str, rule.choices or ()))}, got {value!r}")
@@ -144,6 +147,11 @@ def _checked(sub: _Reader, value: Any, rule: Rule) -> Any:
         value = tuple(float(v) for v in value)
     elif kind == "dict" and not isinstance(value, dict):
         sub.fail(f"must be an object, got {value!r}")
+    if kind == "floats":  # bounds of every element
+        for item in value:
+            if (rule.ge is not None and item < rule.ge) or (rule.le is not None and item > rule.le):
+                sub.fail(f"must hold numbers from {rule.ge:g} to {rule.le:g}, got {item!r}")
+        return value
     if rule.ge is not None and value < rule.ge:
         sub.fail(f"must be ≥ {rule.ge}, got {value!r}")
     if rule.le is not None and value > rule.le:
@@ -219,6 +227,13 @@ def _check_step_plan(s: _Reader, step_plan: StepPlanSpec, workload: WorkloadSpec
                 f"has a plan of {len(step_plan.plan)} steps but workload.steps is {workload.steps}",
                 "make the plan one letter per denoising step.",
             )
+    for key in ("warmup_steps", "final_full_steps"):
+        count = getattr(step_plan, key)
+        if workload is not None and count > workload.steps:
+            s.fail(
+                f"has {key} {count} but workload.steps is {workload.steps}: no run it was tuned for has that many",
+                f"give {key} at most {workload.steps} (every step is FULL at that count already).",
+            )
     if step_plan.rule == "explicit" and step_plan.plan is None:
         s.fail('has rule "explicit" but no plan', 'add "plan": "FF…" or use rule "accumulated_change".')
 
@@ -244,5 +259,20 @@ def policy_from_dict(data: Any, origin: str = "policy") -> Policy:
     policy = Policy(name=name, description=description, provenance=dict(provenance), **sections)
     _check_step_plan(_Reader({}, origin, "step_plan"), policy.step_plan, policy.workload)
     if policy.model is not None:
+        _check_fingerprint(policy.model, origin)
         check_blocks(policy.layers, policy.model.architecture, origin, "its model")
     return policy
+
+
+def _check_fingerprint(model: ModelSpec, origin: str) -> None:
+    """The model section's readable architecture must be the one its fingerprint hashes: a copy edited (or pasted
+    from another model) would make every later check compare against the wrong model."""
+    from ..fingerprint import fingerprint_of
+
+    expected = fingerprint_of(model.class_name, model.architecture)
+    if expected != model.fingerprint:
+        raise PolicyError(
+            f"{origin}: model.architecture does not match model.fingerprint {model.fingerprint} (class "
+            f"{model.class_name} with that architecture hashes to {expected}).",
+            "restore the model section the policy was exported with (re-export it with hetcache-tune).",
+        )

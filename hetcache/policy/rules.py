@@ -12,6 +12,8 @@ class Rule:
     """What a policy field may hold: its JSON kind, bounds or choices, and whether it may be null or left out.
 
     kind: "float", "int", "bool", "str", "choice", "ints" (block indices), "floats" (non-empty list) or "dict".
+    ge / le: bounds of the value (of every element for "floats").
+    nonempty: a "str" that must hold more than white space.
     optional: the field may be left out of a file (its dataclass default is used); every other field is required.
     """
 
@@ -21,6 +23,7 @@ class Rule:
     le: float | None = None
     choices: tuple[Any, ...] | None = None
     nullable: bool = False
+    nonempty: bool = False
     optional: bool = False
     key: str | None = None  # the JSON name where it differs from the attribute name
 

@@ -20,6 +20,9 @@ SKIP_FILLS = ("residual", "output")
 FORECASTS = ("none", "linear")  # how cached residuals are carried to a later step: as they are, or extrapolated
 PLAN_RULES = ("accumulated_change", "explicit")
 CACHE_DTYPE_CHOICES = (*CACHE_DTYPES, *CACHE_ONLY_DTYPES)  # float8: stored in one byte, computed in the model dtype
+MAX_STEPS = 1000  # the most denoising steps any field counts (samplers of video DiTs take 4 to 100)
+# the largest magnitude of a step-curve coefficient (TeaCache's fits for Wan reach 3e5; 1e308 overflows at once)
+POLYNOMIAL_BOUND = 1e9
 
 
 @dataclass(frozen=True)
@@ -33,10 +36,19 @@ class StepPlanSpec:
     full_threshold: float = spec(
         0.15, kind="float", ge=0.0, doc="accumulated change from which a step is FULL (≥ reuse_threshold)"
     )
-    warmup_steps: int = spec(2, kind="int", ge=1, doc="first steps that are always FULL")
-    final_full_steps: int = spec(1, kind="int", ge=0, doc="last steps that are always FULL (the last one is anyway)")
+    warmup_steps: int = spec(
+        2, kind="int", ge=1, le=MAX_STEPS, doc="first steps that are always FULL (at most workload.steps)"
+    )
+    final_full_steps: int = spec(
+        1, kind="int", ge=0, le=MAX_STEPS, doc="last steps that are always FULL (the last one is anyway)"
+    )
     polynomial: tuple[float, ...] | None = spec(
-        None, kind="floats", nullable=True, doc="rescaling polynomial of the modulation change (highest power first)"
+        None,
+        kind="floats",
+        ge=-POLYNOMIAL_BOUND,
+        le=POLYNOMIAL_BOUND,
+        nullable=True,
+        doc="rescaling polynomial of the modulation change (highest power first)",
     )
     plan: str | None = spec(
         None, kind="str", nullable=True, doc="explicit per-step plan over F/P/R (one letter per step), or null"
@@ -45,6 +57,7 @@ class StepPlanSpec:
         None,
         kind="int",
         ge=1,
+        le=MAX_STEPS,
         nullable=True,
         optional=True,
         doc="rule only: the most PARTIAL steps since the last FULL one; the next would-be PARTIAL step is FULL "
@@ -129,9 +142,9 @@ class CacheSpec:
 class ModelSpec:
     """The architecture a policy was made for (`hetcache.fingerprint.model_fingerprint`)."""
 
-    family: str = spec(kind="str", doc='hetcache model family ("wan", "wan-vace", "ltx")')
-    class_name: str = spec(kind="str", key="class", doc="diffusers transformer class")
-    fingerprint: str = spec(kind="str", doc="hash of the architecture fields")
+    family: str = spec(kind="str", nonempty=True, doc='hetcache model family ("wan", "wan-vace", "ltx")')
+    class_name: str = spec(kind="str", nonempty=True, key="class", doc="diffusers transformer class")
+    fingerprint: str = spec(kind="str", nonempty=True, doc="hash of the class and architecture fields")
     architecture: dict[str, Any] = field(
         metadata={"rule": Rule("dict", "the architecture fields (num_layers, vace_layers, …)")}
     )
@@ -141,7 +154,7 @@ class ModelSpec:
 class WorkloadSpec:
     """The workload a policy was tuned for; the resolved plan is valid for exactly `steps` steps."""
 
-    steps: int = spec(kind="int", ge=1, doc="denoising steps")
+    steps: int = spec(kind="int", ge=1, le=MAX_STEPS, doc="denoising steps")
     height: int | None = spec(None, kind="int", ge=1, nullable=True, optional=True, doc="frame height in pixels")
     width: int | None = spec(None, kind="int", ge=1, nullable=True, optional=True, doc="frame width in pixels")
     num_frames: int | None = spec(None, kind="int", ge=1, nullable=True, optional=True, doc="frames per clip")
@@ -180,7 +193,7 @@ SECTIONS = (
 REQUIRED_SECTIONS = tuple(s.name for s in SECTIONS if s.required)
 TOP_LEVEL = {
     "schema": Rule("str", "the format and its version", choices=(SCHEMA,)),
-    "name": Rule("str", "the policy's name"),
+    "name": Rule("str", "the policy's name", nonempty=True),
     "description": Rule("str", "what it is for, in a sentence", optional=True),
     "provenance": Rule("dict", "where it came from (tool, study, trial, measured speed and quality)", optional=True),
 }
