@@ -646,6 +646,31 @@ def test_a_resume_with_other_workload_settings_names_them(tmp_path):
     assert "tuned on another workload (seed: study 0, this run 4; steps: study 3, this run 2)" in err
 
 
+@pytest.fixture(scope="module")
+def small_profile(tmp_path_factory) -> Path:
+    """A profile of SMALL (random weights, 3 steps, 64x64x9, contract none)."""
+    out = tmp_path_factory.mktemp("profile") / "profile"
+    assert call(profile_main, *SMALL, "--out", str(out))[0] == 0
+    return out
+
+
+def test_a_profile_of_another_workload_is_refused_naming_the_fields(tmp_path, small_profile):
+    other = [*SMALL[:2], "--steps", "2", *SMALL[4:8], "--width", "80", *SMALL[10:]]
+    args = ["--budget", "psnr=20", "--trials", "1", "--profile", str(small_profile), "--out", str(tmp_path / "tune")]
+    code, out, err = call(tune_main, *args, *other, "--weights", "trained")
+    assert code == 2 and out == "" and len(err.strip().splitlines()) == 1, err
+    assert (
+        f"profile '{small_profile}' was made on another workload: weights 'random' (this study 'trained'); steps 3 "
+        "(this study 2); size '64x64x9' (this study '80x64x9'). Fix: profile this workload"
+    ) in err
+    assert list(tmp_path.iterdir()) == []  # no tuning folder, no study.db, no lock file
+    code, _, err = call(tune_main, *args, *SMALL, "--guidance-scale", "4", "--no-warm-start")
+    assert (
+        code in (0, 3)
+        and f"warning: profile '{small_profile}' was made with guidance_scale 5.0 (this study 4.0)" in err
+    )
+
+
 def test_another_studys_policy_is_kept_unless_overwrite_and_never_left_beside_a_failed_study(tmp_path):
     out = tmp_path / "tune"
     out.mkdir()

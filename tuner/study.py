@@ -32,7 +32,7 @@ from hetcache.workloads.spec import Workload, current_workload_dict
 from .budget import MAX_CACHE_KEY, MEMORY_AT_KEY, Budget
 from .export import StudyInfo
 from .objective import OBJECTIVES, Evaluator, Objective
-from .profile_input import ProfileHints, read_profile
+from .profile_input import ProfileHints, check_profile_workload, read_profile
 from .recovery import pending_retries, reap_orphans, watchable
 from .references import FOLDER as REFERENCE_FOLDER
 from .references import ReferenceStore, weights_signature
@@ -362,6 +362,9 @@ def tune(config: TuneConfig, session: Any = None) -> TuneResult:
     url = resolve_url(config.storage, config.out)
     check_storage(url)  # fail fast, before loading the model, and create nothing yet
     hints = read_profile(config.profile) if config.profile else None
+    warning = check_profile_workload(hints, config.workload) if hints is not None else None
+    if warning:
+        print(f"hetcache-tune: warning: {warning}", file=sys.stderr)
     session = session if session is not None else LoadedWorkload(config.workload)
     _check_budget_regions(config.budget, session)
     fp = model_fingerprint(session.transformer)
