@@ -7,8 +7,11 @@ import contextlib
 import io
 import json
 import os
+import socket
 import stat
 import struct
+import subprocess
+import sys
 import zlib
 from pathlib import Path
 
@@ -21,6 +24,7 @@ from hetcache import policies
 from hetcache.atomic import MARKER, atomic_dir, write_marker
 from hetcache.cli import main as hetcache_main
 from hetcache.cli import run_main
+from hetcache.locks import claim_path
 
 SMALL = ["--weights", "random", "--steps", "3", "--clips", "box", "--height", "64", "--width", "64", "--frames", "9"]
 ENTRY_POINTS = {
@@ -669,6 +673,41 @@ def test_a_profile_of_another_workload_is_refused_naming_the_fields(tmp_path, sm
         code in (0, 3)
         and f"warning: profile '{small_profile}' was made with guidance_scale 5.0 (this study 4.0)" in err
     )
+
+
+def _tune_process(*args: str) -> subprocess.Popen:
+    """`hetcache-tune ARGS` as its own process (one thread; output captured, so no progress bar)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "hetcache.tuner", *args]
+    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+
+
+def test_two_runs_on_one_folder_started_together_one_runs_the_other_is_refused(tmp_path):
+    import optuna
+
+    out = tmp_path / "tune"
+    args = ["--budget", "psnr=20", "--trials", "3", "--no-warm-start", *SMALL, "--out", str(out)]
+    processes = [_tune_process(*args), _tune_process(*args)]
+    results = [(p.wait(timeout=900), *p.communicate()) for p in processes]
+    ran = [r for r in results if r[0] in (0, 3)]
+    refused = [r for r in results if r[0] == 2]
+    assert len(ran) == 1 and len(refused) == 1, results
+    err = refused[0][2]
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    assert f"--out '{out}' is being tuned right now by another hetcache-tune (pid " in err
+    study = optuna.load_study(study_name="reference-psnr20", storage=f"sqlite:///{out / 'study.db'}")
+    assert len(study.trials) == 3  # the trials of one run, not of two
+    assert not claim_path(out.resolve()).exists()  # released on exit
+
+
+def test_a_claim_left_by_a_dead_process_is_taken_over(tmp_path):
+    out = tmp_path / "tune"
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    claim_path(out).write_text(f"pid {dead.pid} on {socket.gethostname()}\n")  # its holder was killed
+    code, _, err = call(tune_main, "--budget", "psnr=20", "--trials", "1", "--no-warm-start", *SMALL, "--out", str(out))
+    assert code in (0, 3), err
+    assert not claim_path(out).exists()
 
 
 def test_another_studys_policy_is_kept_unless_overwrite_and_never_left_beside_a_failed_study(tmp_path):

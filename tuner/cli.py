@@ -526,14 +526,39 @@ def command_tune(argv: Sequence[str]) -> int:
         check_output_file(file_of(url), "--storage", replace=False)
     export = args.export or args.out / "policy.json"
     foreign = check_export_targets(export, args.export_pareto, config.name(), args.overwrite)
-    check_study_mode(args, config.name(), url, config.heartbeat)
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    with contextlib.ExitStack() as held:
+        if not args.join:  # workers that join share the folder; any other run has it alone, or is refused at once
+            held.enter_context(claim_out(args.out))
+        check_study_mode(args, config.name(), url, config.heartbeat)
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        try:
+            with quiet_interrupts():
+                result = tune(config)
+        except KeyboardInterrupt:
+            print(f"{PROG}: interrupted; finished trials stay in the study (continue with --resume).", file=sys.stderr)
+            return EXIT_INTERRUPTED
+        return _finish(result, budget, args, config, export, foreign)
+
+
+@contextlib.contextmanager
+def claim_out(out: Path) -> Iterator[None]:
+    """Hold the tuning folder for this run alone (`hetcache.locks.claim`): a second run on it without --join is
+    refused at once, naming the process that holds it."""
+    from hetcache.errors import InputError
+    from hetcache.locks import ClaimHeld, claim
+
     try:
-        with quiet_interrupts():
-            result = tune(config)
-    except KeyboardInterrupt:
-        print(f"{PROG}: interrupted; finished trials stay in the study (continue with --resume).", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        with claim(out.resolve()):
+            yield
+    except ClaimHeld as held:
+        raise InputError(
+            f"--out '{out}' is being tuned right now by another hetcache-tune ({held.holder}).",
+            "pass --join to add this worker to its study, wait for it to finish, or choose another --out.",
+        ) from None
+
+
+def _finish(result, budget, args: argparse.Namespace, config, export: Path, foreign: list[Path]) -> int:
+    """Print the summary, export the policy and remove other studies' exports that --overwrite named."""
     _print_summary(result, budget, args.trials)
     code = _export(result.results, budget, result.info, export, args.export_pareto, args.name)
     for path in foreign:

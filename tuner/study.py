@@ -235,7 +235,11 @@ def open_study(
             )
             created = True
         except optuna.exceptions.DuplicatedStudyError:
-            pass
+            if not config.resume:  # another worker created it since `exists` was read: this run may not join
+                raise InputError(
+                    f"study '{name}' was created in {display_url(url)} by another worker while this one started.",
+                    "pass --join to add this worker to it, or choose another --study-name.",
+                ) from None
     if created:
         attrs = {
             **expected,
