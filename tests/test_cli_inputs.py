@@ -7,11 +7,13 @@ import contextlib
 import io
 import json
 import os
+import signal
 import socket
 import stat
 import struct
 import subprocess
 import sys
+import time
 import zlib
 from pathlib import Path
 
@@ -19,6 +21,7 @@ import pytest
 from hetcache.dashboard.cli import main as dashboard_main
 from hetcache.profiler.cli import main as profile_main
 from hetcache.tuner.cli import main as tune_main
+from hetcache.tuner.study_storage import open_storage
 
 from hetcache import policies
 from hetcache.atomic import MARKER, atomic_dir, write_marker
@@ -708,6 +711,35 @@ def test_a_claim_left_by_a_dead_process_is_taken_over(tmp_path):
     code, _, err = call(tune_main, "--budget", "psnr=20", "--trials", "1", "--no-warm-start", *SMALL, "--out", str(out))
     assert code in (0, 3), err
     assert not claim_path(out).exists()
+
+
+def test_ctrl_c_twice_during_a_trial_exits_130_and_requeues_its_point(tmp_path):
+    import optuna
+
+    out, name = tmp_path / "tune", "reference-psnr20"
+    flags = [*SMALL[:2], "--steps", "8", *SMALL[4:]]  # trials of a few seconds
+    process = _tune_process("--budget", "psnr=20", "--trials", "50", "--no-warm-start", *flags, "--out", str(out))
+    storage = f"sqlite:///{out / 'study.db'}"
+    deadline, started = time.monotonic() + 600, None
+    while started is None and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.5)
+        with contextlib.suppress(Exception):  # the study may not exist yet (read-only: never create its tables)
+            trials = optuna.load_study(study_name=name, storage=open_storage(storage, read_only=True)).trials
+            started = next((t for t in trials if t.state == optuna.trial.TrialState.RUNNING and t.params), None)
+    assert started is not None, process.communicate()
+    process.send_signal(signal.SIGINT)
+    time.sleep(0.2)
+    process.send_signal(signal.SIGINT)
+    code = process.wait(timeout=300)
+    _, err = process.communicate()
+    assert code == 130 and "Traceback" not in err, err
+    assert len(err.strip().splitlines()) == 1 and "interrupted; finished trials stay in the study" in err, err
+    trials = optuna.load_study(study_name=name, storage=storage).get_trials()  # the study reads back whole
+    failed = [t for t in trials if t.state == optuna.trial.TrialState.FAIL]
+    waiting = [t for t in trials if t.state == optuna.trial.TrialState.WAITING]
+    assert len(failed) == 1 and failed[0].params and not any(t.state.name == "RUNNING" for t in trials), trials
+    assert [t.params for t in waiting] == [failed[0].params]
+    assert f"trial {failed[0].number}'s point is queued to run again" in err
 
 
 def test_another_studys_policy_is_kept_unless_overwrite_and_never_left_beside_a_failed_study(tmp_path):

@@ -30,6 +30,8 @@ from hetcache.contracts import parse_contract
 from hetcache.errors import InputError
 from hetcache.metrics import METRICS, check_bound
 
+from . import interrupts
+
 PROG = "hetcache-tune"
 NO_FEASIBLE_EXIT = EXIT_NO_FEASIBLE
 CODES = (0, 1, 2, 3, 130)
@@ -532,10 +534,15 @@ def command_tune(argv: Sequence[str]) -> int:
         check_study_mode(args, config.name(), url, config.heartbeat)
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         try:
-            with quiet_interrupts():
+            with interrupts.handled(), quiet_interrupts():
                 result = tune(config)
-        except KeyboardInterrupt:
-            print(f"{PROG}: interrupted; finished trials stay in the study (continue with --resume).", file=sys.stderr)
+        except KeyboardInterrupt as exc:
+            requeued = getattr(exc, "requeued", None)
+            again = f"; trial {requeued}'s point is queued to run again" if requeued is not None else ""
+            print(
+                f"{PROG}: interrupted; finished trials stay in the study{again} (continue with --resume).",
+                file=sys.stderr,
+            )
             return EXIT_INTERRUPTED
         return _finish(result, budget, args, config, export, foreign)
 

@@ -24,6 +24,7 @@ from hetcache.metrics import clip_quality, mean_quality, worst_quality
 from hetcache.plan import resolve_plan
 from hetcache.policy import ModelSpec, Policy, WorkloadSpec
 
+from . import interrupts
 from .budget import MAX_CACHE_KEY, Budget
 from .recovery import IDENTITY_ATTRS, worker_identity
 from .references import ReferenceStore
@@ -174,6 +175,7 @@ class Objective:
         self.study_name = study_name
         self.worker = worker_identity()
         self.last_trial: int | None = None  # storage id of the last trial this worker evaluated to the end
+        self.current_trial: int | None = None  # storage id of the trial being evaluated (None between trials)
 
     def policy_for(self, params: dict[str, Any], number: int) -> Policy:
         return self.space.policy(params, f"{self.study_name}-trial{number}", self.model, self.workload)
@@ -192,7 +194,10 @@ class Objective:
 
     def __call__(self, trial: optuna.Trial) -> float:
         self.last_trial = None
-        value = self._run(trial)
+        self.current_trial = trial._trial_id
+        with interrupts.allowed():  # Ctrl+C stops the evaluation at once (tuner/interrupts.py)
+            value = self._run(trial)
+        self.current_trial = None
         self.last_trial = trial._trial_id  # evaluated to the end: a FAIL state now was set by another worker
         return value
 

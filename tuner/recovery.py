@@ -11,6 +11,7 @@ from warm starts. Workers run pending retries before they stop (`tuner/study.py`
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import warnings
@@ -110,6 +111,20 @@ def fail_and_requeue(study: optuna.Study, trial_id: int, max_retry: int | None) 
         return False
     requeue(study, study._storage.get_trial(trial_id), max_retry)
     return True
+
+
+def requeue_interrupted(study: optuna.Study, trial_id: int) -> int | None:
+    """Re-queue the point of the trial this worker was running when Ctrl+C stopped it (Optuna has stored it as
+    failed; one still RUNNING is failed here); returns its number, None when it had finished anyway."""
+    storage = study._storage
+    if storage.get_trial(trial_id).state == RUNNING:
+        with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
+            storage.set_trial_state_values(trial_id, state=optuna.trial.TrialState.FAIL)
+    trial = storage.get_trial(trial_id)
+    if trial.state != optuna.trial.TrialState.FAIL:
+        return None
+    requeue(study, trial, None)  # not a retry the budget of --max-retry counts: nothing went wrong with the point
+    return trial.number
 
 
 def reap_orphans(study: optuna.Study, heartbeat: bool, max_retry: int | None, lock: Path | None = None) -> None:

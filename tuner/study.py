@@ -29,11 +29,12 @@ from hetcache.metrics import regions
 from hetcache.policy import WorkloadSpec, model_spec_from_fingerprint
 from hetcache.workloads.spec import Workload, current_workload_dict
 
+from . import interrupts
 from .budget import MAX_CACHE_KEY, MEMORY_AT_KEY, Budget
 from .export import StudyInfo
 from .objective import OBJECTIVES, Evaluator, Objective
 from .profile_input import ProfileHints, check_profile_workload, read_profile
-from .recovery import pending_retries, reap_orphans, watchable
+from .recovery import pending_retries, reap_orphans, requeue_interrupted, watchable
 from .references import FOLDER as REFERENCE_FOLDER
 from .references import ReferenceStore, weights_signature
 from .results import TrialResult, best_feasible, over_memory, trial_results
@@ -316,8 +317,9 @@ def run_worker(study: optuna.Study, objective: Objective, config: TuneConfig, he
     try:
         bar.set_postfix_str(f"best feasible {_best_text(study, config)}")
         while config.timeout is None or time.monotonic() - started < config.timeout:
-            reap_orphans(study, heartbeat, config.heartbeat.max_retry, lock)
-            trials = study.get_trials(deepcopy=False)
+            with interrupts.deferred():  # the storage's writes between trials finish before a Ctrl+C stops them
+                reap_orphans(study, heartbeat, config.heartbeat.max_retry, lock)
+                trials = study.get_trials(deepcopy=False)
             done = sum(t.state in FINISHED for t in trials)
             bar.n = min(done, config.trials)
             bar.refresh()
@@ -330,7 +332,8 @@ def run_worker(study: optuna.Study, objective: Objective, config: TuneConfig, he
                 time.sleep(min(1.0, config.heartbeat.interval))
                 continue
             try:
-                study.optimize(objective, n_trials=1, gc_after_trial=False)
+                with interrupts.deferred():  # so are Optuna's around a trial (the evaluation itself stops at once)
+                    study.optimize(objective, n_trials=1, gc_after_trial=False)
             except ValueError:  # Optuna cannot tell a trial another worker already failed
                 if not _failed_elsewhere(study, objective.last_trial):
                     raise
@@ -342,6 +345,11 @@ def run_worker(study: optuna.Study, objective: Objective, config: TuneConfig, he
                 )
             ran += 1
             bar.set_postfix_str(f"best feasible {_best_text(study, config)}")
+    except KeyboardInterrupt:
+        with interrupts.deferred():
+            trial = objective.current_trial
+            number = requeue_interrupted(study, trial) if trial is not None else None
+        raise interrupts.Interrupted(number) from None
     finally:
         bar.close()
     return ran
