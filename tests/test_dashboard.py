@@ -444,10 +444,11 @@ def free_port() -> int:
 
 def test_cli_builds_a_headless_loopback_server(demo_runs):
     port = free_port()
-    _, command, env = cli.prepare(["--runs", str(demo_runs), "--storage", "sqlite:///x.db", "--port", str(port)])
+    url = study_url(demo_runs)  # checked before serving: the storage is a study database
+    _, command, env = cli.prepare(["--runs", str(demo_runs), "--storage", url, "--port", str(port)])
     assert command[1:5] == ["-m", "streamlit", "run", str(APP)]
     assert {"--server.headless=true", "--server.address=127.0.0.1", f"--server.port={port}"} <= set(command)
-    assert env[sources.RUNS_ENV] == str(demo_runs.resolve()) and env[sources.STORAGE_ENV] == "sqlite:///x.db"
+    assert env[sources.RUNS_ENV] == str(demo_runs.resolve()) and env[sources.STORAGE_ENV] == url
 
 
 def test_cli_refuses_bad_arguments(tmp_path, capsys):

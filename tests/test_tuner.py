@@ -113,7 +113,7 @@ def test_unreachable_storage_is_a_clear_error(tmp_path):
     url = "postgresql+psycopg://tuner:sekret@127.0.0.1:1/hetcache"
     code, _, stderr = run_tune("--budget", "psnr=30", "--storage", url, *WORKLOAD, "--out", str(tmp_path / "run"))
     assert code == 2
-    assert "cannot open the study storage 'postgresql+psycopg://tuner:***@127.0.0.1:1/hetcache'" in stderr
+    assert "cannot connect to the study storage 'postgresql+psycopg://tuner:***@127.0.0.1:1/hetcache'" in stderr
     assert "sekret" not in stderr
     code, _, stderr = run_tune("--budget", "psnr=30", "--storage", "mysql://u@127.0.0.1:1/db", *WORKLOAD)
     assert code == 2 and "needs the Python driver" in stderr
