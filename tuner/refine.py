@@ -7,11 +7,13 @@ measured plans — the fastest that meets the budget and the nearest miss that i
 untried neighbours, one move each:
 
 - a middle FULL step of the plan that meets the budget made PARTIAL (cheaper; the FULL the model misses least first),
-- a REUSE step of the nearest miss made PARTIAL (better; the REUSE the model would gain most from computing first),
-- a computed step of either moved by one step (same cost; by the model's predicted error).
+- a computed step of either moved by one step (same cost; by the model's predicted error),
+- a REUSE step of the nearest miss made PARTIAL (better; the REUSE the model would gain most from computing first).
 
-PARTIAL steps run the search space's refreshed token-level settings (`space.TOKEN_LEVEL` and `space.REFRESHED`).
-Quality and the front still come from measured trials only.
+A PARTIAL step here is a light one (`LIGHT_PARTIAL`): the first half of the main blocks in the space's order (the
+profile's, else the model's) token-level, stride-selected context, no margin, no K/V refresh, VACE blocks in full;
+every block partial with the refresh costs less but lost more at the same plans (12-step study, README). Quality
+and the front still come from measured trials only.
 """
 
 from __future__ import annotations
@@ -27,9 +29,10 @@ from hetcache.steps import FULL, PARTIAL, REUSE
 from .budget import Budget
 from .results import TrialResult, best_feasible, trial_results
 from .schedule import PLAN_ATTR
-from .space import REFRESHED, TOKEN_LEVEL, SearchSpace
+from .space import SearchSpace
 from .step_model import StepModel
 
+LIGHT_PARTIAL = {"margin_width": 0, "context_ratio": 0.1, "selection": "stride", "refresh_skipped_kv": False}
 REFINE_SHARE = 1 / 3  # share of a schedule study's trials kept for refinement (the rest verify model candidates)
 PER_ROUND = 2  # neighbours enqueued per round (one from each list in turn)
 
@@ -92,7 +95,8 @@ def shift_moves(plan: str, forecast: str, model: StepModel, warmup: int, final: 
 
 
 def anchors(results: list[TrialResult], budget: Budget) -> tuple[TrialResult | None, TrialResult | None]:
-    """The fastest measured plan that meets the budget, and the nearest miss faster than it."""
+    """The fastest measured plan that meets the budget (of equally fast ones the best), and the nearest miss faster
+    than it."""
     planned = [r for r in results if PLAN_ATTR in r.attrs and r.pruned_at is None]
     best = best_feasible(planned, budget)
     floor = best.value if best is not None else 0.0
@@ -127,14 +131,13 @@ class Refiner:
         """This round's untried neighbours, in the order they would be enqueued."""
         warmup, final = self.space.warmup_steps[0], max(1, self.space.final_full_steps[0])
         best, miss = anchors(trial_results(study, self.objective), self.budget)
-        lists: list[list[Move]] = []
+        lists: list[list[Move]] = []  # faster first: the feasible plan made cheaper or moved, then the miss
         if best is not None:
             lists.append(cheaper_moves(best.attrs[PLAN_ATTR], _forecast(best), self.model, warmup, final))
+            lists.append(shift_moves(best.attrs[PLAN_ATTR], _forecast(best), self.model, warmup, final))
         if miss is not None:
+            lists.append(shift_moves(miss.attrs[PLAN_ATTR], _forecast(miss), self.model, warmup, final))
             lists.append(better_moves(miss.attrs[PLAN_ATTR], _forecast(miss), self.model, warmup, final))
-        for anchor in (best, miss):
-            if anchor is not None:
-                lists.append(shift_moves(anchor.attrs[PLAN_ATTR], _forecast(anchor), self.model, warmup, final))
         tried = {
             (t.user_attrs.get(PLAN_ATTR), str(t.params.get("forecast", "none")))
             for t in study.get_trials(deepcopy=False)
@@ -165,7 +168,5 @@ class Refiner:
         tail = len(move.plan) - len(move.plan.rstrip(FULL))
         values: dict[str, Any] = {"forecast": move.forecast, "warmup_steps": lead, "final_full_steps": tail}
         if PARTIAL in move.plan:
-            values |= (
-                TOKEN_LEVEL | REFRESHED | {"forecast": move.forecast, "partial_blocks": len(self.space.main_order)}
-            )
+            values |= LIGHT_PARTIAL | {"partial_blocks": max(1, len(self.space.main_order) // 2), "partial_vace": False}
         return self.space.point(**values)
