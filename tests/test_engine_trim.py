@@ -186,3 +186,17 @@ def test_the_final_step_trim_under_paste_leaves_the_pasted_output():
     np.testing.assert_allclose(cached.frames, uncached.frames, rtol=0, atol=1e-5)
     outside = ~clip.mask
     assert np.array_equal(cached.frames[outside], uncached.frames[outside])
+
+
+def test_the_memory_plan_counts_the_trims_prompt_keys_and_scratch():
+    from hetcache.memory import plan_memory
+
+    model = tiny_vace_model()
+    policy = SOME.replace(partial_blocks=(0, 1), trim_discarded=True)  # the last block caches nothing else
+    _, stats, _ = run(model, policy, "FPF", every_step(), model_inputs(box_token_mask(1, 3, 8, 8)))
+    size = dict(height=128, width=128, num_frames=9, text_len=8, cfg=False, steps="FPF")
+    memory = plan_memory(model, **size, policy=policy, mask=box_token_mask(1, 3, 8, 8))
+    untrimmed = plan_memory(model, **size, policy=policy.replace(trim_discarded=False), mask=box_token_mask(1, 3, 8, 8))
+    assert stats["cache_bytes"] == memory.cache_bytes > untrimmed.cache_bytes  # the last block's prompt K/V
+    scratch = {"trim_scratch", "trim_key", "trim_value"}
+    assert scratch <= set(memory.by_kind()) and not scratch & set(untrimmed.by_kind())

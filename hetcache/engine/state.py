@@ -140,7 +140,8 @@ class ContextState(BaseState):
         # buffers shared by every cached layer replaces the per-layer K/V caches
         self.shared_key: torch.Tensor | None = None
         self.shared_value: torch.Tensor | None = None
-        # the discard trim (hetcache.engine.trim): this call trims the last block; its gathered rows and keys/values
+        # the discard trim (hetcache.engine.trim): this call trims the last block; its gathered rows and the keys/values
+        # it attends over (scratch, rewritten on every trimmed step, not caches: not in nbytes, as `scratch`)
         self.trimmed = False
         self.trim_inside: torch.Tensor | None = None
         self.trim_outside: torch.Tensor | None = None
@@ -170,7 +171,6 @@ class ContextState(BaseState):
 
     def nbytes(self) -> int:
         own = _nbytes(self.x_in, self.residual, self.residual_prev, self.capture.features, self.capture.scores)
-        own += _nbytes(self.trim_inside, self.trim_outside, self.trim_key, self.trim_value)
         return own + sum(layer.nbytes() for layer in self.layers.values())
 
 
