@@ -207,3 +207,37 @@ def test_the_memory_plan_counts_the_trims_prompt_keys_and_scratch():
     assert stats["cache_bytes"] == memory.cache_bytes > untrimmed.cache_bytes  # the last block's prompt K/V
     scratch = {"trim_scratch", "trim_key", "trim_value"}
     assert scratch <= set(memory.by_kind()) and not scratch & set(untrimmed.by_kind())
+
+
+def test_under_paste_a_moving_mask_is_grown_by_the_decoders_reach():
+    """The reference VAE's causal decoder reaches further in time than its encoder: the paste mask is grown by the
+    decoder's reach, so the final-step trim leaves every pasted pixel as the untrimmed run's."""
+    from hetcache import blend
+
+    workload = Workload(
+        weights="random", clips=parse_clip_names("moving"), contract="paste", **{**SIZE, "num_frames": 17}
+    )
+    s = LoadedWorkload(workload)
+    clip = s.clips[0]
+    assert blend.decoder_reach(s.pipe)[0] > blend.vae_reach(s.pipe)[0]
+    uncached = s.generate(clip)
+    cached, stats = s.generate_cached(clip, TRIM, strict=False, plan="FFFF")
+    assert stats["trimmed_steps"] == [3]
+    assert np.array_equal(cached.frames, uncached.frames)
+
+
+def test_hetcache_run_records_and_prints_the_trimmed_steps(tmp_path, capsys):
+    import json
+
+    from hetcache.cli import main
+
+    policy = tmp_path / "trim.json"
+    TRIM.replace(rule="explicit", plan="FFF").save(policy)
+    out = tmp_path / "run"
+    flags = ["--weights", "random", "--height", "128", "--width", "128", "--frames", "9", "--steps", "3"]
+    flags += ["--clips", "box", "--contract", "blend", "--policy", str(policy), "--no-strict", "--out", str(out)]
+    assert main(["run", *flags]) == 0
+    stats = json.loads((out / "run.json").read_text())["clips"][0]["stats"]
+    assert stats["decisions"] == "FFF" and stats["trimmed_steps"] == [0, 1, 2]
+    printed = capsys.readouterr().out
+    assert "last block trimmed" in printed and "3 of 3 steps" in printed
