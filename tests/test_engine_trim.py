@@ -59,8 +59,9 @@ def test_a_token_is_inside_when_any_of_its_cells_is():
     assert stats["trimmed_steps"] == [0]
 
 
-def test_trimmed_steps_equal_the_full_ones_inside_and_leave_the_input_outside():
-    model = tiny_vace_model()
+@pytest.mark.parametrize("vace_layers", [[0, 2], [0, 3]])  # [0, 3]: a VACE hint is added after the last block
+def test_trimmed_steps_equal_the_full_ones_inside_and_leave_the_input_outside(vace_layers):
+    model = tiny_vace_model(vace_layers=vace_layers)
     inputs = model_inputs(box_token_mask(1, 3, 8, 8))
     plain = denoise(model, inputs, TIMES)
     trimmed, stats, _ = run(model, TRIM, "FFF", every_step(), inputs)
