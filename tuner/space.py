@@ -359,7 +359,7 @@ class SearchSpace:
         }
 
     def policy(
-        self, params: dict[str, Any], name: str, model: ModelSpec, workload: WorkloadSpec, description: str = ""
+        self, params: dict[str, Any], name: str, model: ModelSpec, workload: WorkloadSpec | None, description: str = ""
     ) -> Policy:
         """The Policy a parameter set stands for (validated by the policy schema). Under a contract that discards
         output (blend, paste, feather), the discard trim is on: it is exact, so it is not searched."""
@@ -370,7 +370,8 @@ class SearchSpace:
             workload=workload,
             step_plan=StepPlanSpec(rule="accumulated_change", polynomial=self.polynomial),
         )
-        trim = parse_contract(workload.contract, "the workload's contract").keeps_source
+        contract = workload.contract if workload is not None else "none"
+        trim = parse_contract(contract, "the workload's contract").keeps_source
         return base.replace(**self.policy_fields(params), trim_discarded=trim)
 
     # -- warm start -----------------------------------------------------------------------------------------
