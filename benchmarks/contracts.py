@@ -12,11 +12,22 @@ the machine's noise, the blend's own work is also timed directly: the scheduler 
 wrapper on the run's latents, many times, medians. One-time costs per clip (the source latents' VAE encode, the VAE
 reach probe) are reported apart. Speed only: the quality of each contract is in tests/test_contracts.py and the
 crossover benchmarks.
+
+    python benchmarks/contracts.py --trim                     # the discard trim under blend, 256² x 17
+
+With `--trim`, it measures instead what the discard trim (`tokens.trim_discarded`, docs/contracts.md) saves on a FULL
+step under blend: per clip, the transformer call of the run's first step (captured from a real blended pipeline call)
+is run on two copies of the transformer, all-FULL with and without the trim, interleaved `--reps` times after a
+warm-up (median, min–max seconds); FLOPs from the engine's accounting. The same saving is estimated from the FLOPs
+formula for the Wan2.1-VACE-1.3B architecture (30 blocks, 512 prompt tokens) at the same token grid and inside share,
+and at 480x832x81 with that share.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
+import math
 import statistics
 import sys
 import time
@@ -27,9 +38,13 @@ from typing import Any
 import harness
 import torch
 
-from hetcache import blend
+from hetcache import apply_hetcache, blend, reference, remove_hetcache
+from hetcache.architectures import wan_config
 from hetcache.atomic import write_text
+from hetcache.cost import CostModel
+from hetcache.engine.registry import family_of
 from hetcache.errors import InputError
+from hetcache.policy import Policy
 from hetcache.workloads.execute import LoadedWorkload
 
 CONTRACTS = ("none", "blend", "paste", "blend+paste")
@@ -37,6 +52,8 @@ QUICK = dict(height=128, width=128, frames=9, steps=10, reps=3, clips="box-7001"
 DEFAULTS = dict(height=256, width=256, frames=17, steps=20, reps=7, clips="box-7001,small_moving-7003")
 TARGET = 0.01  # the issue's bound: a contract adds less than 1 % to the denoising loop
 STEP_REPEATS = 200
+WAN_1_3B_TEXT = 512  # prompt tokens of the released Wan pipelines
+WAN_480P = (21, 30, 52)  # token grid of 480x832x81 (latent 21 x 60 x 104, patch 1 x 2 x 2)
 
 
 def _sync(device: str) -> None:
@@ -89,9 +106,140 @@ def step_overhead(session: LoadedWorkload, repeats: int = STEP_REPEATS) -> dict[
     }
 
 
+def first_call(session: LoadedWorkload, clip) -> dict[str, Any]:
+    """The keyword arguments of the transformer's first call in a (blended) pipeline run of `clip` (cond branch)."""
+    captured: dict[str, Any] = {}
+
+    def grab(module, args, kwargs):
+        if not captured:
+            captured.update({k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in kwargs.items()})
+
+    handle = session.pipe.transformer.register_forward_pre_hook(grab, with_kwargs=True)
+    try:
+        session.generate(clip, decode=False)
+    finally:
+        handle.remove()
+    return captured
+
+
+def wan_1_3b_saving(grid: tuple[int, int, int], inside_share: float) -> dict[str, float]:
+    """The trim's FLOPs saving per FULL step of the Wan2.1-VACE-1.3B architecture, from the FLOPs formula: the
+    outside tokens' queries, attention, cross-attention and FFN of the last block less their K/V projections, over a
+    FULL forward (`CostModel.uncached_forward`)."""
+    config = wan_config(vace_in_channels=96, **reference.WAN21_VACE_1_3B)
+    cost = CostModel.from_shape(family_of("WanVACETransformer3DModel").shape(config))
+    tokens = math.prod(grid)
+    outside = tokens - round(inside_share * tokens)
+    saved = sum(cost.block(outside, tokens, WAN_1_3B_TEXT, False).values()) - cost.skipped_kv(outside)
+    return {"tokens": tokens, "blocks": cost.num_layers, "saved": saved / cost.uncached_forward(tokens, WAN_1_3B_TEXT)}
+
+
+def trim_measure(session: LoadedWorkload, reps: int) -> list[dict[str, Any]]:
+    """Per clip: engine FLOPs and interleaved wall-clock of one FULL forward with and without the discard trim."""
+    device, transformer = session.workload.device, session.pipe.transformer
+    rows = []
+    for clip in session.clips:
+        call, discarded = first_call(session, clip), session.discarded(clip)
+        models = {"untrimmed": transformer, "trimmed": copy.deepcopy(transformer)}
+        handles = {
+            name: apply_hetcache(
+                model,
+                Policy(name=name).replace(trim_discarded=name == "trimmed"),
+                strict=False,
+                plan="F" * (reps + 1),
+                discarded=discarded,
+            )
+            for name, model in models.items()
+        }
+        seconds: dict[str, list[float]] = {name: [] for name in models}
+        try:
+            for round_ in range(reps + 1):  # the first round warms up
+                order = list(models) if round_ % 2 == 0 else list(models)[::-1]
+                for name in order:
+                    with torch.no_grad(), models[name].cache_context("cond"):
+                        _sync(device)
+                        started = time.perf_counter()
+                        models[name](**call)
+                        _sync(device)
+                    if round_:
+                        seconds[name].append(time.perf_counter() - started)
+        finally:
+            for model in models.values():
+                remove_hetcache(model)
+        calls = {name: handle.state.run.calls[-1] for name, handle in handles.items()}
+        if not calls["trimmed"].trimmed:
+            raise RuntimeError(f"clip {clip.name}: the trimmed forward did not trim (is every token inside the mask?)")
+        tokens = calls["trimmed"].tokens
+        share = handles["trimmed"].state.run.trim.active.numel() / tokens
+        patch = transformer.config.patch_size
+        grid = tuple(n // p for n, p in zip(call["hidden_states"].shape[2:], patch, strict=True))
+        rows.append(
+            {
+                "clip": clip.name,
+                "tokens": tokens,
+                "inside_share": share,
+                "flops": {name: c.flops for name, c in calls.items()},
+                "flops_uncached": calls["trimmed"].flops_uncached,
+                "flops_saved": 1.0 - calls["trimmed"].flops / calls["untrimmed"].flops,
+                "seconds": {name: describe(values) for name, values in seconds.items()},
+                "time_saved": describe(
+                    [1.0 - t / u for t, u in zip(seconds["trimmed"], seconds["untrimmed"], strict=True)]
+                ),
+                "wan_1_3b": {"same_grid": wan_1_3b_saving(grid, share), "480x832x81": wan_1_3b_saving(WAN_480P, share)},
+            }
+        )
+    return rows
+
+
+def trim_markdown(report: dict[str, Any]) -> str:
+    w = report["workload"]
+    lines = [
+        f"The discard trim under contract `blend` on the reference workload ({report['weights']} weights; the tiny "
+        f"reference model: {report['blocks']} blocks), {w['height']}x{w['width']}x{w['num_frames']}, the first step's "
+        f"FULL forward (cond branch); device {report['provenance']['device_name']} ({w['dtype']}, "
+        f"{report['provenance']['threads']} threads); {report['reps']} interleaved repeats after a warm-up (median, "
+        "min–max). FLOPs: the engine's accounting; Wan2.1-VACE-1.3B (30 blocks, 512 prompt tokens): the FLOPs formula "
+        "at the same inside share.",
+        "",
+        f"Command: `{report['provenance']['command']}`",
+        "",
+        "| clip | tokens | inside | FLOPs saved / FULL step | FULL forward s, untrimmed | trimmed | wall saved "
+        "| 1.3B, same grid | 1.3B, 480x832x81 |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in report["clips"]:
+        u, t, saved = row["seconds"]["untrimmed"], row["seconds"]["trimmed"], row["time_saved"]
+        big = row["wan_1_3b"]
+        lines.append(
+            f"| {row['clip']} | {row['tokens']} | {row['inside_share']:.1%} | {row['flops_saved']:.2%} | "
+            f"{u['median']:.4f} ({u['min']:.4f}–{u['max']:.4f}) | {t['median']:.4f} ({t['min']:.4f}–{t['max']:.4f}) | "
+            f"{saved['median']:.2%} ({saved['min']:.2%} – {saved['max']:.2%}) | {big['same_grid']['saved']:.2%} | "
+            f"{big['480x832x81']['saved']:.2%} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def trim_main(args: argparse.Namespace, argv: Sequence[str] | None) -> int:
+    session = LoadedWorkload(harness.workload_from_flags(args).replace(contract="blend"))
+    report = {
+        "weights": session.workload.weights if session.workload.is_reference else session.workload.pipeline,
+        "blocks": len(session.pipe.transformer.blocks),
+        "reps": args.reps,
+        "workload": session.workload.to_dict(),
+        "clips": trim_measure(session, args.reps),
+    }
+    out = args.out.with_name(args.out.name + "_trim")
+    path = harness.write_result(out.with_suffix(".json"), report, script="contracts.py", argv=argv, device=args.device)
+    report = harness.read_result(path)
+    write_text(out.with_suffix(".md"), trim_markdown(report))
+    print(trim_markdown(report))
+    return 0
+
+
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="small sizes, few rounds (a sanity check)")
+    parser.add_argument("--trim", action="store_true", help="what the discard trim saves on a FULL step under blend")
     harness.workload_flags(parser, device="cpu")
     parser.add_argument("--reps", type=int, help="interleaved rounds")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/contracts"), help="output stem")
@@ -144,6 +292,8 @@ def markdown(report: dict[str, Any]) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.trim:
+        return trim_main(args, argv)
     base = harness.workload_from_flags(args)
     sessions = {"none": LoadedWorkload(base)}
     pipe = sessions["none"].pipe

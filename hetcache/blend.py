@@ -38,8 +38,10 @@ from .tokens import pool_frames_to_latent
 PROBE_CELLS = 12  # side of the probe clip used to measure a VAE's reach, in latent cells
 PROBE_GROUPS = 3  # latent frames after the first in the probe clip
 REACH_TOLERANCE = 1e-4  # a latent cell counts as reached when it moves by this share of the largest change
+DECODER_PROBE_FRAMES = 12  # latent frames of the probe a decoder's reach is measured on (a causal one reaches far)
 
 _reach_cache: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_decoder_reach_cache: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -133,6 +135,56 @@ def vae_reach(pipe: Any) -> tuple[int, int]:
     if vae not in _reach_cache:
         _reach_cache[vae] = measure_reach(pipe)
     return _reach_cache[vae]
+
+
+@torch.no_grad()
+def measure_decoder_reach(pipe: Any, tolerance: float = REACH_TOLERANCE) -> tuple[int, int]:
+    """How far one latent cell reaches into the decoded pixels: (latent frames, latent cells), Chebyshev distance.
+
+    One latent cell (frame 1, cell (6, 6)) of random probe latents is changed; every pixel that moves by more than
+    `tolerance` of the largest change is reached, counted in the latent frames and cells its pixels belong to. A causal
+    decoder reaches forward in time much further than its encoder reaches (the reference VAE: 1 latent frame encoding,
+    6 decoding), so paste-back's latent mask (`paste_mask`) is grown by this. A reach that fills the probe is reported
+    as the probe's extent.
+    """
+    vae = pipe.vae
+    temporal, spatial = vae_factors(pipe)
+    device = next(vae.parameters()).device
+    channels = vae.config.get("z_dim") or vae.config.get("latent_channels")
+    gen = torch.Generator().manual_seed(0)
+    base = torch.randn(1, channels, DECODER_PROBE_FRAMES, PROBE_CELLS, PROBE_CELLS, generator=gen)
+    changed = base.clone()
+    centre = PROBE_CELLS // 2
+    changed[:, :, 1, centre, centre] += 3.0
+    extra = {"temb": torch.zeros(1, device=device)} if vae.config.get("timestep_conditioning") else {}
+
+    def decode(latents: torch.Tensor) -> torch.Tensor:
+        return vae.decode(latents.to(device, vae.dtype), **extra).sample.float()
+
+    moved = (decode(changed) - decode(base)).abs().amax(dim=(0, 1))  # [F, H, W]
+    pixels = (moved > tolerance * moved.max()).float().unsqueeze(0)
+    cells = F.max_pool2d(pool_frames_to_latent(pixels, temporal), spatial)[0]  # [T', H', W']
+    reached = cells.nonzero()
+    distance = (reached - torch.tensor([1, centre, centre], device=reached.device)).abs()
+    return int(distance[:, 0].max()), int(distance[:, 1:].max())
+
+
+def decoder_reach(pipe: Any) -> tuple[int, int]:
+    """The pipeline VAE decoder's reach (`measure_decoder_reach`), measured once per VAE."""
+    vae = pipe.vae
+    if vae not in _decoder_reach_cache:
+        _decoder_reach_cache[vae] = measure_decoder_reach(pipe)
+    return _decoder_reach_cache[vae]
+
+
+def paste_mask(pipe: Any, pixel_mask: np.ndarray, feather: int = 0) -> torch.Tensor:
+    """The latent cells whose final values can reach a pixel paste-back keeps of the output: every cell the kept
+    pixels (the mask, grown by the feather) touch, grown by the decoder's reach. Cells of weight 0 decode only to
+    pixels pasted over, which is what lets the final step discard them (tokens.trim_discarded)."""
+    from .paste import feather_alpha
+
+    kept = (feather_alpha(pixel_mask, feather) > 0).numpy() if feather else np.asarray(pixel_mask)
+    return edit_mask(kept, decoder_reach(pipe), *vae_factors(pipe))
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -96,13 +96,16 @@ def _print_run(record: dict) -> None:
         if "cached_denoise_s" in clip:
             row["cached s"] = clip["cached_denoise_s"]
             row["plan"] = clip["stats"]["decisions"]
+            trimmed = clip["stats"].get("trimmed_steps")
+            if trimmed:  # FULL steps whose last block ran on the tokens inside the contract's latent mask only
+                row["last block trimmed"] = f"{len(trimmed)} of {len(row['plan'])} steps"
             row["FLOPs x"] = clip["speedup_flops"] if "speedup_flops" in clip else 1 / clip["stats"]["flops_fraction"]
         if "speedup_time" in clip:
             row["time x (min–max)"] = _speedup_text(clip)
         if "quality" in clip:
             row.update(quality_columns(clip["quality"], contract))
         rows.append(row)
-    print(format_table(rows))
+    print(format_table(rows, list(dict.fromkeys(key for row in rows for key in row))))
     summary = record["summary"]
     if "speedup_time" in summary:
         q = summary["quality"]

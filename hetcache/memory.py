@@ -409,6 +409,13 @@ def _buffers(plan: MemoryPlan, arch: Architecture, policy: Policy, letters: set[
                 add("skipped_scratch", "context", (b, n - nu, d), model, counted=False, step=PARTIAL)
                 for kind in ("shared_key", "shared_value"):  # and one K/V pair every cached layer fills in turn
                     add(kind, "context", (b, n, heads, head_dim), cache, counted=False, step=PARTIAL)
+            if spec.trim_discarded:  # the discard trim's rows (inside and outside: n in all) and K/V, on FULL steps
+                last = shape.num_layers - 1
+                if last not in plan.partial_blocks and not ((features or scores) and selection_layer == last):
+                    add("text_kv", f"block.{last}", (2, b, plan.text_len, heads, head_dim), model)
+                add("trim_scratch", "context", (b, n, d), model, counted=False)
+                for kind in ("trim_key", "trim_value"):
+                    add(kind, "context", (b, n, heads, head_dim), model, counted=False)
             if arch.is_vace:  # what REUSE steps hand the main stream as hints
                 add("zero_hint", "context", (b, n, d), model, counted=False)
         if plan.offload and partial:

@@ -189,3 +189,18 @@ def test_blend_keeps_the_source_latents_outside_the_edit_on_ltx_video(saved):
     assert not torch.allclose(plain.latents[~kept], packed_source[~kept], atol=1e-3)
     cached, _ = session.generate_cached(clip, ALL_FULL, strict=False, plan="FFF", decode=False)
     assert (cached.latents - plain.latents).abs().max().item() <= 1e-5
+
+
+def test_the_discard_trim_under_blend_on_ltx_video(saved):
+    """LTXPipeline under blend with the discard trim (tokens.trim_discarded): its packed tokens are latent cells (patch
+    1), so the trimmed last block computes the cells inside the edit mask only; all-FULL, the final latents equal the
+    uncached blended run's (at 512², see above)."""
+    size = dict(SIZE, height=512, width=512)
+    session = session_for(saved, "LTXPipeline", clips="small_box", steps=3, contract="blend", size=size)
+    clip = session.clips[0]
+    plain = session.generate(clip, decode=False)
+    trim = ALL_FULL.replace(trim_discarded=True)
+    cached, stats = session.generate_cached(clip, trim, strict=False, plan="FFF", decode=False)
+    _, untrimmed = session.generate_cached(clip, ALL_FULL, strict=False, plan="FFF", decode=False)
+    assert stats["trimmed_steps"] == [0, 1, 2] and stats["flops"] < untrimmed["flops"]
+    assert (cached.latents - plain.latents).abs().max().item() <= 1e-5

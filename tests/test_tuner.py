@@ -359,6 +359,19 @@ def test_the_search_space_is_one_table_of_parameters():
     assert not small_space(vace_order=()).clamp({**sampled, "partial_vace": True})["partial_vace"]
 
 
+@pytest.mark.parametrize(("contract", "trims"), [(None, False), ("none", False), ("paste", True), ("blend", True)])
+def test_the_discard_trim_is_on_under_a_contract_that_discards_and_not_searched(contract, trims):
+    from hetcache.tuner.space import PARAM_NAMES
+
+    from hetcache.policy import WorkloadSpec
+
+    space = small_space()
+    point = space.warm_starts()[0][1]
+    policy = space.policy(point, "p", None, WorkloadSpec(steps=8, contract=contract))
+    assert policy.tokens.trim_discarded is trims and "trim_discarded" not in PARAM_NAMES
+    assert ("trim" in behaviour_key(policy, "FRRF").split(";")) is trims
+
+
 def test_a_trial_whose_policy_has_no_partial_block_never_has_p_in_its_plan():
     from hetcache.plan import plan_from_changes
     from hetcache.policy import WorkloadSpec

@@ -17,6 +17,7 @@ from hetcache.tuner.budget import parse_budget
 from hetcache.tuner.cli import main
 from hetcache.tuner.objective import Evaluator
 from hetcache.tuner.references import ReferenceStore
+from hetcache.tuner.refine import better_moves, cheaper_moves, refine_trials, shift_moves
 from hetcache.tuner.results import best_feasible, trial_results
 from hetcache.tuner.schedule import PLAN_ATTR, capture_tables, forecast_acts, spread, trial_steps
 from hetcache.tuner.space import SearchSpace
@@ -25,6 +26,7 @@ from hetcache.tuner.step_model import StepModel, best_plans
 from hetcache.fingerprint import model_fingerprint
 from hetcache.metrics import latent_rel_l2
 from hetcache.policy import Policy, WorkloadSpec, model_spec_from_fingerprint
+from hetcache.steps import PARTIAL
 from hetcache.workloads.execute import LoadedWorkload
 from hetcache.workloads.spec import parse_clip_names, reference_workload
 
@@ -153,8 +155,15 @@ def test_schedule_study_returns_the_best_policy_of_the_full_objective(tmp_path):
     results = trial_results(study, "flops")
     assert len(results) == 9 and all(PLAN_ATTR in r.attrs for r in results)
     assert all(r.plan() == r.attrs[PLAN_ATTR] for r in results)
+    assert [t.state for t in study.trials] == [optuna.trial.TrialState.COMPLETE] * 9  # no refinement left queued
+    refined = [r for r in results if r.attrs["warm_start"].startswith("refine ")]
+    assert len(refined) == refine_trials(9) and all(r.number >= 9 - len(refined) for r in refined)
+    assert any(PARTIAL in r.plan() for r in refined)  # refinement tries the PARTIAL steps the model cannot price
     best = best_feasible(results, parse_budget(budget, min_speedup=1.1))
-    assert (round(best.value, 9), best.aggregate(parse_budget(budget))["psnr"]) == pytest.approx(truth)
+    if PARTIAL in best.plan():  # a refined plan beat every step plan
+        assert best.value > truth[0] and best.aggregate(parse_budget(budget))["psnr"] >= 34
+    else:
+        assert (round(best.value, 9), best.aggregate(parse_budget(budget))["psnr"]) == pytest.approx(truth)
     code, _ = run_tune(
         "--budget", budget, "--trials", "16", *WORKLOAD, "--clips", CLIPS, "--out", str(tmp_path / "tpe")
     )
@@ -164,3 +173,20 @@ def test_schedule_study_returns_the_best_policy_of_the_full_objective(tmp_path):
     count = trial_steps(results)
     assert f"denoising steps: {count.steps} run by {count.trials} evaluated trials" in stdout
     assert count.steps == 9 * 2 * 6 and count.computed < count.steps
+
+
+def test_refinement_moves_change_one_middle_step(captured):
+    """Each neighbour differs from its plan in the middle only: one FULL made PARTIAL (cheaper), one REUSE made
+    PARTIAL (better) or one computed step moved by one (same count); ranked by the model's predicted error."""
+    _, _, model, _ = captured
+    plan, warmup, final = "FFRFRRFF", 2, 1
+    cheaper = cheaper_moves(plan, "linear", model, warmup, final)
+    better = better_moves(plan, "none", model, warmup, final)
+    shifts = shift_moves(plan, "none", model, warmup, final)
+    assert sorted(m.plan for m in cheaper) == ["FFRFRRPF", "FFRPRRFF"]
+    assert sorted(m.plan for m in better) == ["FFPFRRFF", "FFRFPRFF", "FFRFRPFF"]
+    assert sorted(m.plan for m in shifts) == sorted({"FFFRRRFF", "FFRRFRFF", "FFRFRFRF"})
+    dropped = [model.plan_error(m.plan.replace("P", "R"), True) for m in cheaper]  # the FULL's loss as REUSE
+    gained = [model.plan_error(m.plan.replace("P", "F"), False) for m in better]  # the REUSE computed in full
+    moved = [model.plan_error(m.plan, False) for m in shifts]
+    assert dropped == sorted(dropped) and gained == sorted(gained) and moved == sorted(moved)

@@ -82,9 +82,16 @@ def over_memory(study: optuna.Study) -> list[tuple[int, float]]:
 
 
 def best_feasible(results: list[TrialResult], budget: Budget) -> TrialResult | None:
-    """The fastest trial that meets the budget (the earliest one on ties)."""
+    """The fastest trial that meets the budget; of equally fast ones the best in the budget's first metric, then
+    the earliest (two plans of one cost can differ by dB)."""
     feasible = [r for r in results if r.feasible(budget)]
-    return max(feasible, key=lambda r: (r.value, -r.number)) if feasible else None
+    sign = 1.0 if METRICS[budget.primary] else -1.0
+
+    def key(r: TrialResult) -> tuple[float, float, int]:
+        quality = r.aggregate(budget).get(budget.primary)
+        return (r.value, sign * quality if isinstance(quality, (int, float)) else float("-inf"), -r.number)
+
+    return max(feasible, key=key) if feasible else None
 
 
 def closest(results: list[TrialResult], budget: Budget) -> TrialResult | None:

@@ -121,7 +121,8 @@ def space_point(space: SearchSpace, candidate: Candidate) -> dict[str, Any]:
 
 
 def enqueue(study: optuna.Study, space: SearchSpace, model: StepModel, trials: int, passes: int) -> int:
-    """Enqueue the first `trials` candidates (once per study: a resumed or joining worker finds them queued)."""
+    """Enqueue the first `trials` candidates (once per study: a resumed or joining worker finds them queued); the
+    study's other trials refine their measured front (`tuner/refine.py`)."""
     if STUDY_ATTR in study.user_attrs:
         return 0
     chosen = candidates(model, space)[:trials]

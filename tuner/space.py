@@ -26,6 +26,7 @@ from typing import Any
 
 import optuna
 
+from hetcache.contracts import parse_contract
 from hetcache.dtypes import CACHE_DTYPES
 from hetcache.engine.registry import model_shape, pipeline_vae
 from hetcache.errors import InputError
@@ -358,9 +359,10 @@ class SearchSpace:
         }
 
     def policy(
-        self, params: dict[str, Any], name: str, model: ModelSpec, workload: WorkloadSpec, description: str = ""
+        self, params: dict[str, Any], name: str, model: ModelSpec, workload: WorkloadSpec | None, description: str = ""
     ) -> Policy:
-        """The Policy a parameter set stands for (validated by the policy schema)."""
+        """The Policy a parameter set stands for (validated by the policy schema). Under a contract that discards
+        output (blend, paste, feather), the discard trim is on: it is exact, so it is not searched."""
         base = Policy(
             name=name,
             description=description,
@@ -368,7 +370,9 @@ class SearchSpace:
             workload=workload,
             step_plan=StepPlanSpec(rule="accumulated_change", polynomial=self.polynomial),
         )
-        return base.replace(**self.policy_fields(params))
+        contract = workload.contract if workload is not None else "none"
+        trim = parse_contract(contract, "the workload's contract").keeps_source
+        return base.replace(**self.policy_fields(params), trim_discarded=trim)
 
     # -- warm start -----------------------------------------------------------------------------------------
     def warm_starts(self, hints: ProfileHints | None = None) -> list[tuple[str, dict[str, Any]]]:
@@ -461,6 +465,8 @@ def behaviour_key(policy: Policy, plan: str) -> str:
     clusters only for k-means selections.
     """
     parts = [f"plan={plan}", f"cache={policy.cache.dtype}"]
+    if policy.tokens.trim_discarded:  # only when on, so that keys of studies made before the option stay valid
+        parts.append("trim")
     if policy.cache.forecast != "none" and set(plan) - {FULL}:  # only when on, as refresh_kv below
         parts.append(f"forecast={policy.cache.forecast}")
     if PARTIAL in plan:

@@ -37,6 +37,7 @@ from .profile_input import ProfileHints, check_profile_workload, read_profile
 from .recovery import pending_retries, reap_orphans, requeue_interrupted, watchable
 from .references import FOLDER as REFERENCE_FOLDER
 from .references import ReferenceStore, weights_signature
+from .refine import Refiner, refine_trials
 from .results import TrialResult, best_feasible, over_memory, trial_results
 from .schedule import capture_tables, enqueue
 from .space import SearchSpace
@@ -295,8 +296,17 @@ def _failed_elsewhere(study: optuna.Study, trial_id: int | None) -> bool:
     return trial_id is not None and study._storage.get_trial(trial_id).state == optuna.trial.TrialState.FAIL
 
 
-def run_worker(study: optuna.Study, objective: Objective, config: TuneConfig, heartbeat: bool, lock=None) -> int:
+def run_worker(
+    study: optuna.Study,
+    objective: Objective,
+    config: TuneConfig,
+    heartbeat: bool,
+    lock=None,
+    refiner: Refiner | None = None,
+) -> int:
     """Run trials until the study holds `config.trials` finished ones (or `--timeout`); returns how many ran here.
+
+    A schedule study's `refiner` enqueues neighbours of the measured front whenever no trial is queued.
 
     Before it counts, a worker fails the trials whose worker is gone and re-queues their points
     (`tuner/recovery.py`); it stops only once no retry is queued and no trial it can watch is in flight elsewhere,
@@ -331,6 +341,8 @@ def run_worker(study: optuna.Study, objective: Objective, config: TuneConfig, he
                     break
                 time.sleep(min(1.0, config.heartbeat.interval))
                 continue
+            if refiner is not None and not any(t.state == optuna.trial.TrialState.WAITING for t in trials):
+                refiner.round(study)
             try:
                 with interrupts.deferred():  # so are Optuna's around a trial (the evaluation itself stops at once)
                     study.optimize(objective, n_trials=1, gc_after_trial=False)
@@ -390,9 +402,11 @@ def tune(config: TuneConfig, session: Any = None) -> TuneResult:
     storage = open_storage(url, config.heartbeat)
     study, space, created = open_study(config, session, hints, storage, url)
     references = ReferenceStore(config.reference_dir or config.out / REFERENCE_FOLDER, session)
+    refiner = None
     if config.search == "schedule":  # before the references: their runs record the step tables
         model, passes = capture_tables(session, references)
-        enqueue(study, space, model, config.trials, passes)
+        enqueue(study, space, model, config.trials - refine_trials(config.trials), passes)
+        refiner = Refiner(model, space, config.budget, config.objective, config.trials)
     for clip in session.clips:
         references.get(clip)
     for clip in session.clips:
@@ -401,7 +415,7 @@ def tune(config: TuneConfig, session: Any = None) -> TuneResult:
     workload_spec = WorkloadSpec(**session.summary())
     objective = Objective(evaluator, space, model_spec_from_fingerprint(fp), workload_spec, config.name())
     heartbeat = isinstance(storage, optuna.storages.RDBStorage)
-    ran = run_worker(study, objective, config, heartbeat, reap_lock(url))
+    ran = run_worker(study, objective, config, heartbeat, reap_lock(url), refiner)
     info = StudyInfo(config.name(), display_url(url), config.objective, dict(study.user_attrs))
     results = trial_results(study, config.objective)
     seconds = time.monotonic() - started

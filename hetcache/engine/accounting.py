@@ -23,6 +23,7 @@ class CallRecord:
     flops: float
     flops_uncached: float
     selection_flops: float = 0.0
+    trimmed: bool = False  # a FULL step whose last block computed only the tokens inside the latent mask
 
 
 def call_record(config: EngineConfig, run: RunState, ctx: ContextState, context: str) -> CallRecord:
@@ -39,6 +40,9 @@ def call_record(config: EngineConfig, run: RunState, ctx: ContextState, context:
             body = config.main_layer_uses_body(index) if decision == FULL else index in config.partial_blocks
             partial = decision == PARTIAL and index in config.partial_blocks
             n = active if partial else tokens
+            if ctx.trimmed and config.trims(index):  # inside tokens in full, outside ones their keys/values
+                n, body = run.trim.active.numel(), True
+                flops += cost.skipped_kv(tokens - n)
             flops += sum(cost.block(n, tokens, text_len, not body).values())
             if partial and refresh:
                 flops += cost.skipped_kv(tokens - n)
@@ -62,6 +66,7 @@ def call_record(config: EngineConfig, run: RunState, ctx: ContextState, context:
         flops=flops * batch,
         flops_uncached=cost.uncached_forward(tokens, text_len, batch, run.time_rows),
         selection_flops=selection * batch,
+        trimmed=ctx.trimmed,
     )
 
 
@@ -92,6 +97,7 @@ def run_stats(states: list[TransformerState]) -> dict[str, Any]:
         "flops_uncached": uncached,
         "flops_fraction": flops / uncached if uncached else math.nan,
         "selection_flops": sum(c.selection_flops for c in calls),
+        "trimmed_steps": [s for s in steps if by_step[s].trimmed],
         "cache_bytes": sum(max(s.cache_bytes(), s.bytes_at_last_reset) for s in states),
         "tokens": lead.tokens,
         "token_classes": lead.clip.classes.counts() if lead.clip is not None else {},

@@ -22,6 +22,7 @@ from .config import main_layer, resolve_config, vace_layer
 from .registry import TransformerAdapter, engine_block_adapter, family_of
 from .root_hook import RootHook
 from .state import TransformerState
+from .trim import Discarded
 
 ROOT_HOOK = "hetcache"
 BLOCK_HOOK = "hetcache_block"
@@ -130,6 +131,7 @@ def apply_hetcache(
     plan: str | None = None,
     scheduler: Any = None,
     num_inference_steps: int | None = None,
+    discarded: Discarded | None = None,
 ) -> HetCacheHandle:
     """Hook `transformer` so that each denoising step runs FULL, PARTIAL or REUSE as `policy` says.
 
@@ -143,6 +145,9 @@ def apply_hetcache(
     plan: explicit per-step plan over F/P/R, overriding the policy's step rule.
     scheduler: the pipeline's scheduler; when given, each run's plan is computed from its timesteps before the first
         block runs (else step by step, placing the final FULL steps by `num_inference_steps` or the policy's steps).
+    discarded: what the editing contract throws away of the output (`hetcache.engine.trim.Discarded`: the latent
+        edit weights, and whether after every step or the final one); with the policy's `tokens.trim_discarded`, the
+        last block of such FULL steps computes only the tokens inside. Without it nothing is trimmed.
     """
     policy = load_policy(policy)
     targets = _transformers_of(transformer)
@@ -153,7 +158,7 @@ def apply_hetcache(
         policy.check_model(model_fingerprint(target), strict=strict)
     if plan is not None:
         check_plan_string(plan, "plan")
-    states = [_attach(t, policy, mask, plan, scheduler, num_inference_steps) for t in targets]
+    states = [_attach(t, policy, mask, plan, scheduler, num_inference_steps, discarded) for t in targets]
     if plan is not None and PARTIAL in plan and not states[0].config.has_partial_blocks:
         warnings.warn(
             f"hetcache: plan {plan!r} has PARTIAL steps but policy {policy.name!r} runs no block partially "
@@ -171,9 +176,10 @@ def _attach(
     plan: str | None,
     scheduler: Any,
     expected_steps: int | None,
+    discarded: Discarded | None,
 ) -> TransformerState:
     """Resolve the policy for this transformer and register the root, block, head and text hooks."""
-    config = resolve_config(transformer, policy, plan, expected_steps)
+    config = resolve_config(transformer, policy, plan, expected_steps, discarded)
     state = TransformerState(config, None if mask is None else torch.as_tensor(mask))
     layout = config.family.layout
     # the forward runs the VACE blocks (computing the hints) before the main blocks

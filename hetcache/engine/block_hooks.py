@@ -1,6 +1,8 @@
 """The hooks that run each step type on the blocks: one class per block kind, one method per path.
 
-FULL: every token; a cached block keeps its keys, values and skip rows, the selection layer records.
+FULL: every token; a cached block keeps its keys, values and skip rows, the selection layer records. Where the
+contract discards the output outside the latent mask (`tokens.trim_discarded`, hetcache.engine.trim), the last
+block computes every token's keys/values and the rest for the inside tokens only.
 PARTIAL: only the active rows, attending over cached keys/values; skipped tokens come from the skip rows (with
 `tokens.refresh_skipped_kv`, their keys/values are first recomputed from their block inputs: projections only).
 REUSE: blocks are identities (VACE hints are zero) and the head adds the last computed whole-stack residual
@@ -63,6 +65,7 @@ class MainBlockHook(_BlockHook):
         self.cached = index in config.partial_blocks
         self.body = config.main_layer_uses_body(index)
         self.records = config.captures and index == config.selection_layer
+        self.trims = config.trims(index)
 
     def new_forward(self, module: torch.nn.Module, *args, **kwargs):
         ctx = self.state.active
@@ -73,6 +76,8 @@ class MainBlockHook(_BlockHook):
             self.buffers.keep_input(ctx, hidden)
         if ctx.decision == PARTIAL and self.cached:
             return self.partial(ctx, module, hidden, args, kwargs)
+        if self.trims and ctx.trimmed:
+            return self.trimmed(ctx, module, hidden, args, kwargs)
         if ctx.decision == FULL and self.body:
             return self.full(ctx, module, hidden, args, kwargs)
         return self.fn_ref.original_forward(*args, **kwargs)
@@ -94,6 +99,30 @@ class MainBlockHook(_BlockHook):
         if self.records:
             self.buffers.keep_capture(ctx, out, scores)
         return out
+
+    def trimmed(self, ctx: ContextState, module, hidden: torch.Tensor, args: tuple, kwargs: dict) -> torch.Tensor:
+        """FULL step whose output outside the latent mask is discarded: the outside tokens' keys/values from their
+        (exact) inputs, everything for the inside tokens against all keys; the outside rows keep the block input."""
+        layer, rows, get = ctx.layers[self.name], self.state.run.trim, self.adapter.argument
+        staged = self.buffers.trim_caches(ctx)
+        temb, rope, extras = get("temb", args, kwargs), get("rope", args, kwargs), self.adapter.extras(args, kwargs)
+        outside = torch.index_select(hidden, 1, rows.skipped, out=ctx.trim_outside)
+        self._refresh_skipped(module, staged, rows, outside, temb, rope)
+        inside = torch.index_select(hidden, 1, rows.active, out=ctx.trim_inside)
+        if rows.cos is None:  # RoPE tables at the inside rows, once per call
+            rows.cos, rows.sin = rope[0].index_select(1, rows.active), rope[1].index_select(1, rows.active)
+        computed, _, _, _ = self.adapter.body(
+            module,
+            inside,
+            temb,
+            (rows.cos, rows.sin),
+            layer.text,
+            active=rows.active,
+            merge_kv=lambda key, value: self.buffers.merge_trimmed_kv(staged, rows, key, value),
+            extras=extras,
+        )
+        hidden.index_copy_(1, rows.active, computed)
+        return hidden
 
     def partial(self, ctx: ContextState, module, hidden: torch.Tensor, args: tuple, kwargs: dict) -> torch.Tensor:
         layer, rows, get = ctx.layers[self.name], ctx.rows, self.adapter.argument

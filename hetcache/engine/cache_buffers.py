@@ -88,6 +88,12 @@ class CacheBuffers:
         if cfg.capture_scores:
             ctx.capture.scores = _buffer(ctx.capture.scores, (batch, tokens), torch.float32, device)
         kv = (batch, tokens, cfg.geometry.heads, cfg.geometry.head_dim)
+        if run.trim is not None:  # in the model dtype: the trimmed block's attention is the full one's
+            model = cfg.model_dtype
+            ctx.trim_inside = _buffer(ctx.trim_inside, (batch, run.trim.active.numel(), dim), model, device)
+            ctx.trim_outside = _buffer(ctx.trim_outside, (batch, run.trim.skipped.numel(), dim), model, device)
+            ctx.trim_key = _buffer(ctx.trim_key, kv, model, device)
+            ctx.trim_value = _buffer(ctx.trim_value, kv, model, device)
         skip = (batch, run.clip.skippable.numel(), dim)
         store = self._storage_device(device)
         pin = cfg.offload and device.type == "cuda"
@@ -243,6 +249,18 @@ class CacheBuffers:
             _index_copy(layer.key, rows.active_stored, key)
             _index_copy(layer.value, rows.active_stored, value)
         return keys, values
+
+    def trim_caches(self, ctx: ContextState) -> dict[str, torch.Tensor]:
+        """The key/value pair a trimmed last block attends over (every row rewritten before it is read)."""
+        return {"key": ctx.trim_key, "value": ctx.trim_value}
+
+    def merge_trimmed_kv(
+        self, staged: dict[str, torch.Tensor], rows: Rows, key: torch.Tensor, value: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The inside tokens' keys/values into the trim's pair (the outside rows are written already); all of them."""
+        _index_copy(staged["key"], rows.active, key)
+        _index_copy(staged["value"], rows.active, value)
+        return staged["key"], staged["value"]
 
     def refresh_skip(self, layer: LayerCache, rows: Rows, computed: torch.Tensor, base: torch.Tensor) -> None:
         """Skip rows of the computed skippable tokens (the first `n_refresh` active ones).

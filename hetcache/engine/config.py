@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -11,6 +11,9 @@ from ..cost import CostModel
 from ..dtypes import CACHE_ONLY_DTYPES, TORCH_DTYPES
 from ..policy import Policy, StepPlanSpec
 from .registry import Family, engine_block_adapter, family_of
+
+if TYPE_CHECKING:
+    from .trim import Discarded
 
 
 def main_layer(index: int) -> str:
@@ -48,6 +51,8 @@ class EngineConfig:
     capture_scores: bool
     residual_fill: bool  # skipped tokens get input + cached residual (else the cached output)
     refresh_skipped_kv: bool  # partial blocks recompute the skipped tokens' keys/values from their inputs
+    discarded: Discarded | None  # what the editing contract discards of the output (the caller's `discarded=`)
+    trim_discarded: bool  # the policy trims the last block where that is discarded, and the caller said what is
     mask_threshold: float
     margin_width: int
     margin_frames: int
@@ -83,8 +88,12 @@ class EngineConfig:
     @property
     def text_layers(self) -> tuple[str, ...]:
         """Layers whose prompt K/V hetcache computes and keeps (those that run its block body)."""
-        main = [main_layer(i) for i in range(self.num_layers) if self.main_layer_uses_body(i)]
+        main = [main_layer(i) for i in range(self.num_layers) if self.main_layer_uses_body(i) or self.trims(i)]
         return (*main, *(vace_layer(i) for i in sorted(self.partial_vace)))
+
+    def trims(self, index: int) -> bool:
+        """Main block `index` is the last one and the discard trim may run it (hetcache.engine.trim)."""
+        return self.trim_discarded and index == self.num_layers - 1
 
     def main_layer_uses_body(self, index: int) -> bool:
         """Main block `index` runs hetcache's block body (cached, or the selection layer that records)."""
@@ -92,9 +101,14 @@ class EngineConfig:
 
 
 def resolve_config(
-    model: torch.nn.Module, policy: Policy, plan: str | None, expected_steps: int | None
+    model: torch.nn.Module,
+    policy: Policy,
+    plan: str | None,
+    expected_steps: int | None,
+    discarded: Discarded | None = None,
 ) -> EngineConfig:
-    """Resolve `policy` for `model`: concrete layer sets, dtypes, token settings and the step rule."""
+    """Resolve `policy` for `model`: concrete layer sets, dtypes, token settings and the step rule (`discarded`: what
+    the editing contract discards of the output, for `tokens.trim_discarded`)."""
     family = family_of(model, engine=True)
     shape = family.shape(model.config)
     layout = family.layout
@@ -117,6 +131,8 @@ def resolve_config(
         capture_scores=tokens.needs_scores,
         residual_fill=tokens.skip_fill == "residual",
         refresh_skipped_kv=tokens.refresh_skipped_kv,
+        discarded=discarded,
+        trim_discarded=tokens.trim_discarded and discarded is not None,
         mask_threshold=tokens.mask_threshold,
         margin_width=tokens.margin_width,
         margin_frames=tokens.margin_frames,

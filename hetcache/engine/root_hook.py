@@ -22,6 +22,7 @@ from .accounting import call_record
 from .cache_buffers import CacheBuffers
 from .clip import clip_tokens, partial_rows
 from .state import ContextState, RunState, TransformerState, extrapolation
+from .trim import trim_rows, trims
 
 
 def partial_possible(state: TransformerState) -> bool:
@@ -98,6 +99,9 @@ class RootHook(ModelHook):
         signature = _text_signature(inputs["encoder_hidden_states"])
         ctx.text_fresh, ctx.text_signature = signature != ctx.text_signature, signature
         ctx.decision, ctx.last_step = self._runnable(ctx, decision), step
+        ctx.trimmed = ctx.decision == FULL and trims(state.config, run, step)
+        if ctx.trimmed:
+            run.trim.clear_rope()
         if state.config.forecast:
             _advance_forecast(ctx, run.last_t, state.config.forecast_skip_horizon)
         state.phase_seconds["engine"] += time.perf_counter() - started
@@ -176,6 +180,9 @@ class RootHook(ModelHook):
         state.phase_seconds["plan"] += time.perf_counter() - started
         started = time.perf_counter()
         run.clip = clip_tokens(config, state.mask, inputs)
+        if config.trim_discarded:
+            grid = config.family.call_grid(config.model_config, inputs)
+            run.trim = trim_rows(config, grid, hidden.device)
         if run.clip.no_token_savings:
             run.notes.append(run.clip.no_token_savings)
         if run.plan is not None:

@@ -140,6 +140,13 @@ class ContextState(BaseState):
         # buffers shared by every cached layer replaces the per-layer K/V caches
         self.shared_key: torch.Tensor | None = None
         self.shared_value: torch.Tensor | None = None
+        # the discard trim (hetcache.engine.trim): this call trims the last block; its gathered rows and the keys/values
+        # it attends over (scratch, rewritten on every trimmed step, not caches: not in nbytes, as `scratch`)
+        self.trimmed = False
+        self.trim_inside: torch.Tensor | None = None
+        self.trim_outside: torch.Tensor | None = None
+        self.trim_key: torch.Tensor | None = None
+        self.trim_value: torch.Tensor | None = None
         self.rows: Rows | None = None
         self.selection_stale = True
         self.capture = Capture()
@@ -181,6 +188,7 @@ class RunState:
     rule: StepRule | None = None  # the step rule fed step by step when the timesteps are not known in advance
     previous_modulation: torch.Tensor | None = None
     clip: ClipTokens | None = None
+    trim: Rows | None = None  # the discard trim's rows: inside (active) and outside (skipped) the latent mask
     text_len: int = 0
     batch: int = 1
     time_rows: int = 1  # timestep values per sample (LTX conditioning, Wan2.2 TI2V: one per token)

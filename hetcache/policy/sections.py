@@ -85,6 +85,13 @@ class TokenSpec:
         optional=True,
         doc="skipped tokens' keys/values recomputed from their approximated inputs (projections only)",
     )
+    trim_discarded: bool = spec(
+        False,
+        kind="bool",
+        optional=True,
+        doc="on FULL steps whose output outside the contract's latent mask is discarded (blend: every step; paste: "
+        "the last), the last block computes only the tokens inside it (exact; needs the caller's `discarded=`)",
+    )
 
     @property
     def needs_features(self) -> bool:

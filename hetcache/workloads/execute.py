@@ -19,6 +19,7 @@ import PIL.Image
 import torch
 
 from .. import blend
+from ..engine.trim import Discarded
 from ..paste import composite
 from .clips import Clip
 from .pipeline_kinds import kind_of, mask_frames, painted_video
@@ -80,6 +81,7 @@ class LoadedWorkload:
         self.clips = load_clips(workload, self.pipe)
         self._conditioning: dict[str, torch.Tensor] = {}
         self._blend_inputs: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._paste_masks: dict[str, torch.Tensor] = {}
 
     def blend_inputs(self, clip: Clip) -> tuple[torch.Tensor, torch.Tensor]:
         """The clip's source latents and latent edit weights (hetcache.blend), computed once per clip."""
@@ -88,6 +90,18 @@ class LoadedWorkload:
             weights = blend.edit_mask(clip.mask, blend.vae_reach(self.pipe), temporal, spatial, self.contract.soft)
             self._blend_inputs[clip.name] = (blend.source_latents(self.pipe, clip.frames), weights)
         return self._blend_inputs[clip.name]
+
+    def discarded(self, clip: Clip) -> Discarded | None:
+        """What the workload's contract throws away of the transformer's output on this clip (for the discard trim,
+        `tokens.trim_discarded`): under blending, outside the latent edit mask after every step; under paste-back
+        alone, outside the cells that decode to kept pixels (`blend.paste_mask`) after the final step."""
+        if self.contract.blend:
+            return Discarded(self.blend_inputs(clip)[1], every_step=True)
+        if self.contract.paste:
+            if clip.name not in self._paste_masks:
+                self._paste_masks[clip.name] = blend.paste_mask(self.pipe, clip.mask, self.contract.feather)
+            return Discarded(self._paste_masks[clip.name], every_step=False)
+        return None
 
     @property
     def transformer(self):
@@ -142,8 +156,14 @@ class LoadedWorkload:
         workload (tuner trials, `hetcache run`, the reference evaluation, the benchmarks) goes through here.
         """
         from ..engine import apply_hetcache
+        from ..policy import load_policy
 
-        with apply_hetcache(self.pipe, policy, mask=self.engine_mask(clip), strict=strict, plan=plan) as handle:
+        policy = load_policy(policy)
+        discarded = self.discarded(clip) if policy.tokens.trim_discarded else None
+        hooked = apply_hetcache(
+            self.pipe, policy, mask=self.engine_mask(clip), strict=strict, plan=plan, discarded=discarded
+        )
+        with hooked as handle:
             generation = self.generate(clip, decode=decode, seed=seed)
             return generation, handle.stats()
 

@@ -1,0 +1,172 @@
+"""Local refinement of a schedule study: untried neighbours of its measured front, verified as trials.
+
+The step model prices plans of FULL and REUSE steps from one uncached pass; it cannot price a PARTIAL step, and it
+misranks plans of equal cost whose errors are close. So a schedule study verifies the model's candidates first and
+keeps a share of its trials (`REFINE_SHARE`) for refinement: whenever no trial is queued, each round takes two
+measured plans — the fastest that meets the budget and the nearest miss that is faster — and enqueues their best
+untried neighbours, one move each:
+
+- a middle FULL step of the plan that meets the budget made PARTIAL (cheaper; the FULL the model misses least first),
+- a computed step of either moved by one step (same cost; by the model's predicted error),
+- a REUSE step of the nearest miss made PARTIAL (better; the REUSE the model would gain most from computing first).
+
+A PARTIAL step here is a light one (`LIGHT_PARTIAL`): the first half of the main blocks in the space's order (the
+profile's, else the model's) token-level, stride-selected context, no margin, no K/V refresh, VACE blocks in full;
+every block partial with the refresh costs less but lost more at the same plans (12-step study, README). Quality
+and the front still come from measured trials only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import optuna
+
+from hetcache.steps import FULL, PARTIAL, REUSE
+
+from .budget import Budget
+from .results import TrialResult, best_feasible, trial_results
+from .schedule import PLAN_ATTR
+from .space import SearchSpace
+from .step_model import StepModel
+
+LIGHT_PARTIAL = {"margin_width": 0, "context_ratio": 0.1, "selection": "stride", "refresh_skipped_kv": False}
+REFINE_SHARE = 1 / 3  # share of a schedule study's trials kept for refinement (the rest verify model candidates)
+PER_ROUND = 2  # neighbours enqueued per round (one from each list in turn)
+
+
+@dataclass(frozen=True)
+class Move:
+    """A neighbour of a measured plan: its letters, the forecast it keeps, and what changed."""
+
+    plan: str
+    forecast: str
+    label: str
+
+
+def refine_trials(trials: int) -> int:
+    """How many of a schedule study's `trials` are kept for refinement."""
+    return int(trials * REFINE_SHARE)
+
+
+def middle(plan: str, warmup: int, final: int) -> range:
+    """Step indices a move may change: after the warm-up steps, before the final FULL steps."""
+    return range(warmup, len(plan) - final)
+
+
+def _with(plan: str, index: int, letter: str) -> str:
+    return plan[:index] + letter + plan[index + 1 :]
+
+
+def _modelled(plan: str) -> str:
+    """The plan as the step model reads it: PARTIAL steps priced as computed steps."""
+    return plan.replace(PARTIAL, FULL)
+
+
+def cheaper_moves(plan: str, forecast: str, model: StepModel, warmup: int, final: int) -> list[Move]:
+    """Each middle FULL step made PARTIAL, the one whose loss (as REUSE) the model predicts smallest first."""
+    use = forecast != "none"
+    found = [(model.plan_error(_modelled(_with(plan, i, REUSE)), use), i) for i in middle(plan, warmup, final)]
+    ranked = sorted((error, i) for error, i in found if plan[i] == FULL)
+    return [Move(_with(plan, i, PARTIAL), forecast, f"F→P at {i}") for _, i in ranked]
+
+
+def better_moves(plan: str, forecast: str, model: StepModel, warmup: int, final: int) -> list[Move]:
+    """Each middle REUSE step made PARTIAL, the one whose computing the model predicts gains most first."""
+    use = forecast != "none"
+    found = [(model.plan_error(_modelled(_with(plan, i, FULL)), use), i) for i in middle(plan, warmup, final)]
+    ranked = sorted((error, i) for error, i in found if plan[i] == REUSE)
+    return [Move(_with(plan, i, PARTIAL), forecast, f"R→P at {i}") for _, i in ranked]
+
+
+def shift_moves(plan: str, forecast: str, model: StepModel, warmup: int, final: int) -> list[Move]:
+    """Each middle computed step swapped with a REUSE neighbour inside the middle, least predicted error first."""
+    use = forecast != "none"
+    steps = middle(plan, warmup, final)
+    out = []
+    for i in steps:
+        for j in (i - 1, i + 1):
+            if j in steps and plan[i] != REUSE and plan[j] == REUSE:
+                moved = _with(_with(plan, i, REUSE), j, plan[i])
+                out.append((model.plan_error(_modelled(moved), use), Move(moved, forecast, f"{plan[i]} {i}→{j}")))
+    return [move for _, move in sorted(out, key=lambda item: item[0])]
+
+
+def anchors(results: list[TrialResult], budget: Budget) -> tuple[TrialResult | None, TrialResult | None]:
+    """The fastest measured plan that meets the budget (of equally fast ones the best), and the nearest miss faster
+    than it."""
+    planned = [r for r in results if PLAN_ATTR in r.attrs and r.pruned_at is None]
+    best = best_feasible(planned, budget)
+    floor = best.value if best is not None else 0.0
+    misses = [r for r in planned if not r.feasible(budget) and r.value > floor]
+    miss = min(misses, key=lambda r: (r.distance(budget), -r.value, r.number)) if misses else None
+    return best, miss
+
+
+def _forecast(result: TrialResult) -> str:
+    return str(result.params.get("forecast", "none"))
+
+
+def _interleave(lists: list[list[Move]]) -> Iterator[Move]:
+    longest = max((len(moves) for moves in lists), default=0)
+    for rank in range(longest):
+        for moves in lists:
+            if rank < len(moves):
+                yield moves[rank]
+
+
+class Refiner:
+    """Enqueues refinement rounds into a schedule study (call `round` when no trial is queued)."""
+
+    def __init__(self, model: StepModel, space: SearchSpace, budget: Budget, objective: str, limit: int) -> None:
+        self.model = model
+        self.space = space
+        self.budget = budget
+        self.objective = objective
+        self.limit = limit  # trials the study holds in total: refinement stops there
+
+    def moves(self, study: optuna.Study) -> list[Move]:
+        """This round's untried neighbours, in the order they would be enqueued."""
+        warmup, final = self.space.warmup_steps[0], max(1, self.space.final_full_steps[0])
+        best, miss = anchors(trial_results(study, self.objective), self.budget)
+        lists: list[list[Move]] = []  # faster first: the feasible plan made cheaper or moved, then the miss
+        if best is not None:
+            lists.append(cheaper_moves(best.attrs[PLAN_ATTR], _forecast(best), self.model, warmup, final))
+            lists.append(shift_moves(best.attrs[PLAN_ATTR], _forecast(best), self.model, warmup, final))
+        if miss is not None:
+            lists.append(shift_moves(miss.attrs[PLAN_ATTR], _forecast(miss), self.model, warmup, final))
+            lists.append(better_moves(miss.attrs[PLAN_ATTR], _forecast(miss), self.model, warmup, final))
+        tried = {
+            (t.user_attrs.get(PLAN_ATTR), str(t.params.get("forecast", "none")))
+            for t in study.get_trials(deepcopy=False)
+        }
+        out: list[Move] = []
+        for move in _interleave(lists):
+            if (move.plan, move.forecast) not in tried:
+                tried.add((move.plan, move.forecast))
+                out.append(move)
+        return out
+
+    def round(self, study: optuna.Study) -> int:
+        """Enqueue up to PER_ROUND neighbours, never past the study's trials in total; returns how many."""
+        room = min(PER_ROUND, self.limit - len(study.get_trials(deepcopy=False)))
+        if room <= 0:
+            return 0
+        chosen = self.moves(study)[:room]
+        for move in chosen:
+            study.enqueue_trial(
+                self.point(move), user_attrs={"warm_start": f"refine {move.label}", PLAN_ATTR: move.plan}
+            )
+        return len(chosen)
+
+    def point(self, move: Move) -> dict[str, Any]:
+        """The search-space parameters a move's trial records: its forecast and FULL ends, and the refreshed
+        token-level settings when it has PARTIAL steps."""
+        lead = len(move.plan) - len(move.plan.lstrip(FULL))
+        tail = len(move.plan) - len(move.plan.rstrip(FULL))
+        values: dict[str, Any] = {"forecast": move.forecast, "warmup_steps": lead, "final_full_steps": tail}
+        if PARTIAL in move.plan:
+            values |= LIGHT_PARTIAL | {"partial_blocks": max(1, len(self.space.main_order) // 2), "partial_vace": False}
+        return self.space.point(**values)
