@@ -342,7 +342,8 @@ def run_worker(
                 time.sleep(min(1.0, config.heartbeat.interval))
                 continue
             if refiner is not None and not any(t.state == optuna.trial.TrialState.WAITING for t in trials):
-                refiner.round(study)
+                with interrupts.deferred():  # it enqueues trials
+                    refiner.round(study)
             try:
                 with interrupts.deferred():  # so are Optuna's around a trial (the evaluation itself stops at once)
                     study.optimize(objective, n_trials=1, gc_after_trial=False)
