@@ -63,9 +63,10 @@ def claim(guarded: Path) -> Iterator[Path]:
 
     The claim is an exclusive non-blocking `flock` on the claim file, taken on the file the path names now (a file
     a releasing holder has just unlinked is retried), then stamped with this PID and host; on exit the file is
-    removed before the lock is dropped.
+    removed before the lock is dropped, and so are the folders made for it that are left empty.
     """
     path = claim_path(guarded)
+    made = [p for p in (path.parent, *path.parent.parents) if not p.exists()]  # removed again if left empty
     path.parent.mkdir(parents=True, exist_ok=True)
     while True:
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -90,3 +91,6 @@ def claim(guarded: Path) -> Iterator[Path]:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)
         os.close(fd)
+        for folder in made:  # deepest first; one the command has written into stays
+            with contextlib.suppress(OSError):
+                folder.rmdir()

@@ -663,14 +663,23 @@ def small_profile(tmp_path_factory) -> Path:
 
 def test_a_profile_of_another_workload_is_refused_naming_the_fields(tmp_path, small_profile):
     other = [*SMALL[:2], "--steps", "2", *SMALL[4:8], "--width", "80", *SMALL[10:]]
-    args = ["--budget", "psnr=20", "--trials", "1", "--profile", str(small_profile), "--out", str(tmp_path / "tune")]
+    args = [
+        "--budget",
+        "psnr=20",
+        "--trials",
+        "1",
+        "--profile",
+        str(small_profile),
+        "--out",
+        str(tmp_path / "runs" / "t"),
+    ]
     code, out, err = call(tune_main, *args, *other, "--weights", "trained")
     assert code == 2 and out == "" and len(err.strip().splitlines()) == 1, err
     assert (
         f"profile '{small_profile}' was made on another workload: weights 'random' (this study 'trained'); steps 3 "
         "(this study 2); size '64x64x9' (this study '80x64x9'). Fix: profile this workload"
     ) in err
-    assert list(tmp_path.iterdir()) == []  # no tuning folder, no study.db, no lock file
+    assert list(tmp_path.iterdir()) == []  # no tuning folder (nor its parent), study.db, lock or claim file
     code, _, err = call(tune_main, *args, *SMALL, "--guidance-scale", "4", "--no-warm-start")
     assert (
         code in (0, 3)
