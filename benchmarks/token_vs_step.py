@@ -5,6 +5,8 @@
     python benchmarks/token_vs_step.py --variants tokens.refresh_skipped_kv=true   # one more token-level variant
     python benchmarks/token_vs_step.py --render benchmarks/results/token_vs_step.json   # only re-write the table
     python benchmarks/token_vs_step.py --contract paste --points 8 --out benchmarks/results/token_vs_step_paste.json
+    python benchmarks/token_vs_step.py --no-plain-step --step-variants fc:cache.forecast=linear \
+        --variants run4:tokens.refresh_skipped_kv=true,cache.forecast=linear,step_plan.max_partial_run=4
 
 At each point (mask kind, size, steps) and held-out seed: the uncached run, then cached runs of explicit plans that
 cache the steps hetcache's accumulated-change rule caches at a ladder of thresholds (warm-up steps and the last step
@@ -14,6 +16,11 @@ FULL). Families of configurations:
 - token:<variant>: those steps PARTIAL, every block partial, margin defaults, the variant's context ratio and
   selection (`--variants` adds more as policy field overrides; a field this hetcache lacks skips the variant);
 - mixed:<variant>: REUSE before `--split` of the run, PARTIAL after.
+
+A variant setting `step_plan.max_partial_run` (bounded staleness) gets its FULL steps where the step rule's bound
+puts them (`hetcache.plan.bound_partial_runs`): an explicit plan bypasses the rule, so the benchmark applies it.
+`--no-plain-step` leaves out the step-only configuration without overrides (e.g. when a forecasting step variant
+dominates it).
 
 Token-level plans are token:* and mixed:*. For each configuration the plans whose FLOPs fraction (the engine's own
 accounting, not wall-clock) brackets each target are run, and whole-frame and in-mask PSNR against the uncached run
@@ -56,7 +63,7 @@ from hetcache.contracts import contract_note, contract_type, parse_contract
 from hetcache.engine.registry import model_token_mask
 from hetcache.errors import InputError, PolicyError
 from hetcache.metrics import clip_quality
-from hetcache.plan import plan_from_changes, step_changes
+from hetcache.plan import bound_partial_runs, plan_from_changes, step_changes
 from hetcache.policy import SECTIONS, Policy, StepPlanSpec, TokenSpec, WorkloadSpec, load_policy
 from hetcache.stationarity import HELD_OUT
 from hetcache.steps import FULL, PARTIAL, REUSE
@@ -102,12 +109,14 @@ class Config:
     overrides: dict[str, Any]
 
     def plan(self, cached: Sequence[int], steps: int, split: float) -> str:
-        """The explicit plan caching `cached` step indices: R (step), P (token), R before the split, P after (mixed)."""
+        """The explicit plan caching `cached` step indices: R (step), P (token), R before the split, P after (mixed);
+        with `max_partial_run` among the overrides, FULL where the step rule's staleness bound puts it (an explicit
+        plan bypasses the rule, so the benchmark applies the rule's own bound)."""
         letters = [FULL] * steps
         for i in cached:
             late = i >= split * (steps - 1)
             letters[i] = {"step": REUSE, "token": PARTIAL}.get(self.family, PARTIAL if late else REUSE)
-        return "".join(letters)
+        return bound_partial_runs("".join(letters), self.overrides.get("max_partial_run"))
 
 
 def parse_overrides(text: str) -> tuple[str, dict[str, Any], str | None]:
@@ -150,13 +159,15 @@ def configs_from_args(args: argparse.Namespace, log: Callable[[str], None]) -> l
             f"--token-variants/--mixed name unknown variants {', '.join(unknown)}.",
             f"use {', '.join(TOKEN_VARIANTS)} or a named --variants entry.",
         )
-    configs = [Config("step", "step", {})]
+    configs = [Config("step", "step", {})] if args.plain_step else []
     for text in args.step_variants:
         name, overrides, skipped = parse_overrides(text)
         if skipped:
             log(f"skipping step variant {name!r}: {skipped}")
         else:
             configs.append(Config(f"step:{name}", "step", overrides))
+    if not configs:
+        raise InputError("--no-plain-step leaves no step-only configuration.", "add a --step-variants entry.")
     configs += [Config(f"token:{v}", "token", TOKEN_VARIANTS[v]) for v in args.token_variants]
     configs += [Config(f"token:{name}", "token", overrides) for name, overrides in extra.items()]
     configs += [Config(f"mixed:{v}", "mixed", known[v]) for v in args.mixed]
@@ -693,6 +704,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="extra token-level variant: [NAME:]section.field=value,... over stride0.1 (repeatable)",
     )
     parser.add_argument("--step-variants", action="append", default=[], help="extra step-only variant, same syntax")
+    parser.add_argument(
+        "--plain-step",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="run the step-only configuration without overrides (--no-plain-step: only the --step-variants ones, "
+        "e.g. when the forecast dominates it)",
+    )
     parser.add_argument("--base", default=str(BENCHMARK_BASE), help="shipped policy or file the plans start from")
     parser.add_argument("--warmup", type=int, help="FULL warm-up steps (default: the base policy's)")
     parser.add_argument("--weights", choices=("trained", "random"), default="trained")
