@@ -84,6 +84,7 @@ QUALITY_KEYS = ("psnr", "psnr_mask", "psnr_margin", "psnr_background", "psnr_sea
 QUALITY_KEYS += ("latent_rel_l2",)
 METRICS = ("psnr", "psnr_mask")  # compared at equal FLOPs under contract none (report_metrics: the contract's)
 CROSSOVER_GRID = tuple(round(0.2 + 0.05 * i, 2) for i in range(16))  # FLOPs fractions the envelopes are read at
+CONFIG_GRID = CROSSOVER_GRID[2::2]  # the fractions each configuration's own envelope is shown at (0.3 … 0.9)
 WIN_DB = 1.0  # the issue's bar: token-level ahead by this much, whole frame and in the mask
 QUICK = dict(kinds="small_box", sizes="128", steps="8", seeds="1", targets="0.5", token_variants="ctx0")
 DEFAULTS = dict(
@@ -424,7 +425,21 @@ def envelope_summary(seeds: list[dict[str, Any]], targets: Sequence[float], metr
                 cell["token_minus_step"] = None
             entry[metric] = cell
         at[f"{flops:g}"] = entry
-    return {"runs_per_family": counts, "flops_range": measured, "at": at}
+    return {"runs_per_family": counts, "flops_range": measured, "at": at, "configs": config_envelopes(seeds, metrics)}
+
+
+def config_envelopes(seeds: list[dict[str, Any]], metrics: Sequence[str]) -> dict[str, dict[str, dict]]:
+    """Per configuration run on every seed: its own envelope's value at each CROSSOVER_GRID fraction, mean over seeds
+    per metric (None where some seed's front does not reach it) — which variant of a family carries its envelope."""
+    names = set.intersection(*({r["config"] for r in s["runs"]} for s in seeds))
+    out: dict[str, dict[str, dict]] = {}
+    for name in sorted(names):
+        fronts = {m: [envelope([r for r in s["runs"] if r["config"] == name], m) for s in seeds] for m in metrics}
+        out[name] = {}
+        for flops in CROSSOVER_GRID:
+            values = {m: [envelope_at(front, flops) for front in fronts[m]] for m in metrics}
+            out[name][f"{flops:g}"] = {m: None if None in v else statistics.fmean(v) for m, v in values.items()}
+    return out
 
 
 def summarise_point(point: dict[str, Any], targets: Sequence[float], metrics: Sequence[str] = METRICS) -> dict:
@@ -548,7 +563,8 @@ def markdown(report: dict[str, Any]) -> str:
                 + f" | {_verdict([diff[m] for m in metrics])} |"
             )
         lines.append("")
-    return "\n".join(lines + envelope_tables(report, metrics) + config_tables(report, targets, metrics))
+    tables = envelope_tables(report, metrics) + config_envelope_tables(report, metrics)
+    return "\n".join(lines + tables + config_tables(report, targets, metrics))
 
 
 def _area(point: dict[str, Any]) -> str:
@@ -598,6 +614,32 @@ def envelope_tables(report: dict[str, Any], metrics: Sequence[str]) -> list[str]
                 f"{flops} | {pair('step')} | {pair('token')} | "
                 + " | ".join(_delta(d) for d in diffs)
                 + f" | {_verdict(diffs)} |"
+            )
+    return [*lines, ""]
+
+
+def config_envelope_tables(report: dict[str, Any], metrics: Sequence[str]) -> list[str]:
+    """Per point with envelopes: every configuration's own envelope at CONFIG_GRID ('–': not reached by it)."""
+    points = [p for p in ordered(report) if "configs" in p.get("summary", {}).get("envelope", {})]
+    if not points or not report["settings"].get("points"):
+        return []
+    names = " / ".join(LABELS[m] for m in metrics)
+    lines = [
+        f"Each configuration's own envelope ({names} PSNR, mean over seeds; '–': its plans do not reach that FLOPs "
+        "fraction on every seed):",
+        "",
+        "| mask | size | steps | configuration | " + " | ".join(f"{f:g}" for f in CONFIG_GRID) + " |",
+        "|---|---|---|---|" + "---|" * len(CONFIG_GRID),
+    ]
+    for point in points:
+        configs = point["summary"]["envelope"]["configs"]
+        for name in sorted(configs, key=lambda n: (family_of(n) != "step", n)):
+            cells = [configs[name].get(f"{f:g}") for f in CONFIG_GRID]
+            shown = [
+                "–" if c is None or None in c.values() else " / ".join(f"{c[m]:.1f}" for m in metrics) for c in cells
+            ]
+            lines.append(
+                f"| {point['kind']} | {point['size']}² | {point['steps']} | {name} | " + " | ".join(shown) + " |"
             )
     return [*lines, ""]
 

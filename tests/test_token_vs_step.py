@@ -138,8 +138,10 @@ def test_contract_and_envelopes(tmp_path):
         cell = entry["psnr_mask"]
         front = tvs.envelope([r for r in runs if r["family"] == "step"], "psnr_mask")
         assert cell["step"] == tvs.envelope_at(front, float(flops))
+        assert envelope["configs"]["step"][flops]["psnr_mask"] == cell["step"]  # the family's only configuration
     table = out.with_suffix(".md").read_text()
     assert "contract `paste`" in table and "token − step seam" in table and "function of the mask's area" in table
+    assert "| small_box | 64² | 6 | token:ctx0 |" in table  # its own envelope's row
 
 
 def test_envelope_is_the_upper_front():
