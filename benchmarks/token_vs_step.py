@@ -533,6 +533,7 @@ def markdown(report: dict[str, Any]) -> str:
         f"of reach': no plan of the family gets that cheap. 'wins': token-level ahead by ≥ {WIN_DB:g} dB in both."
         + (f" {note}" if note else ""),
         "",
+        *([report["reading"], ""] if report.get("reading") else []),
         "Commands:",
         "",
         *(f"    {command}" for command in report.get("commands", [])),
@@ -775,6 +776,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="also run this many plans spread over each configuration's ladder and compare the families along their "
         "envelopes (≥ 8 for a crossover table; 0: bracketing runs only)",
     )
+    parser.add_argument(
+        "--reading",
+        type=Path,
+        help="a markdown file: what the tables say, kept in --out and shown above them (with --render or a run)",
+    )
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args(argv)
     defaults = QUICK if args.quick else DEFAULTS
@@ -841,6 +847,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     fresh = {"schema": SCHEMA, "settings": settings, "points": {}}
     report = read_report(args.out) if args.render else fresh if args.restart else load_checkpoint(args.out, settings)
     others = [read_report(path) for path in args.merge]  # all read before anything is written
+    if args.reading is not None:
+        try:
+            report["reading"] = args.reading.read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise InputError(f"--reading '{args.reading}' cannot be read ({exc}).", "pass a markdown file.") from None
     for config in configs:  # every override must make a valid policy before anything runs
         try:
             for steps in args.steps:

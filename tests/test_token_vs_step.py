@@ -110,6 +110,7 @@ def test_bad_flags_and_variants_fail_before_anything_runs(tmp_path, capsys):
         (["--token-variants", "ctx9"], "unknown variants ctx9"),
         (["--targets", "1.5"], "--targets"),
         (["--no-plain-step"], "--no-plain-step leaves no step-only configuration"),
+        (["--reading", str(tmp_path / "absent.md")], "--reading"),
     ):
         assert run_cli(tvs.main, [*TINY, *flags, "--out", str(out)]) == 2
         assert message in capsys.readouterr().err
@@ -142,6 +143,12 @@ def test_contract_and_envelopes(tmp_path):
     table = out.with_suffix(".md").read_text()
     assert "contract `paste`" in table and "token − step seam" in table and "function of the mask's area" in table
     assert "| small_box | 64² | 6 | token:ctx0 |" in table  # its own envelope's row
+    reading = tmp_path / "reading.md"
+    reading.write_text("Step reuse wins at this size.\n")
+    assert run_cli(tvs.main, ["--render", "--reading", str(reading), "--out", str(out), "--quiet"]) == 0
+    rendered = out.with_suffix(".md").read_text()
+    assert rendered.index("Step reuse wins at this size.") < rendered.index("Commands:")
+    assert json.loads(out.read_text())["reading"] == "Step reuse wins at this size."  # kept for later renders
 
 
 def test_envelope_is_the_upper_front():
