@@ -5,6 +5,8 @@
     python benchmarks/token_vs_step.py --variants tokens.refresh_skipped_kv=true   # one more token-level variant
     python benchmarks/token_vs_step.py --render benchmarks/results/token_vs_step.json   # only re-write the table
     python benchmarks/token_vs_step.py --contract paste --points 8 --out benchmarks/results/token_vs_step_paste.json
+    python benchmarks/token_vs_step.py --no-plain-step --step-variants fc:cache.forecast=linear \
+        --variants run4:tokens.refresh_skipped_kv=true,cache.forecast=linear,step_plan.max_partial_run=4
 
 At each point (mask kind, size, steps) and held-out seed: the uncached run, then cached runs of explicit plans that
 cache the steps hetcache's accumulated-change rule caches at a ladder of thresholds (warm-up steps and the last step
@@ -14,6 +16,11 @@ FULL). Families of configurations:
 - token:<variant>: those steps PARTIAL, every block partial, margin defaults, the variant's context ratio and
   selection (`--variants` adds more as policy field overrides; a field this hetcache lacks skips the variant);
 - mixed:<variant>: REUSE before `--split` of the run, PARTIAL after.
+
+A variant setting `step_plan.max_partial_run` (bounded staleness) gets its FULL steps where the step rule's bound
+puts them (`hetcache.plan.bound_partial_runs`): an explicit plan bypasses the rule, so the benchmark applies it.
+`--no-plain-step` leaves out the step-only configuration without overrides (e.g. when a forecasting step variant
+dominates it).
 
 Token-level plans are token:* and mixed:*. For each configuration the plans whose FLOPs fraction (the engine's own
 accounting, not wall-clock) brackets each target are run, and whole-frame and in-mask PSNR against the uncached run
@@ -56,7 +63,7 @@ from hetcache.contracts import contract_note, contract_type, parse_contract
 from hetcache.engine.registry import model_token_mask
 from hetcache.errors import InputError, PolicyError
 from hetcache.metrics import clip_quality
-from hetcache.plan import plan_from_changes, step_changes
+from hetcache.plan import bound_partial_runs, plan_from_changes, step_changes
 from hetcache.policy import SECTIONS, Policy, StepPlanSpec, TokenSpec, WorkloadSpec, load_policy
 from hetcache.stationarity import HELD_OUT
 from hetcache.steps import FULL, PARTIAL, REUSE
@@ -77,6 +84,7 @@ QUALITY_KEYS = ("psnr", "psnr_mask", "psnr_margin", "psnr_background", "psnr_sea
 QUALITY_KEYS += ("latent_rel_l2",)
 METRICS = ("psnr", "psnr_mask")  # compared at equal FLOPs under contract none (report_metrics: the contract's)
 CROSSOVER_GRID = tuple(round(0.2 + 0.05 * i, 2) for i in range(16))  # FLOPs fractions the envelopes are read at
+CONFIG_GRID = CROSSOVER_GRID[2::2]  # the fractions each configuration's own envelope is shown at (0.3 … 0.9)
 WIN_DB = 1.0  # the issue's bar: token-level ahead by this much, whole frame and in the mask
 QUICK = dict(kinds="small_box", sizes="128", steps="8", seeds="1", targets="0.5", token_variants="ctx0")
 DEFAULTS = dict(
@@ -102,12 +110,14 @@ class Config:
     overrides: dict[str, Any]
 
     def plan(self, cached: Sequence[int], steps: int, split: float) -> str:
-        """The explicit plan caching `cached` step indices: R (step), P (token), R before the split, P after (mixed)."""
+        """The explicit plan caching `cached` step indices: R (step), P (token), R before the split, P after (mixed);
+        with `max_partial_run` among the overrides, FULL where the step rule's staleness bound puts it (an explicit
+        plan bypasses the rule, so the benchmark applies the rule's own bound)."""
         letters = [FULL] * steps
         for i in cached:
             late = i >= split * (steps - 1)
             letters[i] = {"step": REUSE, "token": PARTIAL}.get(self.family, PARTIAL if late else REUSE)
-        return "".join(letters)
+        return bound_partial_runs("".join(letters), self.overrides.get("max_partial_run"))
 
 
 def parse_overrides(text: str) -> tuple[str, dict[str, Any], str | None]:
@@ -150,13 +160,15 @@ def configs_from_args(args: argparse.Namespace, log: Callable[[str], None]) -> l
             f"--token-variants/--mixed name unknown variants {', '.join(unknown)}.",
             f"use {', '.join(TOKEN_VARIANTS)} or a named --variants entry.",
         )
-    configs = [Config("step", "step", {})]
+    configs = [Config("step", "step", {})] if args.plain_step else []
     for text in args.step_variants:
         name, overrides, skipped = parse_overrides(text)
         if skipped:
             log(f"skipping step variant {name!r}: {skipped}")
         else:
             configs.append(Config(f"step:{name}", "step", overrides))
+    if not configs:
+        raise InputError("--no-plain-step leaves no step-only configuration.", "add a --step-variants entry.")
     configs += [Config(f"token:{v}", "token", TOKEN_VARIANTS[v]) for v in args.token_variants]
     configs += [Config(f"token:{name}", "token", overrides) for name, overrides in extra.items()]
     configs += [Config(f"mixed:{v}", "mixed", known[v]) for v in args.mixed]
@@ -413,7 +425,21 @@ def envelope_summary(seeds: list[dict[str, Any]], targets: Sequence[float], metr
                 cell["token_minus_step"] = None
             entry[metric] = cell
         at[f"{flops:g}"] = entry
-    return {"runs_per_family": counts, "flops_range": measured, "at": at}
+    return {"runs_per_family": counts, "flops_range": measured, "at": at, "configs": config_envelopes(seeds, metrics)}
+
+
+def config_envelopes(seeds: list[dict[str, Any]], metrics: Sequence[str]) -> dict[str, dict[str, dict]]:
+    """Per configuration run on every seed: its own envelope's value at each CROSSOVER_GRID fraction, mean over seeds
+    per metric (None where some seed's front does not reach it) — which variant of a family carries its envelope."""
+    names = set.intersection(*({r["config"] for r in s["runs"]} for s in seeds))
+    out: dict[str, dict[str, dict]] = {}
+    for name in sorted(names):
+        fronts = {m: [envelope([r for r in s["runs"] if r["config"] == name], m) for s in seeds] for m in metrics}
+        out[name] = {}
+        for flops in CROSSOVER_GRID:
+            values = {m: [envelope_at(front, flops) for front in fronts[m]] for m in metrics}
+            out[name][f"{flops:g}"] = {m: None if None in v else statistics.fmean(v) for m, v in values.items()}
+    return out
 
 
 def summarise_point(point: dict[str, Any], targets: Sequence[float], metrics: Sequence[str] = METRICS) -> dict:
@@ -507,6 +533,7 @@ def markdown(report: dict[str, Any]) -> str:
         f"of reach': no plan of the family gets that cheap. 'wins': token-level ahead by ≥ {WIN_DB:g} dB in both."
         + (f" {note}" if note else ""),
         "",
+        *([report["reading"], ""] if report.get("reading") else []),
         "Commands:",
         "",
         *(f"    {command}" for command in report.get("commands", [])),
@@ -537,7 +564,8 @@ def markdown(report: dict[str, Any]) -> str:
                 + f" | {_verdict([diff[m] for m in metrics])} |"
             )
         lines.append("")
-    return "\n".join(lines + envelope_tables(report, metrics) + config_tables(report, targets, metrics))
+    tables = envelope_tables(report, metrics) + config_envelope_tables(report, metrics)
+    return "\n".join(lines + tables + config_tables(report, targets, metrics))
 
 
 def _area(point: dict[str, Any]) -> str:
@@ -587,6 +615,32 @@ def envelope_tables(report: dict[str, Any], metrics: Sequence[str]) -> list[str]
                 f"{flops} | {pair('step')} | {pair('token')} | "
                 + " | ".join(_delta(d) for d in diffs)
                 + f" | {_verdict(diffs)} |"
+            )
+    return [*lines, ""]
+
+
+def config_envelope_tables(report: dict[str, Any], metrics: Sequence[str]) -> list[str]:
+    """Per point with envelopes: every configuration's own envelope at CONFIG_GRID ('–': not reached by it)."""
+    points = [p for p in ordered(report) if "configs" in p.get("summary", {}).get("envelope", {})]
+    if not points or not report["settings"].get("points"):
+        return []
+    names = " / ".join(LABELS[m] for m in metrics)
+    lines = [
+        f"Each configuration's own envelope ({names} PSNR, mean over seeds; '–': its plans do not reach that FLOPs "
+        "fraction on every seed):",
+        "",
+        "| mask | size | steps | configuration | " + " | ".join(f"{f:g}" for f in CONFIG_GRID) + " |",
+        "|---|---|---|---|" + "---|" * len(CONFIG_GRID),
+    ]
+    for point in points:
+        configs = point["summary"]["envelope"]["configs"]
+        for name in sorted(configs, key=lambda n: (family_of(n) != "step", n)):
+            cells = [configs[name].get(f"{f:g}") for f in CONFIG_GRID]
+            shown = [
+                "–" if c is None or None in c.values() else " / ".join(f"{c[m]:.1f}" for m in metrics) for c in cells
+            ]
+            lines.append(
+                f"| {point['kind']} | {point['size']}² | {point['steps']} | {name} | " + " | ".join(shown) + " |"
             )
     return [*lines, ""]
 
@@ -693,6 +747,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="extra token-level variant: [NAME:]section.field=value,... over stride0.1 (repeatable)",
     )
     parser.add_argument("--step-variants", action="append", default=[], help="extra step-only variant, same syntax")
+    parser.add_argument(
+        "--plain-step",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="run the step-only configuration without overrides (--no-plain-step: only the --step-variants ones, "
+        "e.g. when the forecast dominates it)",
+    )
     parser.add_argument("--base", default=str(BENCHMARK_BASE), help="shipped policy or file the plans start from")
     parser.add_argument("--warmup", type=int, help="FULL warm-up steps (default: the base policy's)")
     parser.add_argument("--weights", choices=("trained", "random"), default="trained")
@@ -714,6 +775,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default=0,
         help="also run this many plans spread over each configuration's ladder and compare the families along their "
         "envelopes (≥ 8 for a crossover table; 0: bracketing runs only)",
+    )
+    parser.add_argument(
+        "--reading",
+        type=Path,
+        help="a markdown file: what the tables say, kept in --out and shown above them (with --render or a run)",
     )
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args(argv)
@@ -781,6 +847,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     fresh = {"schema": SCHEMA, "settings": settings, "points": {}}
     report = read_report(args.out) if args.render else fresh if args.restart else load_checkpoint(args.out, settings)
     others = [read_report(path) for path in args.merge]  # all read before anything is written
+    if args.reading is not None:
+        try:
+            report["reading"] = args.reading.read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise InputError(f"--reading '{args.reading}' cannot be read ({exc}).", "pass a markdown file.") from None
     for config in configs:  # every override must make a valid policy before anything runs
         try:
             for steps in args.steps:

@@ -80,11 +80,18 @@ class StepRule:
         self.accumulated += rescale([change], spec.polynomial)[0]
         if self.accumulated < spec.reuse_threshold:
             return REUSE
-        stale = spec.max_partial_run is not None and self.partial_run >= spec.max_partial_run
-        return self._computed(PARTIAL if self.accumulated < spec.full_threshold and not stale else FULL)
+        return self._computed(PARTIAL if self.accumulated < spec.full_threshold else FULL)
+
+    def settle(self, letter: str) -> str:
+        """The letter a step given `letter` (by the rule or an explicit plan) runs with, recorded: REUSE as it is;
+        PARTIAL, unless it would be the (max_partial_run + 1)-th since the last FULL step, then FULL."""
+        return letter if letter == REUSE else self._computed(letter)
 
     def _computed(self, letter: str) -> str:
-        """Record a computed step: the accumulated change restarts, a FULL step ends the PARTIAL run."""
+        """Record a computed step: the staleness bound applied, the accumulated change restarted, a FULL step
+        ending the PARTIAL run."""
+        stale = self.spec.max_partial_run is not None and self.partial_run >= self.spec.max_partial_run
+        letter = FULL if stale else letter
         self.accumulated = 0.0
         self.partial_run = self.partial_run + 1 if letter == PARTIAL else 0
         return letter
@@ -94,6 +101,13 @@ def plan_from_changes(changes: list[float], spec: StepPlanSpec) -> str:
     """Decide every step from the per-step changes (len = steps − 1: change into step i+1)."""
     rule = StepRule(spec, len(changes) + 1)
     return "".join(rule.decide(step, None if step == 0 else changes[step - 1]) for step in range(len(changes) + 1))
+
+
+def bound_partial_runs(plan: str, max_partial_run: int | None) -> str:
+    """An explicit plan under the rule's staleness bound (`StepPlanSpec.max_partial_run`, None: unchanged): each
+    PARTIAL step past the bound since the last FULL one becomes FULL, exactly where the rule would put it."""
+    rule = StepRule(StepPlanSpec(max_partial_run=max_partial_run), len(plan))
+    return "".join(rule.settle(letter) for letter in plan)
 
 
 def resolve_plan(transformer: torch.nn.Module, timesteps: torch.Tensor, spec: StepPlanSpec) -> str:

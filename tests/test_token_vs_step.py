@@ -16,6 +16,7 @@ import token_vs_step as tvs  # noqa: E402
 
 from hetcache.cli_common import run_cli  # noqa: E402
 from hetcache.engine import apply_hetcache, remove_hetcache  # noqa: E402
+from hetcache.plan import plan_from_changes  # noqa: E402
 from hetcache.policy import WorkloadSpec, load_policy  # noqa: E402
 from hetcache.workloads import ClipSource, Workload  # noqa: E402
 from hetcache.workloads.execute import LoadedWorkload  # noqa: E402
@@ -108,6 +109,8 @@ def test_bad_flags_and_variants_fail_before_anything_runs(tmp_path, capsys):
         (["--variants", "tokens.context_ratio=2"], "configuration token:tokens.context_ratio=2"),
         (["--token-variants", "ctx9"], "unknown variants ctx9"),
         (["--targets", "1.5"], "--targets"),
+        (["--no-plain-step"], "--no-plain-step leaves no step-only configuration"),
+        (["--reading", str(tmp_path / "absent.md")], "--reading"),
     ):
         assert run_cli(tvs.main, [*TINY, *flags, "--out", str(out)]) == 2
         assert message in capsys.readouterr().err
@@ -136,8 +139,16 @@ def test_contract_and_envelopes(tmp_path):
         cell = entry["psnr_mask"]
         front = tvs.envelope([r for r in runs if r["family"] == "step"], "psnr_mask")
         assert cell["step"] == tvs.envelope_at(front, float(flops))
+        assert envelope["configs"]["step"][flops]["psnr_mask"] == cell["step"]  # the family's only configuration
     table = out.with_suffix(".md").read_text()
     assert "contract `paste`" in table and "token − step seam" in table and "function of the mask's area" in table
+    assert "| small_box | 64² | 6 | token:ctx0 |" in table  # its own envelope's row
+    reading = tmp_path / "reading.md"
+    reading.write_text("Step reuse wins at this size.\n")
+    assert run_cli(tvs.main, ["--render", "--reading", str(reading), "--out", str(out), "--quiet"]) == 0
+    rendered = out.with_suffix(".md").read_text()
+    assert rendered.index("Step reuse wins at this size.") < rendered.index("Commands:")
+    assert json.loads(out.read_text())["reading"] == "Step reuse wins at this size."  # kept for later renders
 
 
 def test_envelope_is_the_upper_front():
@@ -148,3 +159,22 @@ def test_envelope_is_the_upper_front():
     assert tvs.envelope_at(front, 0.95) is None  # above what was measured: not held flat
     assert tvs.spanning(list("abcdefghij"), 4) == ["a", "d", "g", "j"]
     assert tvs.spread_step_sets(8, 2) == [(2,), (2, 6), (2, 4, 6), (2, 3, 5, 6), (2, 3, 4, 5, 6)]
+
+
+def test_a_staleness_bound_puts_full_steps_where_the_step_rule_does(tmp_path):
+    spec = load_policy(tvs.BENCHMARK_BASE).replace(reuse_threshold=0.0, full_threshold=1e9, warmup_steps=1)
+    for bound in (None, 1, 3):  # an explicit all-PARTIAL plan gets the rule's own FULL steps
+        rule = plan_from_changes([0.01] * 9, spec.replace(max_partial_run=bound, final_full_steps=1).step_plan)
+        assert tvs.Config("token:b", "token", {"max_partial_run": bound}).plan(range(1, 9), 10, 0.5) == rule
+    mixed = tvs.Config("mixed:b", "mixed", {"max_partial_run": 2}).plan(range(1, 9), 10, 0.5)
+    assert mixed == "FRRRRPPFPF"  # REUSE steps do not count towards a PARTIAL run
+    out = tmp_path / "bounded.json"
+    variant = "b1:tokens.context_ratio=0,step_plan.max_partial_run=1"
+    assert run_cli(tvs.main, [*TINY, "--token-variants", "", "--variants", variant, "--out", str(out)]) == 0
+    runs = json.loads(out.read_text())["points"]["small_box/64/6"]["seeds"]["7001"]["runs"]
+    bounded = [r for r in runs if r["config"] == "token:b1"]
+    assert bounded and all("PP" not in r["plan"] and "P" in r["plan"] for r in bounded)
+    for run in bounded:  # the engine ran the bounded plan, and its FLOPs are the engine's for that plan
+        assert run["decisions"] == run["plan"]
+        full = run["plan"].count("F") / len(run["plan"])
+        assert full < run["flops_fraction"] < full + run["plan"].count("P") / len(run["plan"])
