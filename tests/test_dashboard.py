@@ -18,6 +18,7 @@ from safetensors.numpy import load_file
 from streamlit.testing.v1 import AppTest
 from test_dashboard_data import BUDGET, LAYERS, TRIALS, broken_runs, demo_runs, load_demo_study, study_url
 
+from hetcache import policies as shipped
 from hetcache.errors import HetCacheError, InputError
 from hetcache.plan import plan_from_changes
 from hetcache.policy import load_policy
@@ -308,7 +309,7 @@ def expected_shares(policy, plan: str, counts: dict[str, int]) -> list[float]:
 
 def test_policy_page_plans_and_active_tokens(dashboard, demo_runs):
     at = page(dashboard(demo_runs), "policy")
-    assert "`reference-psnr30` is a valid hetcache policy" in texts(at.success)
+    assert f"`{shipped.names()[0]}` is a valid hetcache policy" in texts(at.success)  # the first shipped one
     at.selectbox(key="policy_pick_A").set_value("file: demo/tune/policy.json")
     rerun(at)
     policy = load_policy(demo_runs / "demo" / "tune" / "policy.json")
@@ -341,11 +342,12 @@ def test_policy_page_compares_two_policies(dashboard, demo_runs):
     at.selectbox(key="policy_pick_A").set_value("file: demo/tune/policy.json")
     at.toggle(key="policy_compare").set_value(True)
     rerun(at)
-    assert at.selectbox(key="policy_pick_B").value == "shipped: reference-psnr30"
+    first = shipped.names()[0]
+    assert at.selectbox(key="policy_pick_B").value == f"shipped: {first}"
     plans = charts(at)["policy_compare_plans"]["data"][0]
     assert plans["y"] == [
         f"A: {load_policy(demo_runs / 'demo' / 'tune' / 'policy.json').name}",
-        "B: reference-psnr30",
+        f"B: {first}",
     ]
     assert len(charts(at)["policy_active"]["data"]) == 2
     fields = set(at.dataframe[-1].value["field"])
