@@ -297,8 +297,10 @@ def open_storage(url: str, heartbeat: Heartbeat | None = None, read_only: bool =
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            if read_only:
-                return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, skip_table_creation=True)
+            if read_only:  # Optuna still stamps alembic's version table on a new database: PostgreSQL under the lock
+                lock = creation_lock(url, engine_kwargs) if url.startswith("postgresql") else contextlib.nullcontext()
+                with lock:
+                    return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, skip_table_creation=True)
         with warnings.catch_warnings(), creation_lock(url, engine_kwargs):
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             storage = optuna.storages.RDBStorage(
