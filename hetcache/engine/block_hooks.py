@@ -11,6 +11,8 @@ REUSE: blocks are identities (VACE hints are zero) and the head adds the last co
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from diffusers.hooks import ModelHook
 
@@ -37,22 +39,21 @@ class _BlockHook(ModelHook):
         key, value = self.adapter.kv(module, skipped_in, temb, (rows.skipped_cos, rows.skipped_sin), rows.skipped)
         self.buffers.write_skipped_kv(staged, rows, key, value)
 
-    def _partial_body(
-        self, module, layer: LayerCache, staged, rows: Rows, stream_rows, temb, rope, extras
-    ) -> torch.Tensor:
+    def _active_body(self, module, text, rows: Rows, stream_rows, temb, rope, extras, merge_kv) -> torch.Tensor:
+        """The block body for the active rows only, attending over the keys/values `merge_kv` assembles."""
         if rows.cos is None:  # RoPE tables at the active rows, once per call
             rows.cos, rows.sin = rope[0].index_select(1, rows.active), rope[1].index_select(1, rows.active)
         out, _, _, _ = self.adapter.body(
-            module,
-            stream_rows,
-            temb,
-            (rows.cos, rows.sin),
-            layer.text,
-            active=rows.active,
-            merge_kv=lambda key, value: self.buffers.merge_kv(layer, staged, rows, key, value),
-            extras=extras,
+            module, stream_rows, temb, (rows.cos, rows.sin), text, active=rows.active, merge_kv=merge_kv, extras=extras
         )
         return out
+
+    def _partial_body(
+        self, module, layer: LayerCache, staged, rows: Rows, stream_rows, temb, rope, extras
+    ) -> torch.Tensor:
+        """PARTIAL: the active rows against the cached keys/values, their own rows replaced by fresh ones."""
+        merge = functools.partial(self.buffers.merge_kv, layer, staged, rows)
+        return self._active_body(module, layer.text, rows, stream_rows, temb, rope, extras, merge)
 
 
 class MainBlockHook(_BlockHook):
@@ -109,18 +110,8 @@ class MainBlockHook(_BlockHook):
         outside = torch.index_select(hidden, 1, rows.skipped, out=ctx.trim_outside)
         self._refresh_skipped(module, staged, rows, outside, temb, rope)
         inside = torch.index_select(hidden, 1, rows.active, out=ctx.trim_inside)
-        if rows.cos is None:  # RoPE tables at the inside rows, once per call
-            rows.cos, rows.sin = rope[0].index_select(1, rows.active), rope[1].index_select(1, rows.active)
-        computed, _, _, _ = self.adapter.body(
-            module,
-            inside,
-            temb,
-            (rows.cos, rows.sin),
-            layer.text,
-            active=rows.active,
-            merge_kv=lambda key, value: self.buffers.merge_trimmed_kv(staged, rows, key, value),
-            extras=extras,
-        )
+        merge = functools.partial(self.buffers.merge_trimmed_kv, staged, rows)
+        computed = self._active_body(module, layer.text, rows, inside, temb, rope, extras, merge)
         hidden.index_copy_(1, rows.active, computed)
         return hidden
 
