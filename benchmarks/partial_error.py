@@ -39,7 +39,6 @@ import harness
 import torch
 
 from hetcache import reference
-from hetcache.engine import apply_hetcache
 from hetcache.policy import Policy
 from hetcache.reference.evaluate import deviation, latent_regions
 from hetcache.stationarity import HELD_OUT
@@ -118,9 +117,7 @@ def velocity_deviation(reference: torch.Tensor, other: torch.Tensor, clip) -> di
 def run(session: LoadedWorkload, clip, timesteps: dict[int, float], plan=None, policy=None, replace=None):
     """(final latents, outputs at `timesteps`, decision letter of the plan's one cached step, FLOPs of that step / a
     full step); uncached without a plan."""
-    attached = (
-        contextlib.nullcontext() if plan is None else apply_hetcache(session.pipe, policy, strict=False, plan=plan)
-    )
+    attached = contextlib.nullcontext() if plan is None else session.attach(clip, policy, strict=False, plan=plan)
     with attached as handle:
         tap = StepTap(session.transformer, timesteps, replace)
         try:

@@ -159,7 +159,7 @@ def _generate(point: pm.Point, session: LoadedWorkload, clip, steps_sessions: di
     cuda = session.workload.device.startswith("cuda")
     if cuda:
         torch.cuda.reset_peak_memory_stats()
-    with pm.attached(point, session, steps_sessions) as probe:
+    with pm.attached(point, session, steps_sessions, clip) as probe:
         generation = probe.session.generate(clip, decode=decode)
     record = {"generation": generation, "flops": probe.flops(), "stats": probe.stats()}
     record["peak_bytes"] = torch.cuda.max_memory_allocated() if cuda else None

@@ -1,9 +1,10 @@
 """The rows of the peers benchmark: each caching method, its operating points, and how it attaches to a pipeline.
 
-A `Point` is one method at one setting. `attached(point, session)` hooks it onto the session's pipeline for one
-generation and yields a `Probe` whose `flops()` reads what was computed afterwards: the engine's stats for hetcache
-rows, and for every other row the executed attention / FFN / VACE modules (forward pre-hooks on modules that only
-run when their block really computes) times `hetcache.cost.CostModel`'s analytic FLOPs per module.
+A `Point` is one method at one setting. `attached(point, session, steps_sessions, clip)` hooks it onto the
+session's pipeline for one generation of the clip and yields a `Probe` whose `flops()` reads what was computed
+afterwards: the engine's stats for hetcache rows (attached as every cached run of the workload is:
+`LoadedWorkload.attach`), and for every other row the executed attention / FFN / VACE modules (forward pre-hooks on
+modules that only run when their block really computes) times `hetcache.cost.CostModel`'s analytic FLOPs per module.
 """
 
 from __future__ import annotations
@@ -25,7 +26,6 @@ import torch
 
 from hetcache import plan as step_plan
 from hetcache.cost import CostModel
-from hetcache.engine import apply_hetcache
 from hetcache.plan import plan_from_changes, rescale
 from hetcache.policy import LayerSpec, Policy, StepPlanSpec, TokenSpec, load_policy
 from hetcache.workloads.execute import LoadedWorkload
@@ -199,11 +199,11 @@ def cachedit_twin(transformer: torch.nn.Module) -> torch.nn.Module:
 
 
 @contextlib.contextmanager
-def attached(point: Point, session: LoadedWorkload, steps_sessions: dict[int, LoadedWorkload]) -> Iterator[Probe]:
-    """Hook `point` onto the session's pipeline for the duration of the block; always unhooked after."""
+def attached(point: Point, session: LoadedWorkload, steps_sessions: dict[int, LoadedWorkload], clip) -> Iterator[Probe]:
+    """Hook `point` onto the session's pipeline for one run of `clip`; always unhooked after."""
     transformer = session.transformer
     if point.kind == "hetcache":
-        with apply_hetcache(session.pipe, point.policy, strict=False) as handle:
+        with session.attach(clip, point.policy, strict=False) as handle:
             yield Probe(session, handle=handle)
         return
     target = session

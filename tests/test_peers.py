@@ -247,3 +247,18 @@ def test_runs_on_a_saved_pipeline(tmp_path):
     assert 0.0 < paper["flops_fraction"] < 1.0
     full = [*args, "--size", "full"]
     assert run_cli(peers.main, full, prog="peers") == 2
+
+
+def test_a_hetcache_row_is_attached_as_every_cached_run_is():
+    """Under blend a trimming policy's peers row trims its FULL steps as the tuner's runs do (at 64² the grown
+    latent mask covers every token: nothing to trim), for the same FLOPs."""
+    workload = Workload(weights="random", height=128, width=128, num_frames=9, steps=6, contract="blend")
+    s = LoadedWorkload(workload.replace(clips=tuple(c for c in workload.clip_sources() if c.kind == "box")))
+    policy = pm.timestep_only_policy(pm.timestep_only_spec(1.0)).replace(trim_discarded=True)
+    point = pm.Point("hetcache", "trim", "hetcache", policy=policy)
+    clip = s.clips[0]
+    with pm.attached(point, s, {}, clip) as probe:
+        probe.session.generate(clip, decode=False)
+    _, expected = s.generate_cached(clip, policy, strict=False)
+    assert probe.stats()["trimmed_steps"] == expected["trimmed_steps"] != []
+    assert probe.flops() == expected["flops"] < expected["flops_uncached"]

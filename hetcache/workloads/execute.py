@@ -140,6 +140,18 @@ class LoadedWorkload:
             "negative_prompt_attention_mask": torch.ones(self.negative_prompt_embeds.shape[:2], device=device),
         }
 
+    def attach(self, clip: Clip, policy: Any, *, strict: bool = True, plan: str | None = None):
+        """`apply_hetcache` on the pipeline the way every cached run of this workload attaches it: the clip's engine
+        mask, and what the contract discards where the policy trims (`tokens.trim_discarded`)."""
+        from ..engine import apply_hetcache
+        from ..policy import load_policy
+
+        policy = load_policy(policy)
+        discarded = self.discarded(clip) if policy.tokens.trim_discarded else None
+        return apply_hetcache(
+            self.pipe, policy, mask=self.engine_mask(clip), strict=strict, plan=plan, discarded=discarded
+        )
+
     def generate_cached(
         self,
         clip: Clip,
@@ -155,15 +167,7 @@ class LoadedWorkload:
         Returns the generation and the engine's stats of the run (`HetCacheHandle.stats`). Every cached run of a
         workload (tuner trials, `hetcache run`, the reference evaluation, the benchmarks) goes through here.
         """
-        from ..engine import apply_hetcache
-        from ..policy import load_policy
-
-        policy = load_policy(policy)
-        discarded = self.discarded(clip) if policy.tokens.trim_discarded else None
-        hooked = apply_hetcache(
-            self.pipe, policy, mask=self.engine_mask(clip), strict=strict, plan=plan, discarded=discarded
-        )
-        with hooked as handle:
+        with self.attach(clip, policy, strict=strict, plan=plan) as handle:
             generation = self.generate(clip, decode=decode, seed=seed)
             return generation, handle.stats()
 
