@@ -464,3 +464,17 @@ def test_cli_refuses_bad_arguments(tmp_path, capsys):
         busy.listen()
         assert cli.main(["--runs", str(tmp_path), "--port", str(busy.getsockname()[1])]) == 2
     assert "pass another --port" in capsys.readouterr().err
+
+
+def test_compare_page_names_the_trimmed_steps_of_a_blended_run(dashboard, tmp_path):
+    """A run under blend with the discard trim: the page says which FULL steps the last block ran trimmed."""
+    from hetcache.cli import main
+    from hetcache.policy import Policy
+
+    policy = tmp_path / "trim.json"
+    Policy(name="trim").replace(rule="explicit", plan="FRF", trim_discarded=True).save(policy)
+    flags = ["--weights", "random", "--height", "128", "--width", "128", "--frames", "9", "--steps", "3"]
+    flags += ["--clips", "box", "--contract", "blend", "--policy", str(policy), "--no-strict", "--compare"]
+    assert main(["run", *flags, "--out", str(tmp_path / "runs" / "blend")]) == 0
+    at = page(dashboard(tmp_path / "runs"), "compare")
+    assert "Discard trim on FULL steps 0, 2: the last block computed only" in texts(at.caption)

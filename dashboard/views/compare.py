@@ -130,6 +130,12 @@ if isinstance(stats.get("decisions_by_context"), dict) and stats["decisions_by_c
     st.plotly_chart(figures.plan_timeline(stats["decisions_by_context"]), key="compare_decisions")
 elif isinstance(stats.get("decisions"), str) and stats["decisions"]:
     st.plotly_chart(figures.plan_timeline({"decisions": stats["decisions"]}), key="compare_decisions")
+if isinstance(stats.get("trimmed_steps"), list) and stats["trimmed_steps"]:
+    steps = ", ".join(str(step) for step in stats["trimmed_steps"])
+    st.caption(
+        f"Discard trim on FULL steps {steps}: the last block computed only the tokens the editing contract keeps "
+        "(exact: the rest of its output is discarded)."
+    )
 rounds_of = row.get("timing") or {}
 timing = {"uncached s (median)": row.get("uncached_denoise_s"), "cached s (median)": row.get("cached_denoise_s")}
 for key, label in (("uncached_denoise_s", "uncached s"), ("cached_denoise_s", "cached s")):
