@@ -19,7 +19,7 @@ from hetcache.tuner.objective import Evaluator
 from hetcache.tuner.references import ReferenceStore
 from hetcache.tuner.refine import better_moves, cheaper_moves, refine_trials, shift_moves
 from hetcache.tuner.results import best_feasible, trial_results
-from hetcache.tuner.schedule import PLAN_ATTR, capture_tables, forecast_acts, spread, trial_steps
+from hetcache.tuner.schedule import PLAN_ATTR, candidates, capture_tables, forecast_acts, spread, trial_steps
 from hetcache.tuner.space import SearchSpace
 from hetcache.tuner.step_model import StepModel, best_plans
 
@@ -111,6 +111,26 @@ def test_spread_and_forecast_rules():
     assert forecast_acts("FFRFFF") and forecast_acts("FRFRFF")
 
 
+def test_candidates_cover_every_cost_level_before_any_twice(captured):
+    """A short study verifies one plan per count of computed steps before a second for any: the better forecast
+    setting's best, then the other's, then the runners-up, each as the dynamic programme ranks them."""
+    session, _, model, _ = captured
+    space = SearchSpace.for_session(session)
+    found = candidates(model, space)
+    counts = sorted({c.computed for c in found})
+    assert counts == list(range(2, STEPS))  # every cost level but all-FULL (first and last step always computed)
+    first = found[: len(counts)]
+    assert sorted(c.computed for c in first) == counts and [c.rank for c in first] == [0] * len(counts)
+    for k in counts:
+        mine = [c for c in found if c.computed == k]
+        assert [(c.rank, c.predicted) for c in mine] == sorted((c.rank, c.predicted) for c in mine)
+        for c in mine:
+            ranked = best_plans(model, c.forecast == "linear", space.warmup_steps[0], 1)[k]
+            ranked = [(e, plan) for e, plan in ranked if c.forecast == "none" or forecast_acts(plan)]
+            assert c.plan == ranked[c.rank][1] and c.predicted == pytest.approx(ranked[c.rank][0])
+    assert len({(c.plan, c.forecast) for c in found}) == len(found)
+
+
 def run_tune(*args: str) -> tuple[int, str]:
     out = io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(io.StringIO()):
@@ -186,6 +206,12 @@ def test_refinement_moves_change_one_middle_step(captured):
     assert sorted(m.plan for m in cheaper) == ["FFRFRRPF", "FFRPRRFF"]
     assert sorted(m.plan for m in better) == ["FFPFRRFF", "FFRFPRFF", "FFRFRPFF"]
     assert sorted(m.plan for m in shifts) == sorted({"FFFRRRFF", "FFRRFRFF", "FFRFRFRF"})
+    assert [m.plan for m in cheaper_moves(plan, "linear", model, warmup, final, "R")] == [
+        m.plan.replace("P", "R") for m in cheaper
+    ]  # the FULL dropped instead, in the same order
+    assert [m.plan for m in better_moves(plan, "none", model, warmup, final, "F")] == [
+        m.plan.replace("P", "F") for m in better
+    ]
     dropped = [model.plan_error(m.plan.replace("P", "R"), True) for m in cheaper]  # the FULL's loss as REUSE
     gained = [model.plan_error(m.plan.replace("P", "F"), False) for m in better]  # the REUSE computed in full
     moved = [model.plan_error(m.plan, False) for m in shifts]

@@ -6,9 +6,11 @@ keeps a share of its trials (`REFINE_SHARE`) for refinement: whenever no trial i
 measured plans — the fastest that meets the budget and the nearest miss that is faster — and enqueues their best
 untried neighbours, one move each:
 
-- a middle FULL step of the plan that meets the budget made PARTIAL (cheaper; the FULL the model misses least first),
-- a computed step of either moved by one step (same cost; by the model's predicted error),
-- a REUSE step of the nearest miss made PARTIAL (better; the REUSE the model would gain most from computing first).
+- a middle FULL step of the plan that meets the budget made PARTIAL or REUSE (cheaper; the FULL the model misses
+  least first),
+- a REUSE step of the nearest miss made FULL or PARTIAL (better; the REUSE the model would gain most from computing
+  first): a step dropped from the one or added to the other fills the cost levels between the two plans,
+- a computed step of either moved by one step (same cost; by the model's predicted error).
 
 A PARTIAL step here is a light one (`LIGHT_PARTIAL`): the first half of the main blocks in the space's order (the
 profile's, else the model's) token-level, stride-selected context, no margin, no K/V refresh, VACE blocks in full;
@@ -65,20 +67,26 @@ def _modelled(plan: str) -> str:
     return plan.replace(PARTIAL, FULL)
 
 
-def cheaper_moves(plan: str, forecast: str, model: StepModel, warmup: int, final: int) -> list[Move]:
-    """Each middle FULL step made PARTIAL, the one whose loss (as REUSE) the model predicts smallest first."""
+def cheaper_moves(
+    plan: str, forecast: str, model: StepModel, warmup: int, final: int, letter: str = PARTIAL
+) -> list[Move]:
+    """Each middle FULL step made `letter` (PARTIAL, or REUSE), the one whose loss (as REUSE) the model predicts
+    smallest first."""
     use = forecast != "none"
     found = [(model.plan_error(_modelled(_with(plan, i, REUSE)), use), i) for i in middle(plan, warmup, final)]
     ranked = sorted((error, i) for error, i in found if plan[i] == FULL)
-    return [Move(_with(plan, i, PARTIAL), forecast, f"F→P at {i}") for _, i in ranked]
+    return [Move(_with(plan, i, letter), forecast, f"F→{letter} at {i}") for _, i in ranked]
 
 
-def better_moves(plan: str, forecast: str, model: StepModel, warmup: int, final: int) -> list[Move]:
-    """Each middle REUSE step made PARTIAL, the one whose computing the model predicts gains most first."""
+def better_moves(
+    plan: str, forecast: str, model: StepModel, warmup: int, final: int, letter: str = PARTIAL
+) -> list[Move]:
+    """Each middle REUSE step made `letter` (PARTIAL, or FULL), the one whose computing the model predicts gains
+    most first."""
     use = forecast != "none"
     found = [(model.plan_error(_modelled(_with(plan, i, FULL)), use), i) for i in middle(plan, warmup, final)]
     ranked = sorted((error, i) for error, i in found if plan[i] == REUSE)
-    return [Move(_with(plan, i, PARTIAL), forecast, f"R→P at {i}") for _, i in ranked]
+    return [Move(_with(plan, i, letter), forecast, f"R→{letter} at {i}") for _, i in ranked]
 
 
 def shift_moves(plan: str, forecast: str, model: StepModel, warmup: int, final: int) -> list[Move]:
@@ -131,13 +139,14 @@ class Refiner:
         """This round's untried neighbours, in the order they would be enqueued."""
         warmup, final = self.space.warmup_steps[0], max(1, self.space.final_full_steps[0])
         best, miss = anchors(trial_results(study, self.objective), self.budget)
-        lists: list[list[Move]] = []  # faster first: the feasible plan made cheaper or moved, then the miss
-        if best is not None:
-            lists.append(cheaper_moves(best.attrs[PLAN_ATTR], _forecast(best), self.model, warmup, final))
-            lists.append(shift_moves(best.attrs[PLAN_ATTR], _forecast(best), self.model, warmup, final))
-        if miss is not None:
-            lists.append(shift_moves(miss.attrs[PLAN_ATTR], _forecast(miss), self.model, warmup, final))
-            lists.append(better_moves(miss.attrs[PLAN_ATTR], _forecast(miss), self.model, warmup, final))
+        lists: list[list[Move]] = []  # the feasible plan made cheaper, the miss computing one more step, then moves
+        rules = [(best, cheaper_moves, PARTIAL), (miss, better_moves, FULL), (best, cheaper_moves, REUSE)]
+        rules += [(miss, better_moves, PARTIAL), (best, shift_moves, None), (miss, shift_moves, None)]
+        for anchor, rule, letter in rules:
+            if anchor is not None:
+                plan, forecast = anchor.attrs[PLAN_ATTR], _forecast(anchor)
+                extra = {} if letter is None else {"letter": letter}
+                lists.append(rule(plan, forecast, self.model, warmup, final, **extra))
         tried = {
             (t.user_attrs.get(PLAN_ATTR), str(t.params.get("forecast", "none")))
             for t in study.get_trials(deepcopy=False)

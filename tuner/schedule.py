@@ -3,9 +3,9 @@
 Instead of sampling the search space, a schedule study (1) records each calibration clip's step table during its
 uncached reference run (`step_model`; one extra uncached pass only for a clip whose reference was already on
 disk), (2) finds the plans of least predicted error for every number of computed steps, with and without the
-linear forecast (`best_plans`), and (3) enqueues them, spread over the cost range, as ordinary trials of the
-Optuna study: each runs with the engine on every clip, its quality is measured, and the Pareto front and the
-exported policy come from these measured trials only. The study's `--trials` bounds how many are verified;
+linear forecast (`best_plans`), and (3) enqueues them, one per cost level before a second for any, as ordinary
+trials of the Optuna study: each runs with the engine on every clip, its quality is measured, and the Pareto
+front and the exported policy come from these measured trials only. The study's `--trials` bounds how many are verified;
 trials beyond the candidates are sampled by TPE as usual.
 """
 
@@ -67,25 +67,26 @@ def forecast_acts(plan: str) -> bool:
 
 
 def candidates(model: StepModel, space: SearchSpace, keep: int = KEEP) -> list[Candidate]:
-    """Every plan to verify, most useful first: for each count of computed steps (spread over the cost range, all
-    FULL left out) the better forecast setting's best plan, then the other setting's, then the runners-up; a
-    forecast plan the forecast does not change is left to its plain twin."""
+    """Every plan to verify, most useful first: one plan for each count of computed steps (spread over the cost range,
+    all FULL left out) before a second for any, so that a short study leaves no cost level empty. Each count's plans
+    go best forecast setting's best first, then the other setting's, then the runners-up; a forecast plan the
+    forecast does not change is left to its plain twin."""
     warmup, final = space.warmup_steps[0], max(1, space.final_full_steps[0])
     ranked: dict[tuple[int, str], list[tuple[float, str]]] = {}
     for name, forecast in FORECAST_SETTINGS:
         for k, plans in best_plans(model, forecast, warmup, final, keep).items():
             if k < model.steps:
                 ranked[(k, name)] = [(e, plan) for e, plan in plans if not forecast or forecast_acts(plan)]
-    counts = spread(sorted({k for k, _ in ranked}))
-    out: list[Candidate] = []
-    for rank in range(keep):
-        for k in counts:
-            options = [
-                (ranked[(k, name)][rank], name) for name, _ in FORECAST_SETTINGS if len(ranked[(k, name)]) > rank
-            ]
-            for (error, plan), name in sorted(options):
-                out.append(Candidate(plan, name, k, rank, error))
-    return out
+    per_count: list[list[Candidate]] = []
+    for k in spread(sorted({k for k, _ in ranked})):
+        options = [
+            (rank, error, plan, name)
+            for name, _ in FORECAST_SETTINGS
+            for rank, (error, plan) in enumerate(ranked.get((k, name), []))
+        ]
+        per_count.append([Candidate(plan, name, k, rank, error) for rank, error, plan, name in sorted(options)])
+    longest = max((len(plans) for plans in per_count), default=0)
+    return [plans[i] for i in range(longest) for plans in per_count if i < len(plans)]
 
 
 def capture_tables(session: Any, references: ReferenceStore) -> tuple[StepModel, int]:
