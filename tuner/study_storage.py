@@ -125,14 +125,21 @@ def check_storage(url: str, read_only: bool = False) -> None:
         _check_sqlite(path, read_only)
 
 
-def _check_sqlite(path: Path, read_only: bool) -> None:
-    fix = READ_FIX if read_only else NEW_FILE_FIX
+def _existing_file(path: Path, noun: str, read_only: bool) -> bool:
+    """Whether a study file is there to check: refused when a read needs it and it is absent, or it is no file."""
     if not path.exists():
         if read_only:
-            raise InputError(f"study database '{path}' does not exist.", READ_FIX)
-        return
+            raise InputError(f"{noun} '{path}' does not exist.", READ_FIX)
+        return False
     if not path.is_file():
-        raise InputError(f"study database '{path}' is not a file.", fix)
+        raise InputError(f"{noun} '{path}' is not a file.", READ_FIX if read_only else NEW_FILE_FIX)
+    return True
+
+
+def _check_sqlite(path: Path, read_only: bool) -> None:
+    fix = READ_FIX if read_only else NEW_FILE_FIX
+    if not _existing_file(path, "study database", read_only):
+        return
     with path.open("rb") as handle:
         header = handle.read(len(SQLITE_HEADER))
     if not header and not read_only:
@@ -160,12 +167,8 @@ def _check_sqlite(path: Path, read_only: bool) -> None:
 
 def _check_journal(path: Path, read_only: bool) -> None:
     fix = READ_FIX if read_only else NEW_FILE_FIX
-    if not path.exists():
-        if read_only:
-            raise InputError(f"journal file '{path}' does not exist.", READ_FIX)
+    if not _existing_file(path, "journal file", read_only):
         return
-    if not path.is_file():
-        raise InputError(f"journal file '{path}' is not a file.", fix)
     with path.open("rb") as handle:
         first = handle.readline(1 << 20).strip()
     try:
