@@ -40,8 +40,7 @@ PROBE_GROUPS = 3  # latent frames after the first in the probe clip
 REACH_TOLERANCE = 1e-4  # a latent cell counts as reached when it moves by this share of the largest change
 DECODER_PROBE_FRAMES = 12  # latent frames of the probe a decoder's reach is measured on (a causal one reaches far)
 
-_reach_cache: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-_decoder_reach_cache: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_reaches: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # VAE → {measure: its reach}
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -131,10 +130,7 @@ def measure_reach(pipe: Any, tolerance: float = REACH_TOLERANCE) -> tuple[int, i
 
 def vae_reach(pipe: Any) -> tuple[int, int]:
     """The pipeline VAE's reach (`measure_reach`), measured once per VAE."""
-    vae = pipe.vae
-    if vae not in _reach_cache:
-        _reach_cache[vae] = measure_reach(pipe)
-    return _reach_cache[vae]
+    return _once_per_vae(pipe, measure_reach)
 
 
 @torch.no_grad()
@@ -171,10 +167,15 @@ def measure_decoder_reach(pipe: Any, tolerance: float = REACH_TOLERANCE) -> tupl
 
 def decoder_reach(pipe: Any) -> tuple[int, int]:
     """The pipeline VAE decoder's reach (`measure_decoder_reach`), measured once per VAE."""
-    vae = pipe.vae
-    if vae not in _decoder_reach_cache:
-        _decoder_reach_cache[vae] = measure_decoder_reach(pipe)
-    return _decoder_reach_cache[vae]
+    return _once_per_vae(pipe, measure_decoder_reach)
+
+
+def _once_per_vae(pipe: Any, measure: Callable[[Any], tuple[int, int]]) -> tuple[int, int]:
+    """`measure(pipe)`, run once per VAE object (kept while the VAE lives)."""
+    known = _reaches.setdefault(pipe.vae, {})
+    if measure not in known:
+        known[measure] = measure(pipe)
+    return known[measure]
 
 
 def paste_mask(pipe: Any, pixel_mask: np.ndarray, feather: int = 0) -> torch.Tensor:
