@@ -17,9 +17,9 @@ from hetcache.tuner.budget import parse_budget
 from hetcache.tuner.cli import main
 from hetcache.tuner.objective import Evaluator
 from hetcache.tuner.references import ReferenceStore
-from hetcache.tuner.refine import better_moves, cheaper_moves, refine_trials, shift_moves
+from hetcache.tuner.refine import better_moves, cheaper_moves, refine_trials, shift_moves, useful
 from hetcache.tuner.results import best_feasible, trial_results
-from hetcache.tuner.schedule import PLAN_ATTR, candidates, capture_tables, forecast_acts, spread, trial_steps
+from hetcache.tuner.schedule import PLAN_ATTR, Candidate, candidates, capture_tables, forecast_acts, spread, trial_steps
 from hetcache.tuner.space import SearchSpace
 from hetcache.tuner.step_model import StepModel, best_plans
 
@@ -179,7 +179,12 @@ def test_schedule_study_returns_the_best_policy_of_the_full_objective(tmp_path):
     refined = [r for r in results if r.attrs["warm_start"].startswith("refine ")]
     assert len(refined) == refine_trials(9) and all(r.number >= 9 - len(refined) for r in refined)
     assert any(PARTIAL in r.plan() for r in refined)  # refinement tries the PARTIAL steps the model cannot price
-    best = best_feasible(results, parse_budget(budget, min_speedup=1.1))
+    budget_ = parse_budget(budget, min_speedup=1.1)
+    for r in results:  # no candidate costlier than a plan already measured to meet the budget
+        if r.attrs["warm_start"].startswith("schedule "):
+            met = [computed(q.plan()) for q in results if q.number < r.number - 1 and q.feasible(budget_)]
+            assert computed(r.plan()) <= min(met, default=6), (r.number, r.plan(), met)
+    best = best_feasible(results, budget_)
     if PARTIAL in best.plan():  # a refined plan beat every step plan
         assert best.value > truth[0] and best.aggregate(parse_budget(budget))["psnr"] >= 34
     else:
@@ -193,6 +198,21 @@ def test_schedule_study_returns_the_best_policy_of_the_full_objective(tmp_path):
     count = trial_steps(results)
     assert f"denoising steps: {count.steps} run by {count.trials} evaluated trials" in stdout
     assert count.steps == 9 * 2 * 6 and count.computed < count.steps
+
+
+def computed(plan: str) -> int:
+    return len(plan) - plan.count("R")
+
+
+def test_a_candidate_is_verified_only_while_it_can_matter():
+    """Left out: a plan whose computed steps alone cost more than the least speedup allows, and one computing more
+    steps than the cheapest plan measured to meet the budget."""
+    budget = parse_budget("psnr=30", min_speedup=1.25)  # at most 0.8 of the FLOPs: 16 of 20 steps
+    plan = Candidate("F" * 16 + "R" * 3 + "F", "none", 17, 0, 0.0)
+    assert not useful(plan, 20, budget, None)
+    assert useful(Candidate("F" * 16 + "RRRR", "none", 16, 0, 0.0), 20, budget, None)
+    six = Candidate("FRRRRFRRRRRRRFRRFRFF", "linear", 6, 0, 0.1)
+    assert useful(six, 20, budget, None) and useful(six, 20, budget, 6) and not useful(six, 20, budget, 5)
 
 
 def test_refinement_moves_change_one_middle_step(captured):

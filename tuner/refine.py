@@ -1,4 +1,9 @@
-"""Local refinement of a schedule study: untried neighbours of its measured front, verified as trials.
+"""What a schedule study runs next: the step model's candidates while they can matter, then untried neighbours of
+its measured front, verified as trials.
+
+Candidates are enqueued a round at a time, in `schedule.candidates` order, up to the study's candidate quota; one
+is left out when its computed steps alone cost more than the budget's least speedup allows, or when it computes
+more steps than the cheapest measured plan that meets the budget (it could only add a slower point to the front).
 
 The step model prices plans of FULL and REUSE steps from one uncached pass; it cannot price a PARTIAL step, and it
 misranks plans of equal cost whose errors are close. So a schedule study verifies the model's candidates first and
@@ -30,7 +35,7 @@ from hetcache.steps import FULL, PARTIAL, REUSE
 
 from .budget import Budget
 from .results import TrialResult, best_feasible, trial_results
-from .schedule import PLAN_ATTR
+from .schedule import CANDIDATE_LABEL, PLAN_ATTR, Candidate, candidate_attrs, space_point
 from .space import SearchSpace
 from .step_model import StepModel
 
@@ -125,15 +130,52 @@ def _interleave(lists: list[list[Move]]) -> Iterator[Move]:
                 yield moves[rank]
 
 
-class Refiner:
-    """Enqueues refinement rounds into a schedule study (call `round` when no trial is queued)."""
+def useful(candidate: Candidate, steps: int, budget: Budget, floor: int | None) -> bool:
+    """Whether a candidate can still matter: its cost (its computed steps' share) can meet the budget's least
+    speedup, and it computes no more steps than the cheapest measured plan that meets the budget (`floor`) — a
+    costlier one could only add a slower point to the front."""
+    affordable = candidate.computed / steps <= 1.0 / budget.min_speedup
+    return affordable and (floor is None or candidate.computed <= floor)
 
-    def __init__(self, model: StepModel, space: SearchSpace, budget: Budget, objective: str, limit: int) -> None:
+
+class Refiner:
+    """Feeds a schedule study's queue (call `round` when no trial is queued): the step model's candidates first, as
+    long as they can matter and the study's candidate quota lasts, then refinement rounds."""
+
+    def __init__(
+        self,
+        model: StepModel,
+        space: SearchSpace,
+        budget: Budget,
+        objective: str,
+        limit: int,
+        candidates: list[Candidate] | None = None,
+        quota: int = 0,
+    ) -> None:
         self.model = model
         self.space = space
         self.budget = budget
         self.objective = objective
         self.limit = limit  # trials the study holds in total: refinement stops there
+        self.candidates = candidates or []
+        self.quota = quota  # candidate trials at most (the rest of `limit` refines)
+
+    def next_candidates(self, study: optuna.Study) -> list[Candidate]:
+        """The candidates still worth verifying, in order (none once the quota is spent)."""
+        trials = study.get_trials(deepcopy=False)
+        verified = sum(str(t.user_attrs.get("warm_start", "")).startswith(CANDIDATE_LABEL) for t in trials)
+        if verified >= self.quota:
+            return []
+        planned = [r for r in trial_results(study, self.objective) if PLAN_ATTR in r.attrs and r.pruned_at is None]
+        met = [len(r.attrs[PLAN_ATTR]) - r.attrs[PLAN_ATTR].count(REUSE) for r in planned if r.feasible(self.budget)]
+        floor = min(met, default=None)
+        tried = {(t.user_attrs.get(PLAN_ATTR), str(t.params.get("forecast", "none"))) for t in trials}
+        fresh = [
+            c
+            for c in self.candidates
+            if (c.plan, c.forecast) not in tried and useful(c, self.model.steps, self.budget, floor)
+        ]
+        return fresh[: self.quota - verified]
 
     def moves(self, study: optuna.Study) -> list[Move]:
         """This round's untried neighbours, in the order they would be enqueued."""
@@ -159,10 +201,16 @@ class Refiner:
         return out
 
     def round(self, study: optuna.Study) -> int:
-        """Enqueue up to PER_ROUND neighbours, never past the study's trials in total; returns how many."""
+        """Enqueue up to PER_ROUND candidates, else as many neighbours, never past the study's trials in total;
+        returns how many."""
         room = min(PER_ROUND, self.limit - len(study.get_trials(deepcopy=False)))
         if room <= 0:
             return 0
+        candidates = self.next_candidates(study)[:room]
+        for c in candidates:
+            study.enqueue_trial(space_point(self.space, c), user_attrs=candidate_attrs(c))
+        if candidates:
+            return len(candidates)
         chosen = self.moves(study)[:room]
         for move in chosen:
             study.enqueue_trial(

@@ -3,10 +3,11 @@
 Instead of sampling the search space, a schedule study (1) records each calibration clip's step table during its
 uncached reference run (`step_model`; one extra uncached pass only for a clip whose reference was already on
 disk), (2) finds the plans of least predicted error for every number of computed steps, with and without the
-linear forecast (`best_plans`), and (3) enqueues them, one per cost level before a second for any, as ordinary
-trials of the Optuna study: each runs with the engine on every clip, its quality is measured, and the Pareto
-front and the exported policy come from these measured trials only. The study's `--trials` bounds how many are verified;
-trials beyond the candidates are sampled by TPE as usual.
+linear forecast (`best_plans`), and (3) enqueues them as the study runs, one per cost level before a second for
+any, as ordinary trials of the Optuna study, leaving out the cost levels that cannot matter (`tuner/refine.py`):
+each runs with the engine on every clip, its quality is measured, and the Pareto front and the exported policy
+come from these measured trials only. The study's `--trials` bounds how many are verified; the rest refine the
+measured front.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ PLAN_ATTR = "schedule_plan"  # trial user attr: the explicit step plan the trial
 PREDICTED_ATTR = "predicted_error"  # trial user attr: the step model's predicted latent_rel_l2 of that plan
 STUDY_ATTR = "schedule"  # study user attr: the candidates enqueued and the capture passes run
 KEEP = 3  # plans kept per computed-step count and forecast setting
+CANDIDATE_LABEL = "schedule "  # a candidate trial's `warm_start` label starts so (refinement trials: "refine ")
 FORECAST_SETTINGS = (("linear", True), ("none", False))
 
 
@@ -121,17 +123,18 @@ def space_point(space: SearchSpace, candidate: Candidate) -> dict[str, Any]:
     return space.point(forecast=candidate.forecast, warmup_steps=lead, final_full_steps=tail)
 
 
-def enqueue(study: optuna.Study, space: SearchSpace, model: StepModel, trials: int, passes: int) -> int:
-    """Enqueue the first `trials` candidates (once per study: a resumed or joining worker finds them queued); the
-    study's other trials refine their measured front (`tuner/refine.py`)."""
-    if STUDY_ATTR in study.user_attrs:
-        return 0
-    chosen = candidates(model, space)[:trials]
-    for c in chosen:
-        attrs = {"warm_start": f"schedule k={c.computed} #{c.rank + 1}", PLAN_ATTR: c.plan, PREDICTED_ATTR: c.predicted}
-        study.enqueue_trial(space_point(space, c), user_attrs=attrs)
-    study.set_user_attr(STUDY_ATTR, {"candidates": len(chosen), "capture_passes": passes, "steps": model.steps})
-    return len(chosen)
+def record(study: optuna.Study, model: StepModel, quota: int, passes: int) -> None:
+    """Note on the study, once (a resumed or joining worker finds it), how many candidates it may verify and how
+    many capture passes its step tables cost; the candidates themselves are enqueued as the study runs
+    (`tuner/refine.py`), so that what is measured decides which are still worth running."""
+    if STUDY_ATTR not in study.user_attrs:
+        study.set_user_attr(STUDY_ATTR, {"candidates": quota, "capture_passes": passes, "steps": model.steps})
+
+
+def candidate_attrs(candidate: Candidate) -> dict[str, Any]:
+    """The user attrs a candidate's trial is enqueued with: its label, explicit plan and predicted error."""
+    label = f"{CANDIDATE_LABEL}k={candidate.computed} #{candidate.rank + 1}"
+    return {"warm_start": label, PLAN_ATTR: candidate.plan, PREDICTED_ATTR: candidate.predicted}
 
 
 def scheduled_policy(policy: Policy, trial_attrs: dict[str, Any]) -> Policy:

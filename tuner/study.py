@@ -39,7 +39,7 @@ from .references import FOLDER as REFERENCE_FOLDER
 from .references import ReferenceStore, weights_signature
 from .refine import Refiner, refine_trials
 from .results import TrialResult, best_feasible, over_memory, trial_results
-from .schedule import capture_tables, enqueue
+from .schedule import candidates, capture_tables, record
 from .space import SearchSpace
 from .study_storage import Heartbeat, check_storage, display_url, open_storage, reap_lock, resolve_url
 
@@ -406,8 +406,9 @@ def tune(config: TuneConfig, session: Any = None) -> TuneResult:
     refiner = None
     if config.search == "schedule":  # before the references: their runs record the step tables
         model, passes = capture_tables(session, references)
-        enqueue(study, space, model, config.trials - refine_trials(config.trials), passes)
-        refiner = Refiner(model, space, config.budget, config.objective, config.trials)
+        quota = config.trials - refine_trials(config.trials)
+        record(study, model, quota, passes)
+        refiner = Refiner(model, space, config.budget, config.objective, config.trials, candidates(model, space), quota)
     for clip in session.clips:
         references.get(clip)
     for clip in session.clips:
