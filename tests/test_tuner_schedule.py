@@ -10,6 +10,7 @@ import contextlib
 import io
 import itertools
 from pathlib import Path
+from types import SimpleNamespace
 
 import optuna
 import pytest
@@ -17,11 +18,11 @@ from hetcache.tuner.budget import parse_budget
 from hetcache.tuner.cli import main
 from hetcache.tuner.objective import Evaluator
 from hetcache.tuner.references import ReferenceStore
-from hetcache.tuner.refine import better_moves, cheaper_moves, refine_trials, shift_moves, useful
+from hetcache.tuner.refine import better_moves, cheaper_moves, refine_trials, replanned, shift_moves, useful
 from hetcache.tuner.results import best_feasible, trial_results
 from hetcache.tuner.schedule import PLAN_ATTR, Candidate, candidates, capture_tables, forecast_acts, spread, trial_steps
 from hetcache.tuner.space import SearchSpace
-from hetcache.tuner.step_model import StepModel, best_plans
+from hetcache.tuner.step_model import StepModel, best_plans, fit_first_span
 
 from hetcache.fingerprint import model_fingerprint
 from hetcache.metrics import latent_rel_l2
@@ -180,10 +181,10 @@ def test_schedule_study_returns_the_best_policy_of_the_full_objective(tmp_path):
     assert len(refined) == refine_trials(9) and all(r.number >= 9 - len(refined) for r in refined)
     assert any(PARTIAL in r.plan() for r in refined)  # refinement tries the PARTIAL steps the model cannot price
     budget_ = parse_budget(budget, min_speedup=1.1)
-    for r in results:  # no candidate costlier than a plan already measured to meet the budget
+    for r in results:  # no candidate two steps dearer than a plan already measured to meet the budget
         if r.attrs["warm_start"].startswith("schedule "):
             met = [computed(q.plan()) for q in results if q.number < r.number - 1 and q.feasible(budget_)]
-            assert computed(r.plan()) <= min(met, default=6), (r.number, r.plan(), met)
+            assert computed(r.plan()) <= min(met, default=5) + 1, (r.number, r.plan(), met)
     best = best_feasible(results, budget_)
     if PARTIAL in best.plan():  # a refined plan beat every step plan
         assert best.value > truth[0] and best.aggregate(parse_budget(budget))["psnr"] >= 34
@@ -205,14 +206,39 @@ def computed(plan: str) -> int:
 
 
 def test_a_candidate_is_verified_only_while_it_can_matter():
-    """Left out: a plan whose computed steps alone cost more than the least speedup allows, and one computing more
-    steps than the cheapest plan measured to meet the budget."""
+    """Left out: a plan whose computed steps alone cost more than the least speedup allows, one computing two steps
+    more than the cheapest plan measured to meet the budget, and a count's second plan away from that plan's count."""
     budget = parse_budget("psnr=30", min_speedup=1.25)  # at most 0.8 of the FLOPs: 16 of 20 steps
     plan = Candidate("F" * 16 + "R" * 3 + "F", "none", 17, 0, 0.0)
     assert not useful(plan, 20, budget, None)
     assert useful(Candidate("F" * 16 + "RRRR", "none", 16, 0, 0.0), 20, budget, None)
     six = Candidate("FRRRRFRRRRRRRFRRFRFF", "linear", 6, 0, 0.1)
-    assert useful(six, 20, budget, None) and useful(six, 20, budget, 6) and not useful(six, 20, budget, 5)
+    assert useful(six, 20, budget, None) and useful(six, 20, budget, 5) and not useful(six, 20, budget, 4)
+    other = Candidate("FRRRRFRRRRRRRFRRFRFF", "none", 6, 0, 0.2, place=1)  # the count's second candidate
+    assert useful(other, 20, budget, 7) and useful(other, 20, budget, 5) and not useful(other, 20, budget, 8)
+
+
+def test_the_first_span_weight_is_fitted_to_measured_errors_and_plans_with_it(captured):
+    """Errors measured as a model with the first spans weighed 0.4 (and a common scale) would predict them give
+    back 0.4; fewer than four plans leave the weight at 1; the re-planned moves are that model's best plans at the
+    feasible plan's count and one either side."""
+    _, _, model, _ = captured
+    truth = model.with_first_span(0.4)
+    plans = ["FRRRFRFF", "FRFRRRFF", "FRRRRRFF", "FRFRFRFF", "FFRRFRRF", "FRRRRFRF"]
+    measured = [(plan, True, 3.0 * truth.plan_error(plan, True)) for plan in plans]
+    assert fit_first_span(model, measured) == pytest.approx(0.4)
+    assert fit_first_span(model, measured[:3]) == 1.0
+    assert truth.plan_error("FRRRFRFF", False) < model.plan_error("FRRRFRFF", False)  # the first span weighs less
+    best = SimpleNamespace(attrs={PLAN_ATTR: "FRRRFRFF"})  # 4 computed steps
+    moves = replanned(truth, best, 1, 1)
+    assert [sum(letter != "R" for letter in m.plan) for m in moves][:2] == [4, 4]
+    assert {m.plan for m in moves} == {
+        plan
+        for k in (3, 4, 5)
+        for forecast in (True, False)
+        for _, plan in best_plans(truth, forecast, 1, 1, 2)[k]
+        if not forecast or forecast_acts(plan)
+    }
 
 
 def test_refinement_moves_change_one_middle_step(captured):

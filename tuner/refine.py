@@ -2,8 +2,13 @@
 its measured front, verified as trials.
 
 Candidates are enqueued a round at a time, in `schedule.candidates` order, up to the study's candidate quota; one
-is left out when its computed steps alone cost more than the budget's least speedup allows, or when it computes
-more steps than the cheapest measured plan that meets the budget (it could only add a slower point to the front).
+is left out when its computed steps alone cost more than the budget's least speedup allows, when it computes two
+steps more than the cheapest measured plan that meets the budget (it could only add a slow point to the front), or
+when it is a second plan for a count more than one step from that plan's.
+
+Each refinement round first fits the step model's one free weight (the spans from the first step, which the
+first-order estimate overprices on a trained model) to the measured step plans, and enqueues what the model so
+calibrated plans best at the feasible plan's cost and one step either side.
 
 The step model prices plans of FULL and REUSE steps from one uncached pass; it cannot price a PARTIAL step, and it
 misranks plans of equal cost whose errors are close. So a schedule study verifies the model's candidates first and
@@ -35,9 +40,17 @@ from hetcache.steps import FULL, PARTIAL, REUSE
 
 from .budget import Budget
 from .results import TrialResult, best_feasible, trial_results
-from .schedule import CANDIDATE_LABEL, PLAN_ATTR, Candidate, candidate_attrs, space_point
+from .schedule import (
+    CANDIDATE_LABEL,
+    FORECAST_SETTINGS,
+    PLAN_ATTR,
+    Candidate,
+    candidate_attrs,
+    forecast_acts,
+    space_point,
+)
 from .space import SearchSpace
-from .step_model import StepModel
+from .step_model import StepModel, best_plans, fit_first_span
 
 LIGHT_PARTIAL = {"margin_width": 0, "context_ratio": 0.1, "selection": "stride", "refresh_skipped_kv": False}
 REFINE_SHARE = 1 / 3  # share of a schedule study's trials kept for refinement (the rest verify model candidates)
@@ -107,6 +120,21 @@ def shift_moves(plan: str, forecast: str, model: StepModel, warmup: int, final: 
     return [move for _, move in sorted(out, key=lambda item: item[0])]
 
 
+def replanned(model: StepModel, best: TrialResult, warmup: int, final: int) -> list[Move]:
+    """The calibrated model's best plans at the cost of the fastest plan that meets the budget, one step cheaper and
+    one step dearer, both forecast settings, least predicted error first within each count."""
+    k = len(best.attrs[PLAN_ATTR]) - best.attrs[PLAN_ATTR].count(REUSE)
+    out = []
+    for count in (k, k - 1, k + 1):
+        options = []
+        for name, forecast in FORECAST_SETTINGS:
+            for error, plan in best_plans(model, forecast, warmup, final, 2).get(count, []):
+                if not forecast or forecast_acts(plan):
+                    options.append((error, Move(plan, name, f"re-planned k={count}")))
+        out += [move for _, move in sorted(options, key=lambda item: item[0])]
+    return out
+
+
 def anchors(results: list[TrialResult], budget: Budget) -> tuple[TrialResult | None, TrialResult | None]:
     """The fastest measured plan that meets the budget (of equally fast ones the best), and the nearest miss faster
     than it."""
@@ -132,10 +160,14 @@ def _interleave(lists: list[list[Move]]) -> Iterator[Move]:
 
 def useful(candidate: Candidate, steps: int, budget: Budget, floor: int | None) -> bool:
     """Whether a candidate can still matter: its cost (its computed steps' share) can meet the budget's least
-    speedup, and it computes no more steps than the cheapest measured plan that meets the budget (`floor`) — a
-    costlier one could only add a slower point to the front."""
+    speedup and, once a measured plan meets the budget with `floor` computed steps, it computes at most one step more
+    (a costlier one could only add a slow point to the front) — and, if it is not its count's first, it is within
+    one step of `floor` (second opinions are worth their cost where the budget is crossed)."""
     affordable = candidate.computed / steps <= 1.0 / budget.min_speedup
-    return affordable and (floor is None or candidate.computed <= floor)
+    if floor is None or not affordable:
+        return affordable
+    near = abs(candidate.computed - floor) <= 1
+    return candidate.computed <= floor + 1 and (candidate.place == 0 or near)
 
 
 class Refiner:
@@ -177,18 +209,30 @@ class Refiner:
         ]
         return fresh[: self.quota - verified]
 
+    def calibrated(self, results: list[TrialResult]) -> StepModel:
+        """The step model with its first-span weight fitted to the measured step plans (FULL and REUSE only)."""
+        measured = []
+        for r in results:
+            plan, error = r.attrs.get(PLAN_ATTR), r.aggregate(self.budget).get("latent_rel_l2")
+            if plan and PARTIAL not in plan and r.pruned_at is None and isinstance(error, (int, float)):
+                measured.append((plan, _forecast(r) != "none", float(error)))
+        return self.model.with_first_span(fit_first_span(self.model, measured))
+
     def moves(self, study: optuna.Study) -> list[Move]:
         """This round's untried neighbours, in the order they would be enqueued."""
         warmup, final = self.space.warmup_steps[0], max(1, self.space.final_full_steps[0])
-        best, miss = anchors(trial_results(study, self.objective), self.budget)
-        lists: list[list[Move]] = []  # the feasible plan made cheaper, the miss computing one more step, then moves
+        results = trial_results(study, self.objective)
+        model = self.calibrated(results)
+        best, miss = anchors(results, self.budget)
+        lists: list[list[Move]] = [replanned(model, best, warmup, final)] if best is not None else []
+        # then the feasible plan made cheaper, the miss computing one more step, and the moves of either
         rules = [(best, cheaper_moves, PARTIAL), (miss, better_moves, FULL), (best, cheaper_moves, REUSE)]
         rules += [(miss, better_moves, PARTIAL), (best, shift_moves, None), (miss, shift_moves, None)]
         for anchor, rule, letter in rules:
             if anchor is not None:
                 plan, forecast = anchor.attrs[PLAN_ATTR], _forecast(anchor)
                 extra = {} if letter is None else {"letter": letter}
-                lists.append(rule(plan, forecast, self.model, warmup, final, **extra))
+                lists.append(rule(plan, forecast, model, warmup, final, **extra))
         tried = {
             (t.user_attrs.get(PLAN_ATTR), str(t.params.get("forecast", "none")))
             for t in study.get_trials(deepcopy=False)

@@ -36,13 +36,15 @@ FORECAST_SETTINGS = (("linear", True), ("none", False))
 
 @dataclass(frozen=True)
 class Candidate:
-    """A plan to verify: its letters, forecast setting, computed steps, rank at that count and predicted error."""
+    """A plan to verify: its letters, forecast setting, computed steps, rank at that count and setting, predicted
+    error, and its place among its count's candidates (0: the count's first)."""
 
     plan: str
     forecast: str
     computed: int
     rank: int
     predicted: float
+    place: int = 0
 
 
 def spread(values: list[int]) -> list[int]:
@@ -86,7 +88,9 @@ def candidates(model: StepModel, space: SearchSpace, keep: int = KEEP) -> list[C
             for name, _ in FORECAST_SETTINGS
             for rank, (error, plan) in enumerate(ranked.get((k, name), []))
         ]
-        per_count.append([Candidate(plan, name, k, rank, error) for rank, error, plan, name in sorted(options)])
+        per_count.append(
+            [Candidate(plan, name, k, rank, error, i) for i, (rank, error, plan, name) in enumerate(sorted(options))]
+        )
     longest = max((len(plans) for plans in per_count), default=0)
     return [plans[i] for i in range(longest) for plans in per_count if i < len(plans)]
 

@@ -185,18 +185,30 @@ def span_error(table: StepTable, p: int, a: int, b: int, forecast: bool) -> floa
 
 
 class StepModel:
-    """The span errors of a set of clips' tables, averaged over the clips, for both forecast settings."""
+    """The span errors of a set of clips' tables, averaged over the clips, for both forecast settings.
 
-    def __init__(self, tables: list[StepTable]) -> None:
+    `first_span` weighs the spans that start at the first step (flat reuse of the noisiest step's residual): the
+    first-order estimate overprices them on a trained model, whose later steps damp an early error, so a schedule
+    study fits the weight to its measured trials (`fit_first_span`) and plans again with it.
+    """
+
+    def __init__(self, tables: list[StepTable], first_span: float = 1.0) -> None:
         if not tables or len({t.steps for t in tables}) != 1:
             raise ValueError("a step model needs at least one table, all of the same step count")
         self.tables = tables
         self.steps = tables[0].steps
+        self.first_span = first_span
+        self._raw: dict[bool, np.ndarray] = {}
         self._costs: dict[bool, np.ndarray] = {}
 
-    def costs(self, forecast: bool) -> np.ndarray:
-        """[p + 1, a, b] → the mean span error over the clips (p = −1 at index 0); computed once per setting."""
-        if forecast not in self._costs:
+    def with_first_span(self, weight: float) -> StepModel:
+        """The same model with another first-span weight (the span errors are shared, not recomputed)."""
+        other = StepModel(self.tables, weight)
+        other._raw = self._raw
+        return other
+
+    def _span_errors(self, forecast: bool) -> np.ndarray:
+        if forecast not in self._raw:
             s = self.steps
             cube = np.zeros((s + 1, s, s))
             for a in range(s):
@@ -205,6 +217,15 @@ class StepModel:
                         cube[p + 1, a, b] = np.mean([span_error(t, p, a, b, forecast) for t in self.tables])
                     if not forecast:
                         cube[:, a, b] = cube[0, a, b]
+            self._raw[forecast] = cube
+        return self._raw[forecast]
+
+    def costs(self, forecast: bool) -> np.ndarray:
+        """[p + 1, a, b] → the mean span error over the clips (p = −1 at index 0), the spans from the first step
+        weighed by `first_span`; computed once per setting."""
+        if forecast not in self._costs:
+            cube = self._span_errors(forecast).copy()
+            cube[:, 0, :] *= self.first_span
             self._costs[forecast] = cube
         return self._costs[forecast]
 
@@ -220,6 +241,24 @@ class StepModel:
             total += cube[previous + 1, a, b]
             previous = a
         return float(total)
+
+
+FIRST_SPAN_WEIGHTS = tuple(round(0.1 * i, 1) for i in range(1, 16))  # the weights `fit_first_span` chooses from
+MIN_FIT_POINTS = 4  # measured plans a first-span fit needs (fewer: the weight stays 1)
+
+
+def fit_first_span(model: StepModel, measured: list[tuple[str, bool, float]]) -> float:
+    """The first-span weight under which the model's predicted errors of `measured` (plan, forecast, measured
+    latent_rel_l2) match the measured ones best, up to a common scale (least squares on the log ratio)."""
+    points = [(plan, forecast, error) for plan, forecast, error in measured if error > 0]
+    if len(points) < MIN_FIT_POINTS:
+        return 1.0
+    scores = []
+    for weight in FIRST_SPAN_WEIGHTS:
+        weighed = model.with_first_span(weight)
+        ratios = [math.log(error / max(weighed.plan_error(plan, forecast), 1e-12)) for plan, forecast, error in points]
+        scores.append((float(np.var(ratios)), abs(weight - 1.0), weight))
+    return min(scores)[2]
 
 
 def plan_string(computed: tuple[int, ...], steps: int) -> str:
