@@ -224,8 +224,7 @@ class Refiner:
         results = trial_results(study, self.objective)
         model = self.calibrated(results)
         best, miss = anchors(results, self.budget)
-        lists: list[list[Move]] = [replanned(model, best, warmup, final)] if best is not None else []
-        # then the feasible plan made cheaper, the miss computing one more step, and the moves of either
+        lists: list[list[Move]] = []  # the feasible plan made cheaper, the miss computing one more step, the moves
         rules = [(best, cheaper_moves, PARTIAL), (miss, better_moves, FULL), (best, cheaper_moves, REUSE)]
         rules += [(miss, better_moves, PARTIAL), (best, shift_moves, None), (miss, shift_moves, None)]
         for anchor, rule, letter in rules:
@@ -237,8 +236,9 @@ class Refiner:
             (t.user_attrs.get(PLAN_ATTR), str(t.params.get("forecast", "none")))
             for t in study.get_trials(deepcopy=False)
         }
+        again = replanned(model, best, warmup, final) if best is not None else []
         out: list[Move] = []
-        for move in _interleave(lists):
+        for move in _interleave([again, list(_interleave(lists))]):  # a re-planned plan first in every round
             if (move.plan, move.forecast) not in tried:
                 tried.add((move.plan, move.forecast))
                 out.append(move)
