@@ -122,17 +122,17 @@ def shift_moves(plan: str, forecast: str, model: StepModel, warmup: int, final: 
 
 def replanned(model: StepModel, best: TrialResult, warmup: int, final: int) -> list[Move]:
     """The calibrated model's best plans at the cost of the fastest plan that meets the budget, one step cheaper and
-    one step dearer, both forecast settings, least predicted error first within each count."""
+    one step dearer, both forecast settings: each count's best before a second for any, as the candidates go."""
     k = len(best.attrs[PLAN_ATTR]) - best.attrs[PLAN_ATTR].count(REUSE)
-    out = []
+    per_count = []
     for count in (k, k - 1, k + 1):
         options = []
         for name, forecast in FORECAST_SETTINGS:
             for error, plan in best_plans(model, forecast, warmup, final, 2).get(count, []):
                 if not forecast or forecast_acts(plan):
                     options.append((error, Move(plan, name, f"re-planned k={count}")))
-        out += [move for _, move in sorted(options, key=lambda item: item[0])]
-    return out
+        per_count.append([move for _, move in sorted(options, key=lambda item: item[0])])
+    return list(_interleave(per_count))
 
 
 def anchors(results: list[TrialResult], budget: Budget) -> tuple[TrialResult | None, TrialResult | None]:
